@@ -1,0 +1,51 @@
+"""The only backend-specific code of keras_shortrun.
+
+Everything here has one implementation per supported Keras backend
+(``tensorflow.py``, ``jax.py``); the rest of the library is written in
+``keras.ops`` and calls these few functions:
+
+- ``value_and_grad(fn, x)``: per-sample scalar ``fn(x)`` of shape ``(B,)`` and
+  the gradient of its sum w.r.t. ``x`` (an input, not a weight).
+- ``fori_loop(steps, body, state)``: a K-step loop that stays differentiable.
+- ``stateless_normal(shape, seed, dtype)``: Gaussian noise from a ``(2,)`` seed
+  tensor, usable inside compiled loops.
+- ``compile_method(owner, fn)``: a compiled version of ``fn`` that reads the
+  owner's variables (``tf.function`` on TensorFlow, ``jax.jit`` with the
+  variables as arguments on JAX).
+- ``TrainStepMixin``: ``train_step``/``test_step`` glue for models that define
+  ``prepare_batch`` (the gradient-free part, e.g. MCMC) and
+  ``compute_training_loss``.
+"""
+
+import keras
+
+BACKEND = keras.backend.backend()
+
+if BACKEND == "tensorflow":
+    from keras_shortrun.backend.tensorflow import TrainStepMixin
+    from keras_shortrun.backend.tensorflow import compile_method
+    from keras_shortrun.backend.tensorflow import fori_loop
+    from keras_shortrun.backend.tensorflow import stateless_normal
+    from keras_shortrun.backend.tensorflow import value_and_grad
+elif BACKEND == "jax":
+    from keras_shortrun.backend.jax import TrainStepMixin
+    from keras_shortrun.backend.jax import compile_method
+    from keras_shortrun.backend.jax import fori_loop
+    from keras_shortrun.backend.jax import stateless_normal
+    from keras_shortrun.backend.jax import value_and_grad
+else:
+    raise ImportError(
+        f"keras_shortrun supports the 'tensorflow' and 'jax' Keras backends, "
+        f"but Keras is configured with backend '{BACKEND}'. Set "
+        f"KERAS_BACKEND=tensorflow (default) or KERAS_BACKEND=jax before "
+        f"importing keras."
+    )
+
+__all__ = [
+    "BACKEND",
+    "TrainStepMixin",
+    "compile_method",
+    "fori_loop",
+    "stateless_normal",
+    "value_and_grad",
+]

@@ -1,0 +1,86 @@
+"""TensorFlow implementations of the backend functions (see ``__init__``)."""
+
+import functools
+
+import tensorflow as tf
+
+from keras_shortrun.backend.common import check_training_loss
+from keras_shortrun.backend.common import unpack_inputs
+
+
+def value_and_grad(fn, x):
+    """Returns ``fn(x)`` (shape ``(B,)``) and ``d sum(fn(x)) / dx``.
+
+    Nested inside an outer ``GradientTape`` the gradient is itself
+    differentiable, which is what backpropagation through the chain needs.
+    """
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        values = fn(x)
+        total = tf.reduce_sum(values)
+    return values, tape.gradient(total, x)
+
+
+def fori_loop(steps, body, state):
+    """Runs ``state = body(k, state)`` for ``k = 0 .. steps-1`` as a while loop."""
+    return tf.while_loop(
+        lambda k, _: k < steps,
+        lambda k, s: (k + 1, body(k, s)),
+        (tf.constant(0), state),
+        parallel_iterations=1,
+    )[1]
+
+
+def stateless_normal(shape, seed, dtype):
+    """Standard normal noise from a ``(2,)`` integer seed tensor."""
+    seed = tf.cast(tf.math.floormod(tf.cast(seed, "int64"), tf.int32.max - 1), "int32")
+    return tf.random.stateless_normal(shape, seed=seed, dtype=dtype)
+
+
+@functools.cache
+def _has_accelerator():
+    return any(d.device_type != "CPU" for d in tf.config.list_physical_devices())
+
+
+def compile_method(owner, fn):
+    """``tf.function`` of ``fn``; XLA only where an accelerator is present.
+
+    Measured on CPU (DESIGN §2): XLA is slower than the plain while loop, so
+    it is used on GPUs only, as Keras's own ``jit_compile="auto"`` does.
+    """
+    del owner  # tf.function reads the owner's variables by reference.
+    return tf.function(fn, jit_compile=_has_accelerator(), reduce_retracing=True)
+
+
+class TrainStepMixin:
+    """``train_step``/``test_step`` for models with a two-phase objective.
+
+    The model defines ``prepare_batch(x) -> aux`` (no gradient: MCMC samples,
+    inferred latents) and ``compute_training_loss(x, aux, training) ->
+    (loss, logs)``; only the second phase is recorded on the tape, so the
+    chain's while loop keeps no accumulators for a backward pass it never has.
+    Logs are averaged over the epoch by the model's ``metrics_trackers``.
+    """
+
+    def train_step(self, data):
+        x = unpack_inputs(data)
+        aux = self.prepare_batch(x)
+        with tf.GradientTape() as tape:
+            loss, logs = self.compute_training_loss(x, aux, training=True)
+            check_training_loss(self, loss, logs)
+        variables = self.trainable_variables
+        grads = tape.gradient(loss, variables)
+        self.optimizer.apply_gradients(zip(grads, variables))
+        return self._update_trackers(dict(logs, loss=loss))
+
+    def test_step(self, data):
+        x = unpack_inputs(data)
+        aux = self.prepare_batch(x)
+        loss, logs = self.compute_training_loss(x, aux, training=False)
+        return self._update_trackers(dict(logs, loss=loss))
+
+    def _update_trackers(self, logs):
+        for name, value in logs.items():
+            self.metrics_trackers[name].update_state(value)
+        return {name: m.result() for name, m in self.metrics_trackers.items()}
+

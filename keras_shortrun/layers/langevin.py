@@ -1,0 +1,220 @@
+"""The unrolled, fixed-K-step Langevin chain."""
+
+import math
+
+import keras
+from keras import ops
+
+from keras_shortrun import backend
+
+PARAMETRIZATIONS = ("log", "softplus")
+
+
+def _inverse_softplus(value):
+    return math.log(math.expm1(value))
+
+
+@keras.saving.register_keras_serializable(package="keras_shortrun")
+class LangevinChain(keras.layers.Layer):
+    """K steps of Langevin dynamics on a potential ``U``, from a given start.
+
+    For each state group ``g`` (one tensor, e.g. one latent layer) with step
+    size ``s_g`` the update is
+
+        x_g <- x_g - (s_g**2 / 2) * dU/dx_g + tau_g * eps,   eps ~ N(0, I),
+
+    with noise scale ``tau_g = s_g`` (exact Langevin, ``noise_scale=None``) or
+    a fixed ``tau_g = noise_scale`` (decoupled, as the papers' code runs it).
+
+    - Energy form (short-run EBM): ``U(x) = E(x)``. The paper-1 update
+      ``x += df/dx + 0.01 * eps`` with ``f = -E`` is ``step_size=sqrt(2)``
+      (gradient coefficient ``s**2/2 = 1``), ``noise_scale=0.01``.
+    - Posterior form (latent models): ``U(z) = -log p(x, z)``, see
+      ``gaussian_posterior_potential``.
+
+    Args:
+        steps: K, the number of updates.
+        step_size: ``s``, a float or one float per state group.
+        noise_scale: ``None`` (``tau = s``) or a float (fixed ``tau``).
+        learn_step_size: whether ``s`` is a trainable weight.
+        parametrization: how ``s`` is kept positive: ``"log"`` (``s = exp(w)``)
+            or ``"softplus"`` (``s = softplus(w)``).
+        bptt: whether gradients flow through the chain (to its start, the step
+            size and the potential's weights). Off, the output is a constant,
+            as maximum-likelihood EBM training wants.
+        seed: integer seed of the layer's noise generator.
+
+    Call arguments:
+        x0: start state, a tensor ``(B, ...)`` or a list of tensors (groups).
+        potential: callable mapping a state (same structure) to ``U``, ``(B,)``.
+        noise: optional ``eps`` per group, shape ``(B, K, ...)``; drawn
+            internally when absent.
+        seed: optional ``(2,)`` integer seed tensor overriding the layer's
+            generator (reproducible sampling).
+        trajectory_every: if set, also return the states every that many
+            steps, stacked as ``(B, T, ...)`` with ``x0`` first and ``x_K`` last.
+        steps, bptt: per-call overrides of the layer's settings.
+
+    Returns:
+        ``x_K`` (same structure as ``x0``), or ``(x_K, trajectory)``.
+    """
+
+    def __init__(
+        self,
+        steps=100,
+        step_size=0.01,
+        noise_scale=None,
+        learn_step_size=False,
+        parametrization="log",
+        bptt=False,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if int(steps) != steps or steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {steps!r}.")
+        step_sizes = [float(s) for s in (step_size if isinstance(step_size, (list, tuple)) else [step_size])]
+        if not step_sizes or any(not s > 0 or not math.isfinite(s) for s in step_sizes):
+            raise ValueError(f"step_size must be positive and finite, got {step_size!r}.")
+        if noise_scale is not None and not (noise_scale >= 0 and math.isfinite(noise_scale)):
+            raise ValueError(f"noise_scale must be None or >= 0, got {noise_scale!r}.")
+        if parametrization not in PARAMETRIZATIONS:
+            raise ValueError(
+                f"parametrization must be one of {PARAMETRIZATIONS}, got {parametrization!r}."
+            )
+        self.steps = int(steps)
+        self.initial_step_size = step_size
+        self.noise_scale = None if noise_scale is None else float(noise_scale)
+        self.learn_step_size = bool(learn_step_size)
+        self.parametrization = parametrization
+        self.bptt = bool(bptt)
+        self.seed = seed
+        self.num_groups = len(step_sizes)
+        raw = [math.log(s) if parametrization == "log" else _inverse_softplus(s) for s in step_sizes]
+        self.raw_step_size = self.add_weight(
+            shape=(self.num_groups,),
+            initializer=keras.initializers.Constant(raw),
+            trainable=self.learn_step_size,
+            name="raw_step_size",
+        )
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.built = True
+
+    @property
+    def step_size(self):
+        """Positive step sizes, shape ``(groups,)``."""
+        if self.parametrization == "log":
+            return ops.exp(self.raw_step_size)
+        return ops.softplus(self.raw_step_size)
+
+    def call(self, x0, potential, noise=None, seed=None, trajectory_every=None, steps=None, bptt=None):
+        steps = self.steps if steps is None else int(steps)
+        bptt = self.bptt if bptt is None else bool(bptt)
+        single = not isinstance(x0, (list, tuple))
+        states = [x0] if single else list(x0)
+        if len(states) != self.num_groups:
+            raise ValueError(
+                f"The chain has {self.num_groups} step-size group(s) but the state "
+                f"has {len(states)} tensor(s)."
+            )
+        if noise is not None:
+            noise = [noise] if single else list(noise)
+            self._check_noise(states, noise, steps)
+        if seed is None and noise is None:
+            seed = self.seed_generator.next()
+
+        def unwrap_potential(group_states):
+            return potential(group_states[0] if single else group_states)
+
+        if not bptt:
+            states = [ops.stop_gradient(x) for x in states]
+        bounds = self._segments(trajectory_every, steps)
+        trajectory = [[x] for x in states]
+        for start, stop in bounds:
+            segment_noise = None if noise is None else [n[:, start:stop] for n in noise]
+            states = self._run(states, unwrap_potential, start, stop, segment_noise, seed, bptt)
+            for path, x in zip(trajectory, states):
+                path.append(x)
+        result = states[0] if single else states
+        if trajectory_every is None:
+            return result
+        stacked = [ops.stack(path, axis=1) for path in trajectory]
+        return result, (stacked[0] if single else stacked)
+
+    @staticmethod
+    def _segments(every, steps):
+        if every is None:
+            return [(0, steps)]
+        if int(every) != every or every < 1:
+            raise ValueError(f"trajectory_every must be a positive integer, got {every!r}.")
+        return [(a, min(a + int(every), steps)) for a in range(0, steps, int(every))]
+
+    @staticmethod
+    def _check_noise(states, noise, steps):
+        if len(noise) != len(states):
+            raise ValueError(f"Expected noise for {len(states)} group(s), got {len(noise)}.")
+        for x, n in zip(states, noise):
+            xs, ns = tuple(x.shape), tuple(n.shape)
+            expected = (xs[0], steps) + xs[1:]
+            if len(ns) != len(expected) or any(
+                a is not None and b is not None and a != b for a, b in zip(ns, expected)
+            ):
+                raise ValueError(
+                    f"noise must have shape (batch, steps, ...) = {expected}, got {ns}."
+                )
+
+    def _run(self, states, potential, start, stop, noise, seed, bptt):
+        sizes = ops.unstack(ops.cast(self.step_size, states[0].dtype), num=self.num_groups)
+        half_s2 = [0.5 * s * s for s in sizes]
+        taus = sizes if self.noise_scale is None else [self.noise_scale] * self.num_groups
+
+        def body(k, current):
+            _, grads = backend.value_and_grad(potential, current)
+            updated = []
+            for g, (x, grad) in enumerate(zip(current, grads)):
+                if not bptt:
+                    grad = ops.stop_gradient(grad)
+                if noise is not None:
+                    eps = ops.take(noise[g], k, axis=1)
+                else:
+                    step_seed = ops.cast(seed, "int32") + ops.stack(
+                        [(start + k) * self.num_groups + g + 1, 0]
+                    )
+                    eps = backend.stateless_normal(ops.shape(x), step_seed, x.dtype)
+                updated.append(x - half_s2[g] * grad + taus[g] * eps)
+            return updated
+
+        return backend.fori_loop(stop - start, body, states)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            steps=self.steps,
+            step_size=self.initial_step_size,
+            noise_scale=self.noise_scale,
+            learn_step_size=self.learn_step_size,
+            parametrization=self.parametrization,
+            bptt=self.bptt,
+            seed=self.seed,
+        )
+        return config
+
+
+def gaussian_posterior_potential(generator, x, sigma):
+    """``U(z) = ||x - g(z)||^2 / (2 sigma^2) + sum_l ||z_l||^2 / 2`` per sample, ``(B,)``.
+
+    The posterior form of the chain: ``-log p(x, z)`` up to a constant for a
+    Gaussian observation model with noise ``sigma`` and ``N(0, I)`` priors on
+    every latent group ``z_l``. ``generator`` maps ``z`` (a tensor or a list of
+    group tensors) to an image shaped like ``x``.
+    """
+
+    def potential(z):
+        groups = z if isinstance(z, (list, tuple)) else [z]
+        residual = ops.reshape(x - generator(z), (ops.shape(x)[0], -1))
+        energy = ops.sum(ops.square(residual), axis=1) / (2.0 * sigma**2)
+        for group in groups:
+            energy = energy + 0.5 * ops.sum(ops.reshape(ops.square(group), (ops.shape(group)[0], -1)), axis=1)
+        return energy
+
+    return potential

@@ -1,0 +1,240 @@
+"""Short-run EBM (Nijkamp et al., NeurIPS 2019)."""
+
+import numpy as np
+import keras
+from keras import ops
+
+from keras_shortrun import backend
+from keras_shortrun.layers import LangevinChain
+from keras_shortrun.models.energy import EnergyConvNet
+from keras_shortrun.validation import check_images
+from keras_shortrun.validation import check_positive_int
+
+
+def paper_chain(steps=100, seed=None):
+    """The paper-1 chain: ``x += df/dx + 0.01 eps`` (``s = sqrt(2)``, ``tau = 0.01``)."""
+    return LangevinChain(steps=steps, step_size=2.0**0.5, noise_scale=0.01, seed=seed, name="chain")
+
+
+@keras.saving.register_keras_serializable(package="keras_shortrun")
+class ShortRunEBM(backend.TrainStepMixin, keras.Model):
+    """An energy ``E(x)`` whose K-step Langevin chain from ``Uniform(-1, 1)`` is the model.
+
+    Training (``fit``) follows the paper: each batch of data ``x`` (in
+    ``[-1, 1]``, plus ``N(0, data_noise^2)``) is contrasted with chain samples
+    treated as constants, loss ``mean E(x_data) - mean E(x_sample)``.
+
+    Args:
+        energy: a layer mapping ``(B, *data_shape)`` to ``(B,)``.
+        data_shape: shape of one example, e.g. ``(28, 28, 1)``.
+        chain: a ``LangevinChain`` (default: the paper-1 chain, K=100).
+        data_noise: std of the Gaussian noise added to data (paper: 0.03).
+        seed: seed for the data noise and the chain's start.
+
+    ``model(x)`` returns the energy ``(B,)``.
+    """
+
+    def __init__(self, energy, data_shape, chain=None, data_noise=0.03, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(energy, dict):
+            energy = keras.saving.deserialize_keras_object(energy)
+        if isinstance(chain, dict):
+            chain = keras.saving.deserialize_keras_object(chain)
+        self.energy = energy
+        self.data_shape = tuple(int(d) for d in data_shape)
+        self.chain = chain if chain is not None else paper_chain(seed=seed)
+        if self.chain.num_groups != 1:
+            raise ValueError("A ShortRunEBM chain has one state group (the image).")
+        self.data_noise = float(data_noise)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.metrics_trackers = {
+            name: keras.metrics.Mean(name=name) for name in ("loss", "energy_data", "energy_sample")
+        }
+        self._compiled = {}
+        self.build((None,) + self.data_shape)
+
+    @classmethod
+    def with_convnet(cls, image_size=32, channels=3, filters=64, steps=100, seed=None, **kwargs):
+        """The paper-1 model: ``EnergyConvNet`` and the paper-1 chain with K ``steps``."""
+        energy = EnergyConvNet(image_size=image_size, channels=channels, filters=filters, name="energy")
+        return cls(energy, (image_size, image_size, channels), chain=paper_chain(steps, seed), seed=seed, **kwargs)
+
+    def build(self, input_shape):
+        if not self.energy.built:  # deserialised layers arrive built
+            self.energy.build(input_shape)
+        self.built = True
+
+    @property
+    def metrics(self):
+        return list(self.metrics_trackers.values())
+
+    def call(self, x):
+        return self.energy(x)
+
+    # Training -----------------------------------------------------------------
+    def prepare_batch(self, x):
+        """Noisy data and chain samples (constants), each ``(B, *data_shape)``."""
+        x_data = x + self.data_noise * keras.random.normal(ops.shape(x), seed=self.seed_generator, dtype=x.dtype)
+        z = keras.random.uniform(ops.shape(x), -1.0, 1.0, seed=self.seed_generator, dtype=x.dtype)
+        x_sample = self.chain(z, potential=self.energy)
+        return x_data, ops.stop_gradient(x_sample)
+
+    def compute_training_loss(self, x, aux, training=False):
+        del x, training
+        x_data, x_sample = aux
+        energy_data = ops.mean(self.energy(x_data))
+        energy_sample = ops.mean(self.energy(x_sample))
+        return energy_data - energy_sample, {"energy_data": energy_data, "energy_sample": energy_sample}
+
+    # Generation ---------------------------------------------------------------
+    def _compiled_chain(self, steps, trajectory_every, bptt=False, with_noise=False):
+        key = ("chain", steps, trajectory_every, bptt, with_noise)
+        if key not in self._compiled:
+
+            def run(z, seed_or_noise):
+                kwargs = {"noise": seed_or_noise} if with_noise else {"seed": seed_or_noise}
+                return self.chain(
+                    z, potential=self.energy, steps=steps, bptt=bptt, trajectory_every=trajectory_every, **kwargs
+                )
+
+            self._compiled[key] = backend.compile_method(self, run)
+        return self._compiled[key]
+
+    def _seed_generator_for(self, seed):
+        return self.seed_generator if seed is None else keras.random.SeedGenerator(int(seed))
+
+    def initial_state(self, n, seed=None):
+        """Chain inputs ``z ~ Uniform(-1, 1)``, ``(n, *data_shape)``, as a numpy array."""
+        n = check_positive_int(n, "n")
+        z = keras.random.uniform((n,) + self.data_shape, -1.0, 1.0, seed=self._seed_generator_for(seed))
+        return ops.convert_to_numpy(z)
+
+    def draw_noise(self, n, steps=None, seed=None):
+        """Chain noise ``eps``, ``(n, K, *data_shape)``: pass it to hold ``M(z)`` deterministic."""
+        steps = self.chain.steps if steps is None else check_positive_int(steps, "steps")
+        noise = keras.random.normal((n, steps) + self.data_shape, seed=self._seed_generator_for(seed))
+        return ops.convert_to_numpy(noise)
+
+    def generate(self, z, noise=None, steps=None, seed=None, trajectory_every=None, batch_size=256):
+        """Runs the chain ``M(z)`` from given inputs ``z`` ``(B, *data_shape)``.
+
+        With ``noise`` ``(B, K, *data_shape)`` the map is deterministic; without,
+        fresh noise is drawn (reproducibly for an integer ``seed``). Returns
+        ``x_K`` as numpy, or ``(x_K, trajectory (B, T, ...))``.
+        """
+        steps = self.chain.steps if steps is None else check_positive_int(steps, "steps")
+        z = check_images(z, self.data_shape, name="z", value_range=None)
+        if noise is not None:
+            noise = np.asarray(noise, dtype="float32")
+            if noise.shape != (z.shape[0], steps) + self.data_shape:
+                raise ValueError(
+                    f"noise must have shape {(z.shape[0], steps) + self.data_shape}, got {noise.shape}."
+                )
+        generator = self._seed_generator_for(seed)
+        run = self._compiled_chain(steps, trajectory_every, with_noise=noise is not None)
+        outputs = []
+        for start in range(0, z.shape[0], batch_size):
+            chunk = slice(start, start + batch_size)
+            extra = noise[chunk] if noise is not None else generator.next()
+            outputs.append(keras.tree.map_structure(ops.convert_to_numpy, run(z[chunk], extra)))
+        if trajectory_every is None:
+            return np.concatenate(outputs)
+        return tuple(np.concatenate(parts) for parts in zip(*outputs))
+
+    def sample(self, n, steps=None, seed=None, trajectory_every=None, batch_size=256):
+        """Draws ``n`` samples ``(n, *data_shape)`` by K Langevin steps from ``Uniform(-1, 1)``.
+
+        An integer ``seed`` makes the result reproducible; ``trajectory_every``
+        also returns the chain's states ``(n, T, *data_shape)``.
+        """
+        generator = self._seed_generator_for(seed)
+        z = self.initial_state(n, seed=None if seed is None else int(generator.next()[0]))
+        return self.generate(
+            z, steps=steps, seed=None if seed is None else seed + 1,
+            trajectory_every=trajectory_every, batch_size=batch_size,
+        )
+
+    def interpolate(self, z1=None, z2=None, n=8, seed=None, steps=None):
+        """Samples along ``z_rho = rho z1 + sqrt(1 - rho^2) z2``, ``rho`` from 0 to 1.
+
+        ``z1``, ``z2``: chain inputs ``(B, *data_shape)`` (drawn when absent).
+        The chain noise is held fixed along each path, so the strip shows the
+        deterministic map ``M(z)``. Returns ``(B, n, *data_shape)``.
+        """
+        n = check_positive_int(n, "n")
+        rows = 1 if z1 is None else np.asarray(z1).shape[0]
+        z1 = self.initial_state(rows, seed=seed) if z1 is None else z1
+        z2 = self.initial_state(rows, seed=None if seed is None else seed + 1) if z2 is None else z2
+        z1 = check_images(z1, self.data_shape, name="z1", value_range=None)
+        z2 = check_images(z2, self.data_shape, name="z2", value_range=None)
+        if z1.shape != z2.shape:
+            raise ValueError(f"z1 and z2 must have the same shape, got {z1.shape} and {z2.shape}.")
+        rho = np.linspace(0.0, 1.0, n, dtype="float32").reshape((1, n) + (1,) * len(self.data_shape))
+        path = rho * z1[:, None] + np.sqrt(1.0 - rho**2) * z2[:, None]
+        noise = self.draw_noise(rows, steps=steps, seed=None if seed is None else seed + 2)
+        noise = np.repeat(noise[:, None], n, axis=1)
+        flat = path.reshape((rows * n,) + self.data_shape)
+        out = self.generate(flat, noise=noise.reshape((rows * n,) + noise.shape[2:]), steps=steps)
+        return out.reshape((rows, n) + self.data_shape)
+
+    def reconstruct(self, x, iterations=200, learning_rate=0.1, steps=None, seed=None, batch_size=256):
+        """Finds chain inputs ``z`` with ``M(z) ~ x`` by Adam through the unrolled chain.
+
+        Minimises ``||x - M(z)||^2`` over ``z`` (BPTT through all K steps), the
+        chain noise held fixed, from ``z ~ Uniform(-1, 1)``.
+
+        Args:
+            x: images ``(B, *data_shape)`` in ``[-1, 1]``.
+        Returns:
+            ``(x_hat, mse)``: reconstructions ``(B, *data_shape)`` and per-image
+            mean squared error ``(B,)`` (pixels in ``[-1, 1]``).
+        """
+        x = check_images(x, self.data_shape)
+        iterations = check_positive_int(iterations, "iterations")
+        steps = self.chain.steps if steps is None else check_positive_int(steps, "steps")
+        z = self.initial_state(x.shape[0], seed=seed)
+        noise = self.draw_noise(x.shape[0], steps=steps, seed=None if seed is None else seed + 1)
+        update = self._compiled_reconstruction_step(steps, float(learning_rate))
+        results = []
+        for start in range(0, x.shape[0], batch_size):
+            chunk = slice(start, start + batch_size)
+            state = (z[chunk], np.zeros_like(z[chunk]), np.zeros_like(z[chunk]))
+            for t in range(1, iterations + 1):
+                state = update(state, np.float32(t), x[chunk], noise[chunk])
+            results.append(self.generate(ops.convert_to_numpy(state[0]), noise=noise[chunk], steps=steps))
+        x_hat = np.concatenate(results)
+        mse = np.mean(np.square(x_hat - x).reshape(x.shape[0], -1), axis=1)
+        return x_hat, mse
+
+    def _compiled_reconstruction_step(self, steps, learning_rate, beta1=0.9, beta2=0.999, epsilon=1e-8):
+        key = ("reconstruct", steps, learning_rate)
+        if key not in self._compiled:
+
+            def update(state, t, x, noise):
+                z, m, v = state
+
+                def per_image_error(inputs):
+                    x_hat = self.chain(inputs, potential=self.energy, noise=noise, steps=steps, bptt=True)
+                    return ops.sum(ops.reshape(ops.square(x_hat - x), (ops.shape(x)[0], -1)), axis=1)
+
+                _, grad = backend.value_and_grad(per_image_error, z)
+                m = beta1 * m + (1.0 - beta1) * grad
+                v = beta2 * v + (1.0 - beta2) * ops.square(grad)
+                m_hat = m / (1.0 - beta1**t)
+                v_hat = v / (1.0 - beta2**t)
+                return z - learning_rate * m_hat / (ops.sqrt(v_hat) + epsilon), m, v
+
+            self._compiled[key] = backend.compile_method(self, update)
+        return self._compiled[key]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            energy=keras.saving.serialize_keras_object(self.energy),
+            data_shape=list(self.data_shape),
+            chain=keras.saving.serialize_keras_object(self.chain),
+            data_noise=self.data_noise,
+            seed=self.seed,
+        )
+        return config

@@ -1,0 +1,130 @@
+"""Energy networks."""
+
+import math
+
+import keras
+from keras import layers
+from keras import ops
+
+
+def _torch_default_init(fan_in):
+    """PyTorch's default Conv/Linear init, ``U(+-1/sqrt(fan_in))`` for kernel and bias.
+
+    The paper-1 chain takes gradient steps of coefficient 1 on the raw network
+    output, so the energy's initial scale matters: this matches the paper's code.
+    """
+    bound = 1.0 / math.sqrt(fan_in)
+    return {
+        "kernel_initializer": keras.initializers.RandomUniform(-bound, bound),
+        "bias_initializer": keras.initializers.RandomUniform(-bound, bound),
+    }
+
+
+@keras.saving.register_keras_serializable(package="keras_shortrun")
+class EnergyConvNet(keras.layers.Layer):
+    """The paper-1 energy ConvNet: image ``(B, H, W, C)`` -> energy ``(B,)``.
+
+    Conv3x3 s1 (filters) then Conv4x4 s2 layers doubling the width (capped at
+    8x filters) until the map is at most 4x4, then one valid convolution over
+    the whole remaining map to a scalar; LeakyReLU between layers, no
+    normalisation. At 32x32 this is exactly the official
+    ``train_cifar10_minimal.py`` network (nf, 2nf, 4nf, 8nf, 4x4 valid); at
+    28x28 the maps are 28-14-7-4; at 64x64 one more 8nf stage is added.
+    The output is the energy ``E = -f`` of the paper's ``f``.
+
+    Args:
+        image_size: height = width of the input.
+        channels: input channels.
+        filters: ``nf``, width of the first layer.
+        negative_slope: LeakyReLU slope (paper: 0.2).
+    """
+
+    def __init__(self, image_size=32, channels=3, filters=64, negative_slope=0.2, **kwargs):
+        super().__init__(**kwargs)
+        if image_size < 4:
+            raise ValueError(f"image_size must be >= 4, got {image_size}.")
+        self.image_size = int(image_size)
+        self.channels = int(channels)
+        self.filters = int(filters)
+        self.negative_slope = float(negative_slope)
+        self.convs = [
+            layers.Conv2D(self.filters, 3, padding="same", name="conv_0", **_torch_default_init(9 * self.channels))
+        ]
+        size, width = self.image_size, self.filters
+        while size > 4:
+            size = math.ceil(size / 2)
+            new_width = min(2 * width, 8 * self.filters)
+            self.convs.append(
+                layers.Conv2D(
+                    new_width, 4, strides=2, padding="same", name=f"conv_{len(self.convs)}",
+                    **_torch_default_init(16 * width),
+                )
+            )
+            width = new_width
+        self.convs.append(
+            layers.Conv2D(1, size, padding="valid", name="energy_head", **_torch_default_init(size * size * width))
+        )
+
+    def build(self, input_shape):
+        expected = (self.image_size, self.image_size, self.channels)
+        if tuple(input_shape[1:]) != expected:
+            raise ValueError(f"EnergyConvNet expects images of shape (B, *{expected}), got {tuple(input_shape)}.")
+        shape = tuple(input_shape)
+        for conv in self.convs:
+            conv.build(shape)
+            shape = conv.compute_output_shape(shape)
+
+    def call(self, x):
+        for conv in self.convs[:-1]:
+            x = ops.leaky_relu(conv(x), self.negative_slope)
+        return ops.squeeze(self.convs[-1](x), axis=(1, 2, 3))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0],)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            image_size=self.image_size,
+            channels=self.channels,
+            filters=self.filters,
+            negative_slope=self.negative_slope,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_shortrun")
+class EnergyMLP(keras.layers.Layer):
+    """A small MLP energy for vector data ``(B, D)`` -> ``(B,)`` (toy densities, tests)."""
+
+    def __init__(self, dim=2, hidden=(128, 128), negative_slope=0.2, **kwargs):
+        super().__init__(**kwargs)
+        self.dim = int(dim)
+        self.hidden = tuple(int(h) for h in hidden)
+        self.negative_slope = float(negative_slope)
+        fan_ins = (self.dim,) + self.hidden
+        self.dense = [
+            layers.Dense(units, name=f"dense_{i}", **_torch_default_init(fan_in))
+            for i, (units, fan_in) in enumerate(zip(self.hidden + (1,), fan_ins))
+        ]
+
+    def build(self, input_shape):
+        if tuple(input_shape[1:]) != (self.dim,):
+            raise ValueError(f"EnergyMLP expects inputs of shape (B, {self.dim}), got {tuple(input_shape)}.")
+        shape = tuple(input_shape)
+        for dense in self.dense:
+            dense.build(shape)
+            shape = dense.compute_output_shape(shape)
+
+    def call(self, x):
+        for dense in self.dense[:-1]:
+            x = ops.leaky_relu(dense(x), self.negative_slope)
+        return ops.squeeze(self.dense[-1](x), axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0],)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(dim=self.dim, hidden=list(self.hidden), negative_slope=self.negative_slope)
+        return config

@@ -1,0 +1,105 @@
+"""Resumable training: data pipelines, sample-grid and wall-clock callbacks, ``fit_resumable``."""
+
+import json
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from keras_shortrun.images import save_grid
+
+
+def batches(x, batch_size, seed=0, steps=None):
+    """An endless shuffled stream of ``(batch_size, ...)`` batches of ``x`` that keeps the chain fed.
+
+    A ``tf.data`` pipeline (shuffle, repeat, fixed-size batches, prefetch)
+    when TensorFlow is installed; otherwise (JAX-only machines) a
+    ``keras.utils.PyDataset`` of random batches with ``steps`` per epoch.
+    """
+    if len(x) < batch_size:
+        raise ValueError(f"Need at least batch_size={batch_size} examples, got {len(x)}.")
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return _RandomBatches(x, batch_size, seed, steps or len(x) // batch_size)
+    return (
+        tf.data.Dataset.from_tensor_slices(x)
+        .shuffle(min(len(x), 60000), seed=seed, reshuffle_each_iteration=True)
+        .repeat()
+        .batch(batch_size, drop_remainder=True)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+class _RandomBatches(keras.utils.PyDataset):
+    def __init__(self, x, batch_size, seed, steps):
+        super().__init__()
+        self.x, self.batch_size, self.steps = x, batch_size, steps
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self):
+        return self.steps
+
+    def __getitem__(self, index):
+        return self.x[self.rng.integers(0, len(self.x), self.batch_size)]
+
+
+class SampleGrid(keras.callbacks.Callback):
+    """Writes ``samples_<epoch>.png`` (a fixed-seed grid of ``model.sample``) after every epoch."""
+
+    def __init__(self, directory, n=64, seed=0):
+        super().__init__()
+        self.directory, self.n, self.seed = Path(directory), n, seed
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.directory.mkdir(parents=True, exist_ok=True)
+        save_grid(self.directory / f"samples_{epoch + 1:04d}.png", self.model.sample(self.n, seed=self.seed))
+
+
+class WallClock(keras.callbacks.Callback):
+    """Accumulates training wall time across interrupted runs in ``wall_time.json``; adds ``wall_time_s`` to logs."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = Path(path)
+
+    def on_train_begin(self, logs=None):
+        self.previous = json.loads(self.path.read_text())["wall_time_s"] if self.path.exists() else 0.0
+        self.start = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        total = self.previous + time.time() - self.start
+        self.path.write_text(json.dumps({"wall_time_s": total, "epochs": epoch + 1}))
+        if logs is not None:
+            logs["wall_time_s"] = total
+
+
+def fit_resumable(model, x, out_dir, iterations, batch_size=64, iterations_per_epoch=100,
+                  learning_rate=1e-4, beta_1=0.9, seed=0, grid_size=64, verbose=1):
+    """``model.fit`` for ``iterations`` updates with a progress bar, a sample grid and a
+    checkpoint (weights + optimizer + epoch) every ``iterations_per_epoch``.
+
+    Rerunning with the same ``out_dir`` resumes after the last finished epoch.
+    Returns the ``History``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if iterations % iterations_per_epoch:
+        raise ValueError(
+            f"iterations ({iterations}) must be a multiple of iterations_per_epoch ({iterations_per_epoch})."
+        )
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate, beta_1=beta_1))
+    callbacks = [
+        keras.callbacks.BackupAndRestore(out_dir / "backup", double_checkpoint=True, delete_checkpoint=False),
+        WallClock(out_dir / "wall_time.json"),
+        SampleGrid(out_dir / "samples", n=grid_size, seed=seed),
+        keras.callbacks.CSVLogger(str(out_dir / "log.csv"), append=True),
+    ]
+    return model.fit(
+        batches(x, batch_size, seed=seed, steps=iterations_per_epoch),
+        epochs=iterations // iterations_per_epoch,
+        steps_per_epoch=iterations_per_epoch,
+        callbacks=callbacks,
+        verbose=verbose,
+    )

@@ -1,0 +1,18 @@
+"""The model zoo: ``load(name_or_dir)``, ``list()``, ``info(name)``.
+
+Entries are registered per family (``keras_shortrun.models.*_presets``) and
+stored as folders (top-level ``zoo/`` in a checkout, ``keras_shortrun/_zoo``
+in a wheel); ``load`` verifies every file's sha256 before use.
+"""
+
+from keras_shortrun.models import presets as _presets  # noqa: F401  (registers the presets)
+from keras_shortrun.zoo.registry import PRESETS
+from keras_shortrun.zoo.registry import ZooIntegrityError
+from keras_shortrun.zoo.registry import list_entries as list  # noqa: A001
+from keras_shortrun.zoo.registry import load
+from keras_shortrun.zoo.registry import read_metadata as info
+from keras_shortrun.zoo.registry import register_presets
+from keras_shortrun.zoo.registry import resolve
+from keras_shortrun.zoo.registry import save_entry
+
+__all__ = ["PRESETS", "ZooIntegrityError", "info", "list", "load", "register_presets", "resolve", "save_entry"]
