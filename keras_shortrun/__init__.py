@@ -13,7 +13,8 @@ if os.environ.get("KERAS_BACKEND", "tensorflow") not in _SUPPORTED_BACKENDS:
     )
 
 from keras_shortrun import backend  # noqa: E402  (raises for other configured backends)
+from keras_shortrun import zoo  # noqa: E402
 from keras_shortrun.layers import LangevinChain  # noqa: E402
 from keras_shortrun.models import ShortRunEBM  # noqa: E402
 
-__all__ = ["LangevinChain", "ShortRunEBM", "backend", "__version__"]
+__all__ = ["LangevinChain", "ShortRunEBM", "__version__", "backend", "zoo"]

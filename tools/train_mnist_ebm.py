@@ -14,7 +14,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
-from ebm_recipe import RECIPES, export_entry, train  # noqa: E402
+from ebm_recipe import RECIPES  # noqa: E402
+from ebm_recipe import export_entry  # noqa: E402
+from ebm_recipe import train  # noqa: E402
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -23,8 +25,11 @@ if __name__ == "__main__":
     parser.add_argument("--run-dir", default=str(ROOT / "runs" / "mnist_ebm"))
     parser.add_argument("--entry-dir", default=str(ROOT / "zoo" / "mnist_ebm"))
     parser.add_argument("--data-path", default=None)
+    parser.add_argument("--recon-images", type=int, default=1000)
+    parser.add_argument("--recon-iterations", type=int, default=200)
     args = parser.parse_args()
     if args.action == "train":
         train("mnist_ebm", args.run_dir, args.iterations, args.data_path)
     else:
-        export_entry("mnist_ebm", args.run_dir, args.entry_dir, args.data_path)
+        export_entry("mnist_ebm", args.run_dir, args.entry_dir, args.data_path,
+                     recon_images=args.recon_images, recon_iterations=args.recon_iterations)

@@ -164,7 +164,8 @@ class LangevinChain(keras.layers.Layer):
                 )
 
     def _run(self, states, potential, start, stop, noise, seed, bptt):
-        sizes = ops.unstack(ops.cast(self.step_size, states[0].dtype), num=self.num_groups)
+        step_size = self.step_size if bptt else ops.stop_gradient(self.step_size)  # bptt off: constant output
+        sizes = ops.unstack(ops.cast(step_size, states[0].dtype), num=self.num_groups)
         half_s2 = [0.5 * s * s for s in sizes]
         taus = sizes if self.noise_scale is None else [self.noise_scale] * self.num_groups
 

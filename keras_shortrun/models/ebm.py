@@ -1,7 +1,7 @@
 """Short-run EBM (Nijkamp et al., NeurIPS 2019)."""
 
-import numpy as np
 import keras
+import numpy as np
 from keras import ops
 
 from keras_shortrun import backend

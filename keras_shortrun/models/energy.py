@@ -48,7 +48,10 @@ class EnergyConvNet(keras.layers.Layer):
         self.filters = int(filters)
         self.negative_slope = float(negative_slope)
         self.convs = [
-            layers.Conv2D(self.filters, 3, padding="same", name="conv_0", **_torch_default_init(9 * self.channels))
+            layers.Conv2D(
+                self.filters, 3, padding="same", name="conv_0", dtype=self.dtype_policy,
+                **_torch_default_init(9 * self.channels),
+            )
         ]
         size, width = self.image_size, self.filters
         while size > 4:
@@ -57,12 +60,15 @@ class EnergyConvNet(keras.layers.Layer):
             self.convs.append(
                 layers.Conv2D(
                     new_width, 4, strides=2, padding="same", name=f"conv_{len(self.convs)}",
-                    **_torch_default_init(16 * width),
+                    dtype=self.dtype_policy, **_torch_default_init(16 * width),
                 )
             )
             width = new_width
         self.convs.append(
-            layers.Conv2D(1, size, padding="valid", name="energy_head", **_torch_default_init(size * size * width))
+            layers.Conv2D(
+                1, size, padding="valid", name="energy_head", dtype=self.dtype_policy,
+                **_torch_default_init(size * size * width),
+            )
         )
 
     def build(self, input_shape):
@@ -104,7 +110,7 @@ class EnergyMLP(keras.layers.Layer):
         self.negative_slope = float(negative_slope)
         fan_ins = (self.dim,) + self.hidden
         self.dense = [
-            layers.Dense(units, name=f"dense_{i}", **_torch_default_init(fan_in))
+            layers.Dense(units, name=f"dense_{i}", dtype=self.dtype_policy, **_torch_default_init(fan_in))
             for i, (units, fan_in) in enumerate(zip(self.hidden + (1,), fan_ins))
         ]
 

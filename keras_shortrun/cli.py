@@ -1,0 +1,160 @@
+"""The ``keras-shortrun`` command: zoo listing, sampling, interpolation, reconstruction, training."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def _print_table(rows, columns):
+    widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    for row in rows:
+        print("  ".join(str(row.get(c, "")).ljust(w) for c, w in zip(columns, widths)))
+
+
+def cmd_zoo(args):
+    from keras_shortrun import zoo
+
+    if args.zoo_command == "list":
+        rows = zoo.list(args.filter)
+        for row in rows:
+            row["metrics"] = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                       for k, v in row["metrics"].items())
+        _print_table(rows, ["name", "family", "dataset", "resolution", "params", "steps", "metrics", "hardware"])
+    else:
+        print(json.dumps(zoo.info(args.name), indent=1, sort_keys=True))
+
+
+def _load(name_or_path):
+    from keras_shortrun import zoo
+
+    return zoo.load(name_or_path)
+
+
+def cmd_sample(args):
+    from keras_shortrun.images import save_gif
+    from keras_shortrun.images import save_grid
+
+    model = _load(args.model)
+    every = None if args.gif is None else max(1, (args.steps or model.chain.steps) // 25)
+    out = model.sample(args.n, steps=args.steps, seed=args.seed, trajectory_every=every)
+    samples = out if every is None else out[0]
+    save_grid(args.output, samples, scale=args.scale)
+    print(f"wrote {args.n} samples to {args.output}")
+    if args.gif:
+        save_gif(args.gif, out[1], scale=args.scale)
+        print(f"wrote the chain ({out[1].shape[1]} frames) to {args.gif}")
+
+
+def cmd_interpolate(args):
+    from keras_shortrun.images import save_grid
+
+    model = _load(args.model)
+    rows = [model.interpolate(n=args.n, seed=args.seed + 3 * i, steps=args.steps)[0] for i in range(args.rows)]
+    save_grid(args.output, np.concatenate(rows), columns=args.n, scale=args.scale)
+    print(f"wrote {args.rows} interpolation strips of {args.n} to {args.output}")
+
+
+def cmd_reconstruct(args):
+    from keras_shortrun import data
+    from keras_shortrun.images import save_grid
+
+    model = _load(args.model)
+    x, _ = data.load(args.data, args.split, path=args.data_path)
+    x = x[: args.n]
+    x_hat, mse = model.reconstruct(x, iterations=args.iterations, seed=args.seed)
+    print(f"reconstruction MSE over {len(x)} {args.data}/{args.split} images: {mse.mean():.5f} "
+          f"(std {mse.std():.5f}; pixels in [-1, 1])")
+    if args.output:
+        pairs = np.stack([x[:32], x_hat[:32]], axis=1).reshape((-1,) + x.shape[1:])
+        save_grid(args.output, pairs, columns=16, scale=args.scale)
+        print(f"wrote originals and reconstructions (alternating) to {args.output}")
+
+
+def cmd_train(args):
+    from keras_shortrun import data
+    from keras_shortrun.models import ShortRunEBM
+    from keras_shortrun.training import fit_resumable
+
+    x, _ = data.load(args.data, "train", path=args.data_path)
+    model = ShortRunEBM.with_convnet(
+        image_size=x.shape[1], channels=x.shape[3], filters=args.filters, steps=args.steps, seed=args.seed
+    )
+    fit_resumable(
+        model, x, args.out, args.iterations, batch_size=args.batch_size,
+        iterations_per_epoch=args.every, learning_rate=args.learning_rate, seed=args.seed,
+    )
+    model.save(Path(args.out) / "model.keras")
+    print(f"saved {Path(args.out) / 'model.keras'}; checkpoints and sample grids are in {args.out}")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="keras-shortrun", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    zoo_parser = sub.add_parser("zoo", help="list or describe pretrained entries")
+    zoo_sub = zoo_parser.add_subparsers(dest="zoo_command", required=True)
+    zoo_list = zoo_sub.add_parser("list", help="table of entries")
+    zoo_list.add_argument("--filter", default=None, help="substring of name, family or dataset")
+    zoo_info = zoo_sub.add_parser("info", help="metadata of one entry (JSON)")
+    zoo_info.add_argument("name")
+    zoo_parser.set_defaults(func=cmd_zoo)
+
+    def add_model_args(p, n_default):
+        p.add_argument("model", help="zoo entry name or entry folder")
+        p.add_argument("-n", type=int, default=n_default)
+        p.add_argument("-o", "--output", default=None)
+        p.add_argument("--steps", type=int, default=None, help="Langevin steps K (default: the model's)")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--scale", type=int, default=2, help="pixel upscaling of the PNG")
+
+    sample = sub.add_parser("sample", help="sample a grid into a PNG")
+    add_model_args(sample, 64)
+    sample.add_argument("--gif", default=None, help="also write the chain evolving from noise as a GIF")
+    sample.set_defaults(func=cmd_sample, output="samples.png")
+
+    interpolate = sub.add_parser("interpolate", help="interpolation strips between chain inputs")
+    add_model_args(interpolate, 10)
+    interpolate.add_argument("--rows", type=int, default=4)
+    interpolate.set_defaults(func=cmd_interpolate, output="interpolation.png")
+
+    reconstruct = sub.add_parser("reconstruct", help="reconstruct held-out images through the chain")
+    add_model_args(reconstruct, 64)
+    reconstruct.add_argument("--data", default="mnist")
+    reconstruct.add_argument("--split", default="test")
+    reconstruct.add_argument("--data-path", default=None)
+    reconstruct.add_argument("--iterations", type=int, default=200)
+    reconstruct.set_defaults(func=cmd_reconstruct)
+
+    train = sub.add_parser("train", help="train a model (resumable)")
+    train_sub = train.add_subparsers(dest="family", required=True)
+    ebm = train_sub.add_parser("ebm", help="short-run EBM with the paper-1 ConvNet")
+    ebm.add_argument("--data", default="mnist")
+    ebm.add_argument("--data-path", default=None)
+    ebm.add_argument("--out", required=True, help="run folder: checkpoints, grids, log; rerun to resume")
+    ebm.add_argument("--filters", type=int, default=32)
+    ebm.add_argument("--steps", type=int, default=100)
+    ebm.add_argument("--iterations", type=int, default=10000)
+    ebm.add_argument("--every", type=int, default=100, help="iterations between checkpoints and grids")
+    ebm.add_argument("--batch-size", type=int, default=64)
+    ebm.add_argument("--learning-rate", type=float, default=1e-4)
+    ebm.add_argument("--seed", type=int, default=0)
+    ebm.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"keras-shortrun: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

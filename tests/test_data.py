@@ -1,0 +1,194 @@
+"""keras_shortrun.data: npz / folder / tfds sources, errors that name what to provide."""
+
+import functools
+import hashlib
+import re
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from keras_shortrun import data
+
+
+@pytest.mark.parametrize(
+    "name, split, count, shape",
+    [
+        ("mnist", "train", 60000, (28, 28, 1)),
+        ("mnist", "test", 10000, (28, 28, 1)),
+        ("fashion_mnist", "test", 10000, (28, 28, 1)),
+        ("cifar10", "train", 10000, (32, 32, 3)),
+        ("cifar10", "test", 5000, (32, 32, 3)),
+    ],
+)
+def test_npz_shapes_ranges_labels(shared_data, name, split, count, shape):
+    x, y = data.load(name, split, path=shared_data)
+    assert x.shape == (count,) + shape and x.dtype == np.float32
+    assert x.min() == -1.0 and x.max() == 1.0
+    assert y.shape == (count,) and y.dtype == np.int64
+    assert set(np.unique(y)) == set(range(10))
+
+
+def test_npz_mnist_test_labels_match_readme(shared_data):
+    _, y = data.load("mnist", "test", path=shared_data)
+    assert np.bincount(y).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+@functools.cache
+def _celeba_pixels(directory):
+    """The raw ``uint8`` faces, read once for the CelebA tests."""
+    with np.load(directory / "celeba_10k_64.npz") as archive:
+        return archive["x"]
+
+
+def test_celeba_test_split_is_last_1000(shared_data):
+    celeba_pixels = _celeba_pixels(shared_data)
+    test, no_labels = data.load("celeba", "test", path=shared_data)
+    train, _ = data.load("celeba", "train", path=shared_data, verify=False)
+    assert no_labels is None
+    assert train.shape == (9000, 64, 64, 3) and test.shape == (1000, 64, 64, 3)
+    np.testing.assert_array_equal(test, data.to_model_range(celeba_pixels[-1000:]))
+    np.testing.assert_array_equal(train[-1], data.to_model_range(celeba_pixels[8999]))
+
+
+def test_celeba32_is_celeba_pooled_2x2(shared_data):
+    celeba_pixels = _celeba_pixels(shared_data)
+    small, labels = data.load("celeba32", "test", path=shared_data, verify=False)
+    assert small.shape == (1000, 32, 32, 3) and labels is None
+    pooled = data.to_model_range(celeba_pixels[-1000:]).reshape(-1, 32, 2, 32, 2, 3).mean((2, 4))
+    assert np.abs(small - pooled).max() <= 0.5 / 127.5 + 1e-6  # rounding to uint8 only
+
+
+def test_image_size_resizes(shared_data):
+    x, y = data.load("mnist", "test", path=shared_data, image_size=32)
+    assert x.shape == (10000, 32, 32, 1) and y.shape == (10000,)
+    assert x.min() >= -1.0 and x.max() <= 1.0
+
+
+def _write_png(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def test_folder_with_class_subfolders_and_splits(tmp_path):
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 256, (28, 28), dtype=np.uint8)
+    _write_png(tmp_path / "train" / "3" / "a.png", gray)
+    _write_png(tmp_path / "train" / "3" / "b.png", rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))  # RGB, resized
+    _write_png(tmp_path / "train" / "7" / "c.png", gray)
+    _write_png(tmp_path / "test" / "7" / "d.png", gray)
+    x, y = data.load("mnist", "train", source="folder", path=tmp_path)
+    assert x.shape == (3, 28, 28, 1) and x.dtype == np.float32
+    assert y.tolist() == [3, 3, 7] and y.dtype == np.int64  # integer folder names are the labels
+    np.testing.assert_array_equal(x[0, ..., 0], data.to_model_range(gray))
+    assert x.min() >= -1.0 and x.max() <= 1.0
+    x_test, y_test = data.load("mnist", "test", source="folder", path=tmp_path)
+    assert x_test.shape == (1, 28, 28, 1) and y_test.tolist() == [7]
+
+
+def test_folder_loose_images_rgb_crop_and_named_classes(tmp_path):
+    wide = np.zeros((32, 64), np.uint8)
+    wide[:, 16:48] = 255  # the central square is white, the sides black
+    _write_png(tmp_path / "loose" / "wide.png", wide)
+    x, y = data.load("cifar10", source="folder", path=tmp_path / "loose", image_size=16)
+    assert y is None and x.shape == (1, 16, 16, 3)
+    np.testing.assert_allclose(x, 1.0)  # center-cropped to the square, gray -> RGB, no black borders
+    for name in ("dog", "cat"):
+        _write_png(tmp_path / "named" / name / "0.png", np.zeros((8, 8, 3), np.uint8))
+    _, y = data.load("cifar10", source="folder", path=tmp_path / "named")
+    assert y.tolist() == [0, 1]  # sorted names: cat=0, dog=1
+
+
+def test_folder_errors_name_the_directory(tmp_path):
+    with pytest.raises(ValueError, match="needs path="):
+        data.load("mnist", source="folder")
+    with pytest.raises(data.DataNotFoundError, match=re.escape(str(tmp_path / "missing"))):
+        data.load("mnist", source="folder", path=tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(data.DataNotFoundError, match=r"No images .* in .*empty"):
+        data.load("mnist", source="folder", path=tmp_path / "empty")
+    _write_png(tmp_path / "flat" / "a.png", np.zeros((28, 28), np.uint8))
+    with pytest.raises(data.DataNotFoundError, match=re.escape(str(tmp_path / "flat" / "test"))):
+        data.load("mnist", "test", source="folder", path=tmp_path / "flat")
+    _write_png(tmp_path / "flat" / "1" / "b.png", np.zeros((28, 28), np.uint8))
+    with pytest.raises(ValueError, match="mixes image files with class subfolders"):
+        data.load("mnist", source="folder", path=tmp_path / "flat")
+
+
+def test_missing_npz_fails_fast_naming_the_file(tmp_path):
+    start = time.perf_counter()
+    with pytest.raises(data.DataNotFoundError) as error:
+        data.load("fashion_mnist", path=tmp_path)
+    assert time.perf_counter() - start < 5.0
+    assert "fashion_mnist.npz" in str(error.value) and str(tmp_path) in str(error.value)
+    assert data.DATA_ENV in str(error.value)
+
+
+def test_tfds_without_prepared_data_dir_fails_fast(tmp_path):
+    pytest.importorskip("tensorflow_datasets")  # import time is not the failure's time
+    (tmp_path / "half" / "mnist").mkdir(parents=True)  # a dataset folder with nothing prepared in it
+    cases = [
+        (None, "needs data_dir="),
+        (tmp_path, re.escape(str(tmp_path / "mnist"))),
+        (tmp_path / "half", "not prepared"),
+    ]
+    for data_dir, message in cases:
+        start = time.perf_counter()
+        with pytest.raises(data.DataNotFoundError, match=message) as error:
+            data.load("mnist", source="tfds", data_dir=data_dir)
+        assert time.perf_counter() - start < 5.0
+        assert "tfds build mnist --data_dir=" in str(error.value)
+    with pytest.raises(ValueError, match="source='tfds' offers"):
+        data.load("celeba", source="tfds", data_dir=tmp_path)
+
+
+def test_tfds_prepared_data_dir_loads(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 28, 28, 1), dtype=np.uint8)
+    features = tfds.features.FeaturesDict(
+        {"image": tfds.features.Image(shape=(28, 28, 1)), "label": tfds.features.ClassLabel(num_classes=10)}
+    )
+    examples = [(i, {"image": image, "label": i + 2}) for i, image in enumerate(images)]
+    tfds.dataset_builders.store_as_tfds_dataset(  # a local stand-in for a real prepared mnist
+        name="mnist", version="3.0.1", features=features, split_datasets={"train": examples[:1], "test": examples},
+        data_dir=tmp_path, disable_shuffling=True,
+    )
+    x, y = data.load("mnist", "test", source="tfds", data_dir=tmp_path)
+    assert x.shape == (5, 28, 28, 1) and x.dtype == np.float32
+    assert y.tolist() == [2, 3, 4, 5, 6] and y.dtype == np.int64
+    np.testing.assert_array_equal(x, data.to_model_range(images))
+
+
+def test_unknown_name_split_source():
+    with pytest.raises(ValueError, match="Unknown dataset 'svhn'"):
+        data.load("svhn")
+    with pytest.raises(ValueError, match="split must be one of"):
+        data.load("mnist", "validation")
+    with pytest.raises(ValueError, match="source must be one of"):
+        data.load("mnist", source="hub")
+    with pytest.raises(ValueError, match="image_size must be a positive integer"):
+        data.load("mnist", image_size=0)
+
+
+def test_sha256_mismatch_names_the_file(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    fake = tmp_path / "tiny.npz"
+    np.savez_compressed(
+        fake, x_train=rng.integers(0, 256, (4, 28, 28, 1), dtype=np.uint8), y_train=np.arange(4),
+        x_test=np.zeros((2, 28, 28, 1), np.uint8), y_test=np.arange(2),
+    )
+    good = hashlib.sha256(fake.read_bytes()).hexdigest()
+    monkeypatch.setitem(data.NPZ_FILES, "mnist", ("tiny.npz", good))
+    x, y = data.load("mnist", path=tmp_path)
+    assert x.shape == (4, 28, 28, 1) and y.tolist() == [0, 1, 2, 3]
+    corrupted = bytearray(fake.read_bytes())
+    corrupted[-100] ^= 0xFF
+    fake.write_bytes(bytes(corrupted))
+    with pytest.raises(ValueError, match=r"tiny\.npz does not have the expected sha256"):
+        data.load("mnist", path=tmp_path)
+    monkeypatch.setitem(data.NPZ_FILES, "mnist", ("tiny.npz", "0" * 64))  # a readable file, another version
+    np.savez_compressed(fake, x_train=np.zeros((1, 28, 28, 1), np.uint8), y_train=np.arange(1))
+    x, _ = data.load("mnist", path=fake, verify=False)
+    assert x.shape == (1, 28, 28, 1)

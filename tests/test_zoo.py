@@ -1,0 +1,108 @@
+"""Zoo mechanism: save/load entries, integrity checks, names, listing, the shipped mnist_ebm, the wheel."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from keras_shortrun import zoo
+from keras_shortrun.models import ShortRunEBM
+
+
+@pytest.fixture
+def tiny_entry(tmp_path):
+    model = ShortRunEBM.with_convnet(image_size=8, channels=1, filters=4, steps=3, seed=1)
+    directory = zoo.save_entry(model, tmp_path / "tiny", {"name": "tiny", "chain": {"steps": 3}})
+    return model, directory
+
+
+def test_entry_round_trip(tiny_entry):
+    model, directory = tiny_entry
+    loaded = zoo.load(directory)
+    x = np.random.default_rng(0).uniform(-1, 1, (4, 8, 8, 1)).astype("float32")
+    np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
+    np.testing.assert_array_equal(loaded.sample(3, seed=5), model.sample(3, seed=5))
+    meta = zoo.info(directory)
+    assert meta["family"] == "ShortRunEBM" and meta["params"] == model.count_params()
+    assert set(meta["files"]) == {"config.json", "model.weights.h5"}
+
+
+@pytest.mark.parametrize("filename", ["model.weights.h5", "config.json"])
+def test_tampered_file_is_refused(tiny_entry, filename):
+    _, directory = tiny_entry
+    path = directory / filename
+    content = bytearray(path.read_bytes())
+    content[len(content) // 2] ^= 0xFF
+    path.write_bytes(bytes(content))
+    with pytest.raises(zoo.ZooIntegrityError, match=f"{filename}.*modified or corrupted"):
+        zoo.load(directory)
+
+
+def test_missing_hash_is_refused(tiny_entry):
+    _, directory = tiny_entry
+    meta = json.loads((directory / "metadata.json").read_text())
+    del meta["files"]["model.weights.h5"]
+    (directory / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(zoo.ZooIntegrityError, match="records no sha256"):
+        zoo.load(directory)
+
+
+def test_resaving_replaces_entry_atomically(tiny_entry):
+    model, directory = tiny_entry
+    zoo.save_entry(model, directory, {"name": "tiny", "note": "second"})
+    assert zoo.info(directory)["note"] == "second"
+    assert not any(p.name.startswith(".tiny") or p.name.endswith(".old") for p in directory.parent.iterdir())
+
+
+def test_unknown_name_suggests_close_matches():
+    with pytest.raises(ValueError, match="Did you mean 'mnist_ebm'"):
+        zoo.load("mnist_ebn")
+    with pytest.raises(ValueError, match="Available: .*mnist_ebm"):
+        zoo.load("no_such_model")
+
+
+def test_list_has_table_fields():
+    rows = zoo.list()
+    names = [r["name"] for r in rows]
+    assert "mnist_ebm" in names
+    row = rows[names.index("mnist_ebm")]
+    assert row["family"] == "ShortRunEBM" and row["dataset"] == "mnist" and row["resolution"] == 28
+    assert row["steps"] >= 50 and "recon_mse_test" in row["metrics"] and row["hardware"]
+    assert zoo.list(filter="fashion") == [] or all("fashion" in r["dataset"] for r in zoo.list(filter="fashion"))
+
+
+def test_mnist_ebm_loads_and_matches_golden_samples():
+    model = zoo.load("mnist_ebm")
+    assert model.chain.steps >= 50
+    samples = model.sample(2, seed=0, steps=10)
+    golden = np.load(ROOT / "tests" / "golden" / "mnist_ebm_sample_seed0_k10.npy")
+    # Ten chain steps from a fixed seed; CPUs may differ in the last float bits.
+    np.testing.assert_allclose(samples, golden, atol=1e-3)
+
+
+def test_wheel_ships_the_zoo(tmp_path):
+    """A wheel built from the repo, installed into a fresh directory, loads mnist_ebm offline."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path), str(ROOT)],
+        check=True, capture_output=True, timeout=300,
+    )
+    wheel = next(tmp_path.glob("keras_shortrun-*.whl"))
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(target), str(wheel)],
+        check=True, capture_output=True, timeout=300,
+    )
+    code = (
+        "import keras_shortrun, pathlib; from keras_shortrun import zoo;"
+        "assert 'site' in keras_shortrun.__file__, keras_shortrun.__file__;"
+        "print(zoo.resolve('mnist_ebm')); m = zoo.load('mnist_ebm'); print(m.sample(2, seed=0, steps=2).shape)"
+    )
+    env = {"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "2", "HOME": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "site/keras_shortrun/_zoo/mnist_ebm" in result.stdout and "(2, 28, 28, 1)" in result.stdout

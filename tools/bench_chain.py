@@ -1,0 +1,333 @@
+"""Speed of one Langevin step: our compiled chain vs its floor vs the paper's eager PyTorch loop.
+
+    python tools/bench_chain.py                      # 28x28x1, filters 32, batch 64, K 20, TF and JAX
+    python tools/bench_chain.py --filters 8 --steps 5 --repeats 2   # smoke test
+
+For one energy net (``EnergyConvNet``, the same weights everywhere), batch and K:
+(a) ms per step of ``ShortRunEBM.generate`` (the compiled chain), timed after a
+warm-up call whose duration (trace + compile + run) is reported too; (b) ms of
+one compiled forward+backward of the energy w.r.t. its input
+(``backend.value_and_grad`` through ``backend.compile_method``: ``tf.function``
+on TF, ``jax.jit`` on JAX), the floor of a step; (c) ms per step of the paper's
+eager PyTorch loop (``enijkamp/short_run``, ``train_cifar10_minimal.py``)
+on the same network. Each backend runs in its own subprocess; this one
+process prints the table. Medians over ``--repeats`` (min in parentheses).
+(c) needs PyTorch: ``pip install torch==2.13.0`` (the ``bench`` extra); ``--no-torch`` skips it.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULT_PREFIX = "BENCH_RESULT "
+
+
+def timed_ms(fn, repeats, per):
+    """Milliseconds per unit of ``repeats`` calls of ``fn`` (each doing ``per`` units)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(1e3 * (time.perf_counter() - start) / per)
+    return times
+
+
+def same_padding(size, kernel, stride):
+    """Keras ``padding="same"``: ``(before, after)`` zeros on each spatial side."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+# Keras workers ---------------------------------------------------------------
+def keras_worker(args):
+    """Times (a) and (b) on the configured Keras backend; the first backend's run also writes the shared net."""
+    import numpy as np
+
+    backend_name = os.environ["KERAS_BACKEND"]
+    if backend_name == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    import keras
+
+    from keras_shortrun import backend
+    from keras_shortrun.models import ShortRunEBM
+
+    keras.utils.set_random_seed(args.seed)
+    model = ShortRunEBM.with_convnet(
+        image_size=args.image_size, channels=args.channels, filters=args.filters, steps=args.steps, seed=args.seed
+    )
+    energy = model.energy
+    shared = Path(args.shared)
+    if args.writes_net:
+        write_shared_net(model, shared)
+    else:
+        with np.load(shared / "net.npz") as saved:
+            energy.set_weights([saved[f"w{i}"] for i in range(len(energy.weights))])
+
+    shape = (args.batch, args.image_size, args.image_size, args.channels)
+    z = np.random.default_rng(args.seed).uniform(-1, 1, shape).astype("float32")
+    first = time.perf_counter()
+    model.generate(z, seed=args.seed, batch_size=args.batch)
+    chain_first_s = time.perf_counter() - first
+    chain_ms = timed_ms(lambda: model.generate(z, seed=args.seed, batch_size=args.batch), args.repeats, args.steps)
+
+    gradient = backend.compile_method(model, lambda x: backend.value_and_grad(energy, x))
+    x = keras.ops.convert_to_tensor(z)
+
+    def floor_steps():
+        for _ in range(args.steps):
+            keras.ops.convert_to_numpy(gradient(x)[1])  # waits for the result (JAX dispatches asynchronously)
+
+    keras.ops.convert_to_numpy(gradient(x)[1])  # trace and compile
+    floor_ms = timed_ms(floor_steps, args.repeats, args.steps)
+
+    with np.load(shared / "net.npz") as saved:
+        values, grads = gradient(keras.ops.convert_to_tensor(saved["x_check"]))
+        parity = {
+            "energy": float(np.abs(keras.ops.convert_to_numpy(values) - saved["energy_check"]).max()),
+            "grad": float(np.abs(keras.ops.convert_to_numpy(grads) - saved["grad_check"]).max()),
+        }
+    versions = {"keras": keras.__version__}
+    if backend_name == "tensorflow":
+        versions["tensorflow"] = tf.__version__
+        threads = f"TF intra-op {tf.config.threading.get_intra_op_parallelism_threads()}"
+    else:
+        import jax
+        import jaxlib
+
+        versions.update(jax=jax.__version__, jaxlib=jaxlib.__version__)
+        threads = f"JAX/XLA default pool ({jax.devices()[0].device_kind}, {jax.device_count()} device)"
+    return {
+        "chain_first_s": chain_first_s, "chain_ms": chain_ms, "floor_ms": floor_ms,
+        "parity": parity, "versions": versions, "threads": threads,
+    }
+
+
+def write_shared_net(model, shared):
+    """Saves the energy's weights, its layer geometry and a reference energy/gradient for the other workers."""
+    import keras
+    import numpy as np
+
+    from keras_shortrun import backend
+
+    energy = model.energy
+    x_check = np.random.default_rng(1).uniform(-1, 1, (4,) + model.data_shape).astype("float32")
+    values, grads = backend.value_and_grad(energy, keras.ops.convert_to_tensor(x_check))
+    np.savez(
+        shared / "net.npz", x_check=x_check, energy_check=keras.ops.convert_to_numpy(values),
+        grad_check=keras.ops.convert_to_numpy(grads), **{f"w{i}": w for i, w in enumerate(energy.get_weights())},
+    )
+    layers, size = [], model.data_shape[0]
+    for conv in energy.convs:
+        kernel, stride = conv.kernel_size[0], conv.strides[0]
+        pad = same_padding(size, kernel, stride) if conv.padding == "same" else (0, 0)
+        layers.append({"kernel": kernel, "stride": stride, "pad": pad, "filters": conv.filters})
+        size = (size + sum(pad) - kernel) // stride + 1
+    (shared / "layers.json").write_text(json.dumps({"layers": layers, "slope": energy.negative_slope}))
+
+
+# PyTorch worker --------------------------------------------------------------
+def torch_worker(args):
+    """Times (c): the paper's eager loop on the same net (weights from the first Keras worker)."""
+    import numpy as np
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    shared = Path(args.shared)
+    spec = json.loads((shared / "layers.json").read_text())
+    modules, channels = [], args.channels
+    for i, layer in enumerate(spec["layers"]):
+        before, after = layer["pad"]
+        if before == after:  # the paper's form: nn.Conv2d(..., k, s, p)
+            modules.append(nn.Conv2d(channels, layer["filters"], layer["kernel"], layer["stride"], before))
+        else:  # Keras "same" pads one more after than before on odd sizes: pad explicitly
+            modules.append(nn.ZeroPad2d((before, after, before, after)))
+            modules.append(nn.Conv2d(channels, layer["filters"], layer["kernel"], layer["stride"], 0))
+        if i < len(spec["layers"]) - 1:
+            modules.append(nn.LeakyReLU(spec["slope"]))
+        channels = layer["filters"]
+    net = nn.Sequential(*modules)
+    with np.load(shared / "net.npz") as saved:
+        convs = [m for m in net if isinstance(m, nn.Conv2d)]
+        with torch.no_grad():
+            for i, conv in enumerate(convs):
+                conv.weight.copy_(torch.from_numpy(saved[f"w{2 * i}"].transpose(3, 2, 0, 1)))  # HWIO -> OIHW
+                conv.bias.copy_(torch.from_numpy(saved[f"w{2 * i + 1}"]))
+        x_check = torch.from_numpy(saved["x_check"].transpose(0, 3, 1, 2).copy()).requires_grad_(True)
+        values = net(x_check).squeeze()
+        (grads,) = torch.autograd.grad(values.sum(), [x_check])
+        parity = {
+            "energy": float(np.abs(values.detach().numpy() - saved["energy_check"]).max()),
+            "grad": float(np.abs(grads.numpy().transpose(0, 2, 3, 1) - saved["grad_check"]).max()),
+        }
+
+    def f(x):
+        return net(x).squeeze()
+
+    def sample_q():  # as in train_cifar10_minimal.py
+        x_k = torch.FloatTensor(args.batch, args.channels, args.image_size, args.image_size).uniform_(-1, 1)
+        x_k.requires_grad_(True)
+        for _ in range(args.steps):
+            f_prime = torch.autograd.grad(f(x_k).sum(), [x_k], retain_graph=True)[0]
+            x_k.data += f_prime + 1e-2 * torch.randn_like(x_k)
+        return x_k.detach()
+
+    first = time.perf_counter()
+    sample_q()
+    eager_first_s = time.perf_counter() - first
+    eager_ms = timed_ms(sample_q, args.repeats, args.steps)
+    return {
+        "eager_first_s": eager_first_s, "eager_ms": eager_ms, "parity": parity,
+        "versions": {"torch": torch.__version__}, "threads": f"torch {torch.get_num_threads()}",
+        "modules": [str(m) for m in net],
+    }
+
+
+# Driver ----------------------------------------------------------------------
+def run_worker(kind, args, shared, writes_net=False):
+    """Runs one worker in a fresh interpreter; returns its result dict, or an error string."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--shared", str(shared)]
+    command += ["--writes-net"] if writes_net else []
+    for flag in ("image_size", "channels", "filters", "batch", "steps", "repeats", "threads", "seed"):
+        command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    if kind != "torch":
+        env["KERAS_BACKEND"] = kind
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+    for line in done.stdout.splitlines():
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX):])
+    tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+    return f"{kind} worker failed (exit {done.returncode}): {tail}"
+
+
+def cpu_model():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def summary(values):
+    return f"{statistics.median(values):.2f} ({min(values):.2f})"
+
+
+def report(args, results):
+    """Prints the markdown table of (a), (b), (c) and their ratios, and the machine."""
+    import numpy as np
+
+    keras_rows = [k for k in args.backends if isinstance(results.get(k), dict)]
+    eager = results.get("torch") if isinstance(results.get("torch"), dict) else None
+    spec = args.shared / "layers.json"
+    layers = json.loads(spec.read_text())["layers"] if spec.is_file() else []
+    widths = "-".join(str(layer["filters"]) for layer in layers[:-1])
+    print(
+        f"\n## Langevin step: EnergyConvNet {args.image_size}x{args.image_size}x{args.channels}, "
+        f"filters {args.filters} ({widths}), batch {args.batch}, K={args.steps}, {args.repeats} repeats\n"
+    )
+    print("ms: median over repeats (min). (a) ShortRunEBM.generate, per step; (b) one compiled forward+backward")
+    print("of the energy w.r.t. x; (c) the paper's eager PyTorch loop, per step.\n")
+    print("| backend | (a) chain ms/step | first call s | ≈ compile s | (b) floor ms | a/b | (c) torch ms/step | c/a |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    eager_median = statistics.median(eager["eager_ms"]) if eager else None
+    for kind in keras_rows:
+        r = results[kind]
+        a, b = statistics.median(r["chain_ms"]), statistics.median(r["floor_ms"])
+        c_over_a = f"{eager_median / a:.2f}" if eager else "n/a"
+        print(
+            f"| {kind} | {summary(r['chain_ms'])} | {r['chain_first_s']:.2f} | "
+            f"{r['chain_first_s'] - args.steps * a / 1e3:.2f} | {summary(r['floor_ms'])} | "
+            f"{a / b:.2f} | {summary(eager['eager_ms']) if eager else 'n/a'} | {c_over_a} |"
+        )
+    for result in results.values():
+        if isinstance(result, str):
+            print(f"\n{result}")
+    print("\nFirst call = trace + compile + one chain run (TF: tf.function; JAX: jax.jit of lax.scan);")
+    print("compile ≈ first call - K x (a).")
+    if eager:
+        print(f"PyTorch first (warm-up) loop: {eager['eager_first_s']:.2f} s.")
+        padded = [m for m in eager["modules"] if m.startswith("ZeroPad2d")]
+        if padded:
+            print(
+                f"PyTorch net differs from the paper's nn.Conv2d(k, s, p=1) only where Keras 'same' pads "
+                f"asymmetrically: {', '.join(padded)} then Conv2d(padding=0) (p=1 would give a smaller map)."
+            )
+    writer = args.backends[0]
+    parity = {k: results[k]["parity"] for k in keras_rows + (["torch"] if eager else []) if k != writer}
+    if parity:
+        print(
+            f"Same net everywhere (weights from the {writer} run), max |diff| vs {writer} of energy / dE/dx "
+            "on 4 images: "
+            + "; ".join(f"{k} {p['energy']:.1e} / {p['grad']:.1e}" for k, p in parity.items())
+        )
+    versions = {"python": platform.python_version(), "numpy": np.__version__}
+    threads = []
+    for result in results.values():
+        if isinstance(result, dict):
+            versions.update(result["versions"])
+            threads.append(result["threads"])
+    print(
+        f"\nMachine: {cpu_model()}, {os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable), "
+        f"{platform.system()} {platform.release()}."
+    )
+    print("Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".")
+    print("Threads: " + "; ".join(threads) + ".")
+    print(f"Load average (1 min) before the run: {args.load_before:.2f}.")
+    if args.load_before > 0.5:
+        print(
+            "WARNING: the CPU was busy; timings are not representative, PyTorch's least of all (its OpenMP "
+            "threads spin-wait when other processes compete: OMP_WAIT_POLICY=PASSIVE softens that)."
+        )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image-size", type=int, default=28)
+    parser.add_argument("--channels", type=int, default=1)
+    parser.add_argument("--filters", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=20, help="K, Langevin steps per chain")
+    parser.add_argument("--repeats", type=int, default=10, help="timed chains (after one warm-up)")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="TF intra-op and torch")
+    parser.add_argument("--backends", default="tensorflow,jax", help="Keras backends, comma-separated; the first "
+                        "one's random weights are loaded by the others")
+    parser.add_argument("--no-torch", action="store_true", help="skip (c)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--worker", choices=("tensorflow", "jax", "torch"), help=argparse.SUPPRESS)
+    parser.add_argument("--shared", help=argparse.SUPPRESS)
+    parser.add_argument("--writes-net", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        result = torch_worker(args) if args.worker == "torch" else keras_worker(args)
+        print(RESULT_PREFIX + json.dumps(result), flush=True)
+        return
+    args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if not args.backends or not set(args.backends) <= {"tensorflow", "jax"}:
+        parser.error(f"--backends takes tensorflow and/or jax, got {args.backends}")
+    args.load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as shared:
+        args.shared = Path(shared)
+        results = {kind: run_worker(kind, args, args.shared, i == 0) for i, kind in enumerate(args.backends)}
+        if not args.no_torch and isinstance(results[args.backends[0]], dict):
+            results["torch"] = run_worker("torch", args, args.shared)
+        report(args, results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Zoo entries shipped inside the wheel (mapped from the top-level zoo/ folder)."""
