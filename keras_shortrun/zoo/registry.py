@@ -113,15 +113,21 @@ def save_entry(model, directory, metadata, extra_files=()):
     """Writes a complete entry folder atomically (a temporary folder renamed into place).
 
     ``metadata`` gets ``family``, ``params`` and the files' sha256 added;
-    ``extra_files`` are paths copied in (sample grids, the card).
+    ``extra_files`` are paths copied in (sample grids, the card). Only the
+    model's weights are stored (no optimizer state), from a copy rebuilt from
+    the written config, so the entry is known to load.
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
+        config = keras.saving.serialize_keras_object(model)
+        config.pop("compile_config", None)  # an entry is a model, not a training state
         with open(staging / CONFIG_FILE, "w") as f:
-            json.dump(keras.saving.serialize_keras_object(model), f, indent=1, sort_keys=True)
-        model.save_weights(staging / WEIGHTS_FILE)
+            json.dump(config, f, indent=1, sort_keys=True)
+        rebuilt = keras.saving.deserialize_keras_object(config)
+        rebuilt.set_weights(model.get_weights())
+        rebuilt.save_weights(staging / WEIGHTS_FILE)
         for extra in extra_files:
             shutil.copy(extra, staging / Path(extra).name)
         metadata = dict(metadata)
