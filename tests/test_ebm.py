@@ -125,11 +125,13 @@ def test_toy_mixture_samples_land_on_the_modes():
     nearest, which = distance.min(1), distance.argmin(1)
     share = np.array([np.mean((which == m) & (nearest < 3 * std)) for m in range(num_modes)])
     # Reference points: data itself has mean nearest-mode distance std*sqrt(pi/2) = 0.05 and 99% within
-    # 3 std; Uniform(-1,1)^2 (the chain's start) has 0.32 and 9%. Trained (seeds 0-3 measured): 0.047-0.068
-    # and 81-97%, every mode holding 9-17% of the samples. Bounds: half-way to the untrained start.
+    # 3 std; Uniform(-1,1)^2 (the chain's start) has 0.32 and 9%. Trained, measured over 9 combinations of
+    # data/model/sampling seeds: 0.045-0.070 and 90-96%, each mode holding 3.7-16% of the samples (fair
+    # share 12.5%). Bounds: distance < 0.1 and > 70% near a mode (far from the start's 0.32 and 9%), and
+    # every one of the 8 modes covered by > 2% of the samples (a missed mode holds ~0).
     assert nearest.mean() < 0.1, nearest.mean()
     assert np.mean(nearest < 3 * std) > 0.7
-    assert share.min() > 0.04, share  # all 8 modes covered (a collapsed mode would hold ~0)
+    assert share.min() > 0.02, share
 
 
 # 9. Training on JAX ---------------------------------------------------------------------------------------------

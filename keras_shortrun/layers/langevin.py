@@ -118,6 +118,8 @@ class LangevinChain(keras.layers.Layer):
                 f"has {len(states)} tensor(s)."
             )
         if noise is not None:
+            if single and isinstance(noise, (list, tuple)):
+                raise ValueError("The state is one tensor, so noise must be one tensor (B, K, ...), not a list.")
             noise = [noise] if single else list(noise)
             self._check_noise(states, noise, steps)
         if seed is None and noise is None:
