@@ -77,8 +77,10 @@ class WallClock(keras.callbacks.Callback):
 
 def fit_resumable(model, x, out_dir, iterations, batch_size=64, iterations_per_epoch=100,
                   learning_rate=1e-4, beta_1=0.9, seed=0, grid_size=64, verbose=1):
-    """``model.fit`` for ``iterations`` updates with a progress bar, a sample grid and a
-    checkpoint (weights + optimizer + epoch) every ``iterations_per_epoch``.
+    """``model.fit`` for ``iterations`` updates with a progress bar, a sample grid, a
+    resumable backup (weights + optimizer + epoch) and a kept weights snapshot
+    (``checkpoints/epoch_NNNN.weights.h5``, to go back to if a run diverges)
+    every ``iterations_per_epoch``.
 
     Rerunning with the same ``out_dir`` resumes after the last finished epoch.
     Returns the ``History``.
@@ -92,6 +94,8 @@ def fit_resumable(model, x, out_dir, iterations, batch_size=64, iterations_per_e
     model.compile(optimizer=keras.optimizers.Adam(learning_rate, beta_1=beta_1))
     callbacks = [
         keras.callbacks.BackupAndRestore(out_dir / "backup", double_checkpoint=True, delete_checkpoint=False),
+        keras.callbacks.ModelCheckpoint(str(out_dir / "checkpoints" / "epoch_{epoch:04d}.weights.h5"),
+                                        save_weights_only=True),
         WallClock(out_dir / "wall_time.json"),
         SampleGrid(out_dir / "samples", n=grid_size, seed=seed),
         keras.callbacks.CSVLogger(str(out_dir / "log.csv"), append=True),

@@ -83,6 +83,21 @@ def test_quadratic_energy_three_steps_use_noise_in_step_order(noise_scale, param
     np.testing.assert_allclose(out, x, **F32)
 
 
+def test_clip_clamps_after_every_update():
+    rng = np.random.RandomState(2)
+    x0 = rng.uniform(-1, 1, (6, 4)).astype("float32")
+    noise = rng.randn(6, 4, 4).astype("float32")
+    chain = LangevinChain(steps=4, step_size=1.5, noise_scale=0.5, clip=(-1.0, 1.0))
+    potential = lambda x: -2.0 * ops.sum(x, axis=1)  # noqa: E731  (gradient -2 pushes every x upwards)
+    out = _np(chain(x0, potential=potential, noise=noise))
+    x = x0.astype("float64")
+    for k in range(4):
+        x = np.clip(x + 0.5 * 1.5**2 * 2.0 + 0.5 * noise[:, k], -1.0, 1.0)
+    np.testing.assert_allclose(out, x, **F32)
+    assert out.max() == 1.0 and out.min() >= -1.0
+    assert LangevinChain.from_config(chain.get_config()).clip == (-1.0, 1.0)
+
+
 def test_multi_group_state_with_per_group_step_sizes():
     rng = np.random.RandomState(2)
     x0 = rng.randn(4, 3).astype("float32")

@@ -3,8 +3,8 @@
     python tools/train_mnist_ebm.py train  [--iterations 3000]   # resumes from runs/mnist_ebm
     python tools/train_mnist_ebm.py export                       # writes zoo/mnist_ebm
 
-Budget (CPU): the paper-1 ConvNet at nf=16 and K=50 Langevin steps, batch 64,
-Adam 2e-4; see the entry's card for what was run and measured.
+Budget (CPU): the paper-1 ConvNet at nf=16 and K=50 Langevin steps (clamped to
+[-1, 1]), batch 64, Adam 1e-4; see the entry's card for what was run and measured.
 """
 
 import argparse
@@ -25,6 +25,7 @@ if __name__ == "__main__":
     parser.add_argument("--run-dir", default=str(ROOT / "runs" / "mnist_ebm"))
     parser.add_argument("--entry-dir", default=str(ROOT / "zoo" / "mnist_ebm"))
     parser.add_argument("--data-path", default=None)
+    parser.add_argument("--epoch", type=int, default=None, help="snapshot to export (default: the last)")
     parser.add_argument("--recon-images", type=int, default=1000)
     parser.add_argument("--recon-iterations", type=int, default=200)
     args = parser.parse_args()
@@ -32,4 +33,5 @@ if __name__ == "__main__":
         train("mnist_ebm", args.run_dir, args.iterations, args.data_path)
     else:
         export_entry("mnist_ebm", args.run_dir, args.entry_dir, args.data_path,
-                     recon_images=args.recon_images, recon_iterations=args.recon_iterations)
+                     recon_images=args.recon_images, recon_iterations=args.recon_iterations,
+                     epoch=args.epoch)

@@ -42,6 +42,9 @@ class LangevinChain(keras.layers.Layer):
         bptt: whether gradients flow through the chain (to its start, the step
             size and the potential's weights). Off, the output is a constant,
             as maximum-likelihood EBM training wants.
+        clip: ``None`` or ``(low, high)``: clamp the state after every update
+            (e.g. ``(-1, 1)``, the data range). Off by default, as in paper 1's
+            code; it keeps a young EBM's chain from running off to infinity.
         seed: integer seed of the layer's noise generator.
 
     Call arguments:
@@ -67,6 +70,7 @@ class LangevinChain(keras.layers.Layer):
         learn_step_size=False,
         parametrization="log",
         bptt=False,
+        clip=None,
         seed=None,
         **kwargs,
     ):
@@ -88,6 +92,9 @@ class LangevinChain(keras.layers.Layer):
         self.learn_step_size = bool(learn_step_size)
         self.parametrization = parametrization
         self.bptt = bool(bptt)
+        if clip is not None and not (len(clip) == 2 and clip[0] < clip[1]):
+            raise ValueError(f"clip must be None or (low, high) with low < high, got {clip!r}.")
+        self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
         self.seed = seed
         self.num_groups = len(step_sizes)
         raw = [math.log(s) if parametrization == "log" else _inverse_softplus(s) for s in step_sizes]
@@ -184,7 +191,8 @@ class LangevinChain(keras.layers.Layer):
                         [(start + k) * self.num_groups + g + 1, 0]
                     )
                     eps = backend.stateless_normal(ops.shape(x), step_seed, x.dtype)
-                updated.append(x - half_s2[g] * grad + taus[g] * eps)
+                x = x - half_s2[g] * grad + taus[g] * eps
+                updated.append(x if self.clip is None else ops.clip(x, *self.clip))
             return updated
 
         return backend.fori_loop(stop - start, body, states)
@@ -198,6 +206,7 @@ class LangevinChain(keras.layers.Layer):
             learn_step_size=self.learn_step_size,
             parametrization=self.parametrization,
             bptt=self.bptt,
+            clip=None if self.clip is None else list(self.clip),
             seed=self.seed,
         )
         return config

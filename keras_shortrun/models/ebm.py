@@ -11,9 +11,9 @@ from keras_shortrun.validation import check_images
 from keras_shortrun.validation import check_positive_int
 
 
-def paper_chain(steps=100, seed=None):
-    """The paper-1 chain: ``x += df/dx + 0.01 eps`` (``s = sqrt(2)``, ``tau = 0.01``)."""
-    return LangevinChain(steps=steps, step_size=2.0**0.5, noise_scale=0.01, seed=seed, name="chain")
+def paper_chain(steps=100, seed=None, clip=None):
+    """The paper-1 chain: ``x += df/dx + 0.01 eps`` (``s = sqrt(2)``, ``tau = 0.01``), optionally clamped."""
+    return LangevinChain(steps=steps, step_size=2.0**0.5, noise_scale=0.01, clip=clip, seed=seed, name="chain")
 
 
 @keras.saving.register_keras_serializable(package="keras_shortrun")
@@ -55,10 +55,11 @@ class ShortRunEBM(backend.TrainStepMixin, keras.Model):
         self.build((None,) + self.data_shape)
 
     @classmethod
-    def with_convnet(cls, image_size=32, channels=3, filters=64, steps=100, seed=None, **kwargs):
-        """The paper-1 model: ``EnergyConvNet`` and the paper-1 chain with K ``steps``."""
+    def with_convnet(cls, image_size=32, channels=3, filters=64, steps=100, clip=None, seed=None, **kwargs):
+        """The paper-1 model: ``EnergyConvNet`` and the paper-1 chain with K ``steps`` (optionally clamped)."""
         energy = EnergyConvNet(image_size=image_size, channels=channels, filters=filters, name="energy")
-        return cls(energy, (image_size, image_size, channels), chain=paper_chain(steps, seed), seed=seed, **kwargs)
+        chain = paper_chain(steps, seed, clip)
+        return cls(energy, (image_size, image_size, channels), chain=chain, seed=seed, **kwargs)
 
     def build(self, input_shape):
         if not self.energy.built:  # deserialised layers arrive built
