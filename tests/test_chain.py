@@ -272,13 +272,17 @@ def test_bptt_gradients_match_finite_differences():
     g_raw, g_x0, g_w = _np(g_raw), _np(g_x0), _np(g_w)
 
     h = 1e-6
-    raw0 = _np(chain.raw_step_size).copy()
-    chain.raw_step_size.assign(raw0 + h)
-    up = float(loss(x0))
-    chain.raw_step_size.assign(raw0 - h)
-    down = float(loss(x0))
-    chain.raw_step_size.assign(raw0)
-    fd_raw = (up - down) / (2 * h)
+
+    def central_difference(variable, direction):
+        start = _np(variable).copy()
+        variable.assign(start + direction)
+        up = float(loss(x0))
+        variable.assign(start - direction)
+        down = float(loss(x0))
+        variable.assign(start)
+        return (up - down) / (2 * h)
+
+    fd_raw = central_difference(chain.raw_step_size, h)
 
     fd_x0 = np.zeros_like(x0)
     for i in np.ndindex(x0.shape):
@@ -286,15 +290,9 @@ def test_bptt_gradients_match_finite_differences():
         e[i] = h
         fd_x0[i] = (float(loss(x0 + e)) - float(loss(x0 - e))) / (2 * h)
 
-    w0 = _np(energy.w).copy()
-    e = np.zeros_like(w0)
+    e = np.zeros(energy.w.shape)
     e[1, 2] = h
-    energy.w.assign(w0 + e)
-    up = float(loss(x0))
-    energy.w.assign(w0 - e)
-    down = float(loss(x0))
-    energy.w.assign(w0)
-    fd_w = (up - down) / (2 * h)
+    fd_w = central_difference(energy.w, e)
 
     # float64, smooth energy: central-difference truncation ~ h^2 |L'''| ~ 1e-12, rounding ~ 1e-16/h ~ 1e-10;
     # 1e-7 relative (with a 1e-8 floor) is a wide margin that any missing BPTT term would still violate.
