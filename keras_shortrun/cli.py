@@ -70,7 +70,7 @@ def cmd_reconstruct(args):
           f"(std {mse.std():.5f}; pixels in [-1, 1])")
     if args.output:
         pairs = np.stack([x[:32], x_hat[:32]], axis=1).reshape((-1,) + x.shape[1:])
-        save_grid(args.output, pairs, columns=16, scale=args.scale)
+        save_grid(args.output, pairs, columns=min(16, len(pairs)), scale=args.scale)
         print(f"wrote originals and reconstructions (alternating) to {args.output}")
 
 

@@ -64,3 +64,17 @@ def test_train_resumes_after_interruption(shared_data, tmp_path):
     assert epochs == [0, 1, 2]
     assert sorted(p.name for p in (out / "samples").iterdir()) == [f"samples_000{i}.png" for i in (1, 2, 3)]
     assert (out / "model.keras").is_file() and (out / "backup").is_dir()
+
+
+def test_reconstruct_reports_mse_and_writes_pairs(shared_data, tmp_path, capsys):
+    model = ShortRunEBM.with_convnet(image_size=28, channels=1, filters=4, steps=3, seed=0)
+    entry = zoo.save_entry(model, tmp_path / "tiny28", {"name": "tiny28"})
+    out = tmp_path / "recon.png"
+    args = ["reconstruct", str(entry), "--data", "mnist", "--data-path", str(shared_data), "-n", "4",
+            "--iterations", "3", "-o", str(out), "--scale", "1"]
+    assert cli.main(args) == 0
+    report = capsys.readouterr().out
+    assert "reconstruction MSE over 4 mnist/test images" in report
+    mse = float(report.split("images: ")[1].split()[0])
+    assert 0.0 < mse < 4.0  # pixels in [-1, 1]: squared error is at most 4
+    assert np.asarray(Image.open(out)).shape == (30 + 2, 8 * 30 + 2)  # 8 tiles (4 pairs) in one row of 16
