@@ -4,13 +4,13 @@ Never downloads: every source is local, and a missing one fails at once with a
 message naming the file or directory to provide. ``load`` is the entry point.
 """
 
-import hashlib
 import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from keras_shortrun.hashing import sha256_file
 from keras_shortrun.validation import check_positive_int
 
 DATA_ENV = "KERAS_SHORTRUN_DATA"
@@ -57,8 +57,11 @@ def load(name, split="train", source="npz", path=None, data_dir=None, image_size
               ``test`` is the last 1,000 faces, ``train`` the first 9,000;
               ``celeba32`` is it pooled 2x2. ``cifar10`` is a 10k/5k subset.
             - ``"folder"``: image files under ``path`` (or ``path/<split>`` when
-              that directory exists); one subfolder per class gives labels (the
-              folder name when all names are integers, else its sorted index),
+              ``path/train`` or ``path/test`` exists, and then the asked split's
+              folder must be there); one subfolder per class gives labels (the
+              folder name when all names are integers, else its index among the
+              sorted class names of all splits, so a class has one label in
+              train and test); ``train``/``test`` folders are never classes;
               loose files give ``labels=None``.
             - ``"tfds"``: a TensorFlow Datasets copy already prepared in
               ``data_dir`` (mnist, fashion_mnist, cifar10; never downloaded).
@@ -124,18 +127,10 @@ def find_npz(name, path=None):
     )
 
 
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _npz_pixels(name, split, path, verify):
     """``uint8`` pixels ``(N, H, W, C)`` and int64 labels or ``None`` from the npz archive."""
     file = find_npz(name, path)
-    if verify and _sha256(file) != NPZ_FILES[name][1]:
+    if verify and sha256_file(file) != NPZ_FILES[name][1]:
         raise ValueError(
             f"{file} does not have the expected sha256 for {name!r} ({NPZ_FILES[name][1]}): the file is "
             f"corrupt or a different version. Provide the right {NPZ_FILES[name][0]}, or pass verify=False."
@@ -165,21 +160,34 @@ def _image_files(directory):
     return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
+def _class_dirs(directory):
+    """The subfolders of ``directory`` that hold images, sorted; folders named like a split are never classes."""
+    return sorted(d for d in directory.iterdir() if d.is_dir() and d.name not in SPLITS and _image_files(d))
+
+
 def _folder_pixels(path, split, channels, size):
     """``uint8`` pixels ``(N, size, size, channels)`` and labels (or ``None``) from an image directory."""
     if path is None:
         raise ValueError("source='folder' needs path=<directory of images, or of one subfolder per class>.")
-    root = Path(path)
-    if (root / split).is_dir():
-        root = root / split
+    base = Path(path)
+    split_dirs = [base / s for s in SPLITS if (base / s).is_dir()]
+    if split_dirs:  # split layout: path/train and/or path/test; classes are the union over them
+        if not (base / split).is_dir():
+            found = ", ".join(d.name for d in split_dirs)
+            raise DataNotFoundError(
+                f"No {split!r} split in {base}: provide the directory {base / split} (only {found} is there)."
+            )
+        root = base / split
     elif split != "train":
         raise DataNotFoundError(
-            f"No {split!r} split in {root}: provide the directory {root / split} (the top folder is the train split)."
+            f"No {split!r} split in {base}: provide the directory {base / split} (the top folder is the train split)."
         )
+    else:
+        root = base
     if not root.is_dir():
         raise DataNotFoundError(f"Image directory {root} not found: provide it, or pass another path=.")
     loose = _image_files(root)
-    classes = sorted(d for d in root.iterdir() if d.is_dir() and _image_files(d))
+    classes = _class_dirs(root)
     if loose and classes:
         raise ValueError(
             f"{root} mixes image files with class subfolders ({', '.join(d.name for d in classes)}): "
@@ -190,8 +198,11 @@ def _folder_pixels(path, split, channels, size):
             f"No images ({', '.join(IMAGE_EXTENSIONS)}) in {root} nor in its subfolders: provide them there."
         )
     if classes:
-        numbered = all(d.name.isdigit() for d in classes)
-        per_class = [(int(d.name) if numbered else i, _image_files(d)) for i, d in enumerate(classes)]
+        # the same name gets the same label in every split: number the union of all splits' class names
+        names = sorted({d.name for r in (split_dirs or [root]) for d in _class_dirs(r)})
+        numbered = all(n.isdigit() for n in names)
+        label_of = {n: int(n) if numbered else i for i, n in enumerate(names)}
+        per_class = [(label_of[d.name], _image_files(d)) for d in classes]
         files = [f for _, fs in per_class for f in fs]
         labels = np.concatenate([np.full(len(fs), label, np.int64) for label, fs in per_class])
     else:

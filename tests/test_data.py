@@ -116,6 +116,37 @@ def test_folder_errors_name_the_directory(tmp_path):
         data.load("mnist", source="folder", path=tmp_path / "flat")
 
 
+def test_folder_named_classes_share_labels_across_splits(tmp_path):
+    pixel = np.zeros((8, 8, 3), np.uint8)
+    for name in ("cat", "dog", "fox"):
+        _write_png(tmp_path / "train" / name / "0.png", pixel)
+    for name in ("cat", "fox"):
+        _write_png(tmp_path / "test" / name / "0.png", pixel)
+    _write_png(tmp_path / "test" / "owl" / "0.png", pixel)  # a class only the test split has
+    _, y_train = data.load("cifar10", "train", source="folder", path=tmp_path)
+    _, y_test = data.load("cifar10", "test", source="folder", path=tmp_path)
+    assert y_train.tolist() == [0, 1, 2]  # cat, dog, fox of the union cat, dog, fox, owl
+    assert y_test.tolist() == [0, 2, 3]  # fox is 2 in both splits; owl is 3
+
+
+def test_folder_split_folders_are_never_classes(tmp_path):
+    pixel = np.zeros((28, 28), np.uint8)
+    _write_png(tmp_path / "test" / "1" / "a.png", pixel)  # only the test split: train is missing
+    with pytest.raises(data.DataNotFoundError, match=re.escape(str(tmp_path / "train"))):
+        data.load("mnist", "train", source="folder", path=tmp_path)
+    x, y = data.load("mnist", "test", source="folder", path=tmp_path)
+    assert x.shape == (1, 28, 28, 1) and y.tolist() == [1]
+    _write_png(tmp_path / "only_train" / "train" / "a.png", pixel)  # only the train split: test is missing
+    with pytest.raises(data.DataNotFoundError, match=re.escape(str(tmp_path / "only_train" / "test"))):
+        data.load("mnist", "test", source="folder", path=tmp_path / "only_train")
+    x, y = data.load("mnist", "train", source="folder", path=tmp_path / "only_train")
+    assert x.shape == (1, 28, 28, 1) and y is None
+    _write_png(tmp_path / "nested" / "train" / "3" / "a.png", pixel)
+    _write_png(tmp_path / "nested" / "train" / "test" / "b.png", pixel)  # not a class inside a split either
+    _, y = data.load("mnist", "train", source="folder", path=tmp_path / "nested")
+    assert y.tolist() == [3]
+
+
 def test_missing_npz_fails_fast_naming_the_file(tmp_path):
     start = time.perf_counter()
     with pytest.raises(data.DataNotFoundError) as error:

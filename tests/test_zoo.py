@@ -1,6 +1,7 @@
 """Zoo mechanism: save/load entries, integrity checks, names, listing, the shipped mnist_ebm, the wheel."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ from conftest import ROOT
 
 from keras_shortrun import zoo
 from keras_shortrun.models import ShortRunEBM
+from keras_shortrun.zoo import registry
 
 
 @pytest.fixture
@@ -85,6 +87,7 @@ def test_mnist_ebm_loads_and_matches_golden_samples():
 
 def test_wheel_ships_the_zoo(tmp_path):
     """A wheel built from the repo, installed into a fresh directory, loads mnist_ebm offline."""
+    shutil.rmtree(ROOT / "build", ignore_errors=True)  # no stale files from an earlier build in the wheel
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
          "-w", str(tmp_path), str(ROOT)],
@@ -106,3 +109,36 @@ def test_wheel_ships_the_zoo(tmp_path):
                             timeout=300)
     assert result.returncode == 0, result.stderr
     assert "site/keras_shortrun/_zoo/mnist_ebm" in result.stdout and "(2, 28, 28, 1)" in result.stdout
+
+
+def test_registered_entry_with_consistently_edited_metadata_is_refused(tmp_path, monkeypatch):
+    """Editing weights *and* metadata.json together is caught by the hashes pinned in code."""
+    copy = tmp_path / "mnist_ebm"
+    shutil.copytree(zoo.resolve("mnist_ebm"), copy)
+    weights = copy / "model.weights.h5"
+    content = bytearray(weights.read_bytes())
+    content[-100] ^= 0xFF
+    weights.write_bytes(bytes(content))
+    meta = json.loads((copy / "metadata.json").read_text())
+    meta["files"]["model.weights.h5"]["sha256"] = registry.sha256_file(weights)
+    (copy / "metadata.json").write_text(json.dumps(meta))
+    monkeypatch.setenv(registry.ZOO_ENV, str(tmp_path))
+    assert zoo.resolve("mnist_ebm") == copy
+    with pytest.raises(zoo.ZooIntegrityError, match="pins"):
+        zoo.load("mnist_ebm")
+    zoo.load(copy)  # as a plain folder it is only as trustworthy as its own metadata
+
+
+def test_registered_name_wins_over_a_local_folder(tmp_path, monkeypatch):
+    (tmp_path / "mnist_ebm").mkdir()
+    (tmp_path / "mnist_ebm" / "metadata.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    assert zoo.resolve("mnist_ebm") != tmp_path / "mnist_ebm"
+
+
+def test_extra_files_cannot_shadow_entry_files(tmp_path):
+    model = ShortRunEBM.with_convnet(image_size=8, channels=1, filters=4, steps=3, seed=1)
+    fake = tmp_path / "config.json"
+    fake.write_text("{}")
+    with pytest.raises(ValueError, match="extra_files"):
+        zoo.save_entry(model, tmp_path / "entry", {}, extra_files=[fake])

@@ -1,6 +1,7 @@
 """Shared recipe code for the EBM zoo entries (``tools/train_<entry>.py``)."""
 
 import csv
+import json
 import os
 import platform
 import time
@@ -13,6 +14,7 @@ from keras_shortrun import data
 from keras_shortrun.images import save_grid
 from keras_shortrun.models import ShortRunEBM
 from keras_shortrun.training import fit_resumable
+from keras_shortrun.zoo import info as read_metadata
 from keras_shortrun.zoo import save_entry
 
 RECIPES = {
@@ -90,8 +92,11 @@ def export_entry(entry, run_dir, entry_dir, data_path=None, recon_images=1000, r
     """
     r = RECIPES[entry]
     run_dir = Path(run_dir)
-    if epoch is None:
-        epoch = max(int(p.stem.split("_")[1].split(".")[0]) for p in (run_dir / "checkpoints").glob("epoch_*"))
+    if epoch is None:  # the last epoch that has both a snapshot and a log row
+        with open(run_dir / "log.csv") as f:
+            logged = {int(row["epoch"]) + 1 for row in csv.DictReader(f)}
+        saved = {int(p.name.split("_")[1].split(".")[0]) for p in (run_dir / "checkpoints").glob("epoch_*")}
+        epoch = max(logged & saved)
     model, log_row = load_checkpoint(entry, run_dir, epoch)
     figures = run_dir / "figures"
     figures.mkdir(exist_ok=True)
@@ -120,7 +125,7 @@ def export_entry(entry, run_dir, entry_dir, data_path=None, recon_images=1000, r
         },
         "resolution": r["image_size"],
         "chain": {"steps": r["steps"], "step_size": 2.0**0.5, "noise_scale": 0.01, "clip": list(r["clip"]),
-                  "update": "x = clip(x - grad E(x) + 0.01 eps, -1, 1) (paper-1 update, clamped)",
+                  "update": f"x = clip(x - grad E(x) + 0.01 eps, {r['clip'][0]:g}, {r['clip'][1]:g})",
                   "init": "Uniform(-1, 1)"},
         "training": {
             "iterations": iterations, "batch_size": r["batch_size"], "optimizer": "Adam",
@@ -149,8 +154,10 @@ def export_entry(entry, run_dir, entry_dir, data_path=None, recon_images=1000, r
     }
     card = run_dir / "README.md"
     card.write_text(CARD.format(**flat_card_fields(metadata, model)))
-    return save_entry(model, entry_dir, metadata,
-                      extra_files=[card] + sorted(figures.glob("*.png")))
+    directory = save_entry(model, entry_dir, metadata, extra_files=[card] + sorted(figures.glob("*.png")))
+    pinned = {name: spec["sha256"] for name, spec in read_metadata(directory)["files"].items()}
+    print(f"wrote {directory}; pin in keras_shortrun/models/presets.py: \"sha256\": {json.dumps(pinned, indent=1)}")
+    return directory
 
 
 DATA_LICENCES = {

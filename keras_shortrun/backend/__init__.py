@@ -8,7 +8,8 @@ Everything here has one implementation per supported Keras backend
   the gradient of its sum w.r.t. ``x`` (an input, not a weight).
 - ``fori_loop(steps, body, state)``: a K-step loop that stays differentiable.
 - ``stateless_normal(shape, seed, dtype)``: Gaussian noise from a ``(2,)`` seed
-  tensor, usable inside compiled loops.
+  tensor, usable inside compiled loops; ``fold_in(seed, k)`` derives the
+  independent seed of step ``k``.
 - ``compile_method(owner, fn)``: a compiled version of ``fn`` that reads the
   owner's variables (``tf.function`` on TensorFlow, ``jax.jit`` with the
   variables as arguments on JAX).
@@ -24,12 +25,14 @@ BACKEND = keras.backend.backend()
 if BACKEND == "tensorflow":
     from keras_shortrun.backend.tensorflow import TrainStepMixin
     from keras_shortrun.backend.tensorflow import compile_method
+    from keras_shortrun.backend.tensorflow import fold_in
     from keras_shortrun.backend.tensorflow import fori_loop
     from keras_shortrun.backend.tensorflow import stateless_normal
     from keras_shortrun.backend.tensorflow import value_and_grad
 elif BACKEND == "jax":
     from keras_shortrun.backend.jax import TrainStepMixin
     from keras_shortrun.backend.jax import compile_method
+    from keras_shortrun.backend.jax import fold_in
     from keras_shortrun.backend.jax import fori_loop
     from keras_shortrun.backend.jax import stateless_normal
     from keras_shortrun.backend.jax import value_and_grad
@@ -45,6 +48,7 @@ __all__ = [
     "BACKEND",
     "TrainStepMixin",
     "compile_method",
+    "fold_in",
     "fori_loop",
     "stateless_normal",
     "value_and_grad",

@@ -32,6 +32,11 @@ def fori_loop(steps, body, state):
     return jax.lax.scan(scan_body, state, jnp.arange(steps))[0]
 
 
+def fold_in(seed, data):
+    """A new ``(2,)`` seed from ``seed`` and an integer (independent streams for different ``data``)."""
+    return jax.random.fold_in(jnp.asarray(seed).astype("uint32"), data)
+
+
 def stateless_normal(shape, seed, dtype):
     """Standard normal noise from a ``(2,)`` integer seed tensor."""
     return jax.random.normal(jnp.asarray(seed).astype("uint32"), shape, dtype)

@@ -18,7 +18,7 @@ def value_and_grad(fn, x):
         tape.watch(x)
         values = fn(x)
         total = tf.reduce_sum(values)
-    return values, tape.gradient(total, x)
+    return values, tape.gradient(total, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
 def fori_loop(steps, body, state):
@@ -31,10 +31,18 @@ def fori_loop(steps, body, state):
     )[1]
 
 
+def _as_seed(seed):
+    return tf.cast(tf.math.floormod(tf.cast(seed, "int64"), tf.int32.max - 1), "int32")
+
+
+def fold_in(seed, data):
+    """A new ``(2,)`` seed from ``seed`` and an integer (independent streams for different ``data``)."""
+    return tf.random.experimental.stateless_fold_in(_as_seed(seed), tf.cast(data, "int32"))
+
+
 def stateless_normal(shape, seed, dtype):
     """Standard normal noise from a ``(2,)`` integer seed tensor."""
-    seed = tf.cast(tf.math.floormod(tf.cast(seed, "int64"), tf.int32.max - 1), "int32")
-    return tf.random.stateless_normal(shape, seed=seed, dtype=dtype)
+    return tf.random.stateless_normal(shape, seed=_as_seed(seed), dtype=dtype)
 
 
 @functools.cache

@@ -119,6 +119,11 @@ class LangevinChain(keras.layers.Layer):
         bptt = self.bptt if bptt is None else bool(bptt)
         single = not isinstance(x0, (list, tuple))
         states = [x0] if single else list(x0)
+        for x in states:
+            if "float" not in str(x.dtype):
+                raise ValueError(f"The chain's state must be floating point, got dtype {x.dtype}.")
+        if seed is not None and tuple(ops.shape(seed)) != (2,):
+            raise ValueError(f"seed must be a (2,) integer tensor, got shape {tuple(ops.shape(seed))}.")
         if len(states) != self.num_groups:
             raise ValueError(
                 f"The chain has {self.num_groups} step-size group(s) but the state "
@@ -187,9 +192,7 @@ class LangevinChain(keras.layers.Layer):
                 if noise is not None:
                     eps = ops.take(noise[g], k, axis=1)
                 else:
-                    step_seed = ops.cast(seed, "int32") + ops.stack(
-                        [(start + k) * self.num_groups + g + 1, 0]
-                    )
+                    step_seed = backend.fold_in(seed, (start + k) * self.num_groups + g)
                     eps = backend.stateless_normal(ops.shape(x), step_seed, x.dtype)
                 x = x - half_s2[g] * grad + taus[g] * eps
                 updated.append(x if self.clip is None else ops.clip(x, *self.clip))

@@ -1,8 +1,9 @@
 """The model zoo: ``load(name_or_dir)``, ``list()``, ``info(name)``.
 
-Entries are registered per family (``keras_shortrun.models.*_presets``) and
+Entries are registered per family (the presets dicts in ``keras_shortrun/models/presets.py``) and
 stored as folders (top-level ``zoo/`` in a checkout, ``keras_shortrun/_zoo``
-in a wheel); ``load`` verifies every file's sha256 before use.
+in a wheel); ``load`` checks every file's sha256 before use, against the
+entry's metadata and, for registered entries, against hashes pinned in code.
 """
 
 from keras_shortrun.models import presets as _presets  # noqa: F401  (registers the presets)

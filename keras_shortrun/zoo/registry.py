@@ -1,11 +1,12 @@
 """Zoo entries on disk: a folder with ``config.json``, ``model.weights.h5``, ``metadata.json``.
 
-``metadata.json`` records the sha256 of every file the model is built from;
-``load`` refuses a folder whose files do not match it.
+``metadata.json`` records the sha256 of every file the model is built from, and
+``load`` refuses a folder whose files do not match it. For registered entries
+the hashes are also pinned in code (the family's presets dict), so editing the
+metadata along with a file does not get past ``load`` either.
 """
 
 import difflib
-import hashlib
 import json
 import os
 import shutil
@@ -14,13 +15,15 @@ from pathlib import Path
 
 import keras
 
+from keras_shortrun.hashing import sha256_file
+
 ZOO_ENV = "KERAS_SHORTRUN_ZOO"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
 METADATA_FILE = "metadata.json"
 VERIFIED_FILES = (CONFIG_FILE, WEIGHTS_FILE)
 
-# family name -> {entry name: {"description": ...}}; filled by register_presets.
+# family name -> {entry name: {"description": ..., "sha256": {file: digest}}}; filled by register_presets.
 PRESETS = {}
 
 
@@ -29,7 +32,7 @@ class ZooIntegrityError(ValueError):
 
 
 def register_presets(family, presets):
-    """Registers a family's presets dict (keras-hub style): ``{name: {"description": ...}}``."""
+    """Registers a family's presets dict (keras-hub style): ``{name: {"description", "sha256"}}``."""
     PRESETS.setdefault(family, {}).update(presets)
 
 
@@ -38,25 +41,15 @@ def _all_presets():
 
 
 def zoo_dirs():
-    """Folders searched for entries: ``$KERAS_SHORTRUN_ZOO``, the wheel's copy, the checkout's ``zoo/``."""
+    """Folders searched for entries: ``$KERAS_SHORTRUN_ZOO``, then the wheel's copy or else the checkout's ``zoo/``."""
     here = Path(__file__).resolve()
     dirs = [Path(os.environ[ZOO_ENV])] if os.environ.get(ZOO_ENV) else []
-    return dirs + [here.parents[1] / "_zoo", here.parents[2] / "zoo"]
-
-
-def sha256_file(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    packaged = here.parents[1] / "_zoo"
+    return dirs + [packaged if packaged.is_dir() else here.parents[2] / "zoo"]
 
 
 def resolve(name_or_dir):
-    """Folder of a registered entry name, or ``name_or_dir`` itself if it is an entry folder."""
-    path = Path(name_or_dir)
-    if (path / METADATA_FILE).is_file():
-        return path
+    """Folder of a registered entry name (looked up first), or ``name_or_dir`` if it is an entry folder."""
     presets = _all_presets()
     if str(name_or_dir) in presets:
         for base in zoo_dirs():
@@ -66,6 +59,9 @@ def resolve(name_or_dir):
             f"Zoo entry {name_or_dir!r} is registered but its files were not found in "
             f"{[str(d) for d in zoo_dirs()]}; reinstall keras_shortrun or set {ZOO_ENV}."
         )
+    path = Path(name_or_dir)
+    if (path / METADATA_FILE).is_file():
+        return path
     close = difflib.get_close_matches(str(name_or_dir), list(presets), n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
     raise ValueError(
@@ -79,8 +75,9 @@ def read_metadata(name_or_dir):
         return json.load(f)
 
 
-def verify(directory, metadata):
-    """Checks every verified file against the sha256 in ``metadata``; raises ``ZooIntegrityError``."""
+def verify(directory, metadata, pinned=None):
+    """Checks every verified file against the sha256 in ``metadata`` (and ``pinned``, a registered
+    entry's in-code hashes); raises ``ZooIntegrityError``."""
     recorded = metadata.get("files", {})
     for filename in VERIFIED_FILES:
         path = Path(directory) / filename
@@ -95,14 +92,22 @@ def verify(directory, metadata):
                 f"{recorded[filename]['sha256']}: the file was modified or corrupted. "
                 f"Refusing to load it."
             )
+        if pinned is not None and actual != pinned.get(filename):
+            raise ZooIntegrityError(
+                f"{path} has sha256 {actual}, but keras_shortrun pins {pinned.get(filename)} for this "
+                f"registered entry: the entry was modified or corrupted. Refusing to load it."
+            )
 
 
-def load(name_or_dir, verify_files=True):
-    """Builds the model of a zoo entry (registered name or folder) with its pretrained weights."""
+def load(name_or_dir):
+    """Builds the model of a zoo entry (registered name or folder) with its pretrained weights.
+
+    Every file is checked against its sha256 first; there is no way to skip the check.
+    """
     directory = resolve(name_or_dir)
     metadata = read_metadata(directory)
-    if verify_files:
-        verify(directory, metadata)
+    spec = _all_presets().get(str(name_or_dir))
+    verify(directory, metadata, pinned=None if spec is None else spec.get("sha256", {}))
     with open(directory / CONFIG_FILE) as f:
         model = keras.saving.deserialize_keras_object(json.load(f))
     model.load_weights(directory / WEIGHTS_FILE)
@@ -118,8 +123,14 @@ def save_entry(model, directory, metadata, extra_files=()):
     the written config, so the entry is known to load.
     """
     directory = Path(directory)
+    reserved = set(VERIFIED_FILES) | {METADATA_FILE}
+    clashing = [str(p) for p in extra_files if Path(p).name in reserved]
+    if clashing:
+        raise ValueError(f"extra_files may not be named like the entry's own files {sorted(reserved)}: {clashing}")
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    os.chmod(staging, 0o755)
+    backup = directory.with_name(directory.name + ".old")
     try:
         config = keras.saving.serialize_keras_object(model)
         config.pop("compile_config", None)  # an entry is a model, not a training state
@@ -139,16 +150,15 @@ def save_entry(model, directory, metadata, extra_files=()):
         }
         with open(staging / METADATA_FILE, "w") as f:
             json.dump(metadata, f, indent=1, sort_keys=True)
+        shutil.rmtree(backup, ignore_errors=True)
         if directory.exists():
-            backup = directory.with_name(directory.name + ".old")
-            shutil.rmtree(backup, ignore_errors=True)
             directory.rename(backup)
-            staging.rename(directory)
-            shutil.rmtree(backup)
-        else:
-            staging.rename(directory)
+        staging.rename(directory)
+        shutil.rmtree(backup, ignore_errors=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if backup.exists() and not directory.exists():
+            backup.rename(directory)  # put the previous entry back
         raise
     return directory
 
