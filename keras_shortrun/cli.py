@@ -32,6 +32,15 @@ def cmd_zoo(args):
 
 
 def _load(name_or_path):
+    """A zoo entry (name or folder) or a ``.keras`` file (e.g. written by ``train``)."""
+    if str(name_or_path).endswith(".keras"):
+        import keras
+
+        import keras_shortrun.models  # noqa: F401  (registers the classes for deserialisation)
+
+        if not Path(name_or_path).is_file():
+            raise FileNotFoundError(f"No model file at {name_or_path}.")
+        return keras.saving.load_model(name_or_path)
     from keras_shortrun import zoo
 
     return zoo.load(name_or_path)
@@ -84,7 +93,8 @@ def cmd_train(args):
 
     x, _ = data.load(args.data, "train", path=args.data_path)
     model = ShortRunEBM.with_convnet(
-        image_size=x.shape[1], channels=x.shape[3], filters=args.filters, steps=args.steps, seed=args.seed
+        image_size=x.shape[1], channels=x.shape[3], filters=args.filters, steps=args.steps,
+        clip=None if args.no_clip else (-1.0, 1.0), seed=args.seed,
     )
     fit_resumable(
         model, x, args.out, args.iterations, batch_size=args.batch_size,
@@ -107,7 +117,7 @@ def build_parser():
     zoo_parser.set_defaults(func=cmd_zoo)
 
     def add_model_args(p, n_default):
-        p.add_argument("model", help="zoo entry name or entry folder")
+        p.add_argument("model", help="zoo entry name, entry folder or .keras file")
         p.add_argument("-n", type=int, default=n_default)
         p.add_argument("-o", "--output", default=None)
         p.add_argument("--steps", type=int, default=None, help="Langevin steps K (default: the model's)")
@@ -144,6 +154,8 @@ def build_parser():
     ebm.add_argument("--every", type=int, default=100, help="iterations between checkpoints and grids")
     ebm.add_argument("--batch-size", type=int, default=64)
     ebm.add_argument("--learning-rate", type=float, default=1e-4)
+    ebm.add_argument("--no-clip", action="store_true",
+                     help="do not clamp the chain to [-1, 1] (paper 1's code does not; young EBMs may diverge)")
     ebm.add_argument("--seed", type=int, default=0)
     ebm.set_defaults(func=cmd_train)
     return parser

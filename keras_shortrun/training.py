@@ -75,6 +75,24 @@ class WallClock(keras.callbacks.Callback):
             logs["wall_time_s"] = total
 
 
+def completed_epochs(backup_dir):
+    """Epochs finished by an earlier run, from ``BackupAndRestore``'s metadata (0 for a new run)."""
+    path = Path(backup_dir) / "training_metadata.json"
+    return json.loads(path.read_text())["epoch"] if path.exists() else 0
+
+
+def advance_seed_states(model, epochs):
+    """Moves every ``SeedGenerator`` of ``model`` to a stream of its own for a run resumed after ``epochs``.
+
+    Keras does not checkpoint seed-generator state; without this a resumed run
+    would replay the data noise and chain noise of its first epochs.
+    """
+    for variable in model.non_trainable_variables:
+        if variable.path.endswith("seed_generator_state"):
+            offset = keras.ops.convert_to_tensor([0, epochs * 2**20], dtype=variable.dtype)
+            variable.assign(variable + offset)
+
+
 def fit_resumable(model, x, out_dir, iterations, batch_size=64, iterations_per_epoch=100,
                   learning_rate=1e-4, beta_1=0.9, seed=0, grid_size=64, verbose=1):
     """``model.fit`` for ``iterations`` updates with a progress bar, a sample grid, a
@@ -92,6 +110,8 @@ def fit_resumable(model, x, out_dir, iterations, batch_size=64, iterations_per_e
             f"iterations ({iterations}) must be a multiple of iterations_per_epoch ({iterations_per_epoch})."
         )
     model.compile(optimizer=keras.optimizers.Adam(learning_rate, beta_1=beta_1))
+    resumed_after = completed_epochs(out_dir / "backup")
+    advance_seed_states(model, resumed_after)
     callbacks = [
         keras.callbacks.BackupAndRestore(out_dir / "backup", double_checkpoint=True, delete_checkpoint=False),
         keras.callbacks.ModelCheckpoint(str(out_dir / "checkpoints" / "epoch_{epoch:04d}.weights.h5"),
@@ -101,7 +121,7 @@ def fit_resumable(model, x, out_dir, iterations, batch_size=64, iterations_per_e
         keras.callbacks.CSVLogger(str(out_dir / "log.csv"), append=True),
     ]
     return model.fit(
-        batches(x, batch_size, seed=seed, steps=iterations_per_epoch),
+        batches(x, batch_size, seed=seed + resumed_after, steps=iterations_per_epoch),  # a fresh order on resume
         epochs=iterations // iterations_per_epoch,
         steps_per_epoch=iterations_per_epoch,
         callbacks=callbacks,

@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import cpu_model
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULT_PREFIX = "BENCH_RESULT "
 
@@ -212,16 +214,6 @@ def run_worker(kind, args, shared, writes_net=False):
             return json.loads(line[len(RESULT_PREFIX):])
     tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
     return f"{kind} worker failed (exit {done.returncode}): {tail}"
-
-
-def cpu_model():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def summary(values):

@@ -3,12 +3,12 @@
 import csv
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import keras
 import numpy as np
+from machine import cpu_model
 
 from keras_shortrun import data
 from keras_shortrun.images import save_grid
@@ -58,15 +58,7 @@ def train(entry, run_dir, iterations, data_path=None):
 
 def hardware():
     """A one-line description of this machine's CPU."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU: {model}, {os.cpu_count()} cores, {keras.backend.backend()} backend"
+    return f"CPU: {cpu_model()}, {os.cpu_count()} cores, {keras.backend.backend()} backend"
 
 
 def load_checkpoint(entry, run_dir, epoch):

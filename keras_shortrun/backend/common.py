@@ -9,11 +9,12 @@ def unpack_inputs(data):
     return x
 
 
-def check_training_loss(model, loss, logs):
-    """Validates the contract of ``compute_training_loss``."""
-    if "loss" in logs:
+def check_training_loss(model, logs):
+    """Validates the contract of ``compute_training_loss``: its logs name exactly the
+    model's ``metrics_trackers`` other than ``loss`` (so both backends report the same)."""
+    expected = set(model.metrics_trackers) - {"loss"}
+    if set(logs) != expected:
         raise ValueError(
-            f"{type(model).__name__}.compute_training_loss must not put 'loss' "
-            "in its logs: the training loss is reported under that name."
+            f"{type(model).__name__}.compute_training_loss must return logs for exactly {sorted(expected)} "
+            f"(its metrics_trackers without 'loss'), got {sorted(logs)}."
         )
-    return loss

@@ -96,7 +96,7 @@ class TrainStepMixin:
                 non_trainable_values,
                 lambda: self.compute_training_loss(x, aux, training=True),
             )
-            check_training_loss(self, loss, logs)
+            check_training_loss(self, logs)
             return loss, (logs, new_non_trainable)
 
         (loss, (logs, non_trainable)), grads = jax.value_and_grad(loss_fn, has_aux=True)(

@@ -75,7 +75,7 @@ class TrainStepMixin:
         aux = self.prepare_batch(x)
         with tf.GradientTape() as tape:
             loss, logs = self.compute_training_loss(x, aux, training=True)
-            check_training_loss(self, loss, logs)
+            check_training_loss(self, logs)
         variables = self.trainable_variables
         grads = tape.gradient(loss, variables)
         self.optimizer.apply_gradients(zip(grads, variables))

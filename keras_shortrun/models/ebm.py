@@ -29,7 +29,7 @@ class ShortRunEBM(backend.TrainStepMixin, keras.Model):
         data_shape: shape of one example, e.g. ``(28, 28, 1)``.
         chain: a ``LangevinChain`` (default: the paper-1 chain, K=100).
         data_noise: std of the Gaussian noise added to data (paper: 0.03).
-        seed: seed for the data noise and the chain's start.
+        seed: seed for the data noise and the chain's start (and of the default chain's noise).
 
     ``model(x)`` returns the energy ``(B,)``.
     """
@@ -76,6 +76,7 @@ class ShortRunEBM(backend.TrainStepMixin, keras.Model):
     # Training -----------------------------------------------------------------
     def prepare_batch(self, x):
         """Noisy data and chain samples (constants), each ``(B, *data_shape)``."""
+        x = ops.cast(x, self.compute_dtype)
         x_data = x + self.data_noise * keras.random.normal(ops.shape(x), seed=self.seed_generator, dtype=x.dtype)
         z = keras.random.uniform(ops.shape(x), -1.0, 1.0, seed=self.seed_generator, dtype=x.dtype)
         x_sample = self.chain(z, potential=self.energy)
@@ -114,6 +115,7 @@ class ShortRunEBM(backend.TrainStepMixin, keras.Model):
     def draw_noise(self, n, steps=None, seed=None):
         """Chain noise ``eps``, ``(n, K, *data_shape)``: pass it to hold ``M(z)`` deterministic."""
         steps = self.chain.steps if steps is None else check_positive_int(steps, "steps")
+        n = check_positive_int(n, "n")
         noise = keras.random.normal((n, steps) + self.data_shape, seed=self._seed_generator_for(seed))
         return ops.convert_to_numpy(noise)
 
@@ -125,6 +127,7 @@ class ShortRunEBM(backend.TrainStepMixin, keras.Model):
         ``x_K`` as numpy, or ``(x_K, trajectory (B, T, ...))``.
         """
         steps = self.chain.steps if steps is None else check_positive_int(steps, "steps")
+        batch_size = check_positive_int(batch_size, "batch_size")
         z = check_images(z, self.data_shape, name="z", value_range=None)
         if noise is not None:
             noise = np.asarray(noise, dtype="float32")
@@ -149,8 +152,7 @@ class ShortRunEBM(backend.TrainStepMixin, keras.Model):
         An integer ``seed`` makes the result reproducible; ``trajectory_every``
         also returns the chain's states ``(n, T, *data_shape)``.
         """
-        generator = self._seed_generator_for(seed)
-        z = self.initial_state(n, seed=None if seed is None else int(generator.next()[0]))
+        z = self.initial_state(n, seed=seed)
         return self.generate(
             z, steps=steps, seed=None if seed is None else seed + 1,
             trajectory_every=trajectory_every, batch_size=batch_size,
@@ -193,6 +195,7 @@ class ShortRunEBM(backend.TrainStepMixin, keras.Model):
         """
         x = check_images(x, self.data_shape)
         iterations = check_positive_int(iterations, "iterations")
+        batch_size = check_positive_int(batch_size, "batch_size")
         steps = self.chain.steps if steps is None else check_positive_int(steps, "steps")
         z = self.initial_state(x.shape[0], seed=seed)
         noise = self.draw_noise(x.shape[0], steps=steps, seed=None if seed is None else seed + 1)
