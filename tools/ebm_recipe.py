@@ -74,7 +74,7 @@ def load_checkpoint(entry, run_dir, epoch):
 
 
 def export_entry(entry, run_dir, entry_dir, data_path=None, recon_images=1000, recon_iterations=200,
-                 epoch=None, convergence_images=32):
+                 epoch=None, convergence_images=16):
     """Writes ``zoo/<entry>``: weights, config, metadata (budget, metrics) and a card with figures.
 
     ``epoch`` picks a kept snapshot (default: the last). The reconstruction
@@ -208,7 +208,7 @@ x = model.sample(64, seed=0)          # (64, {resolution}, {resolution}, 1) in [
 | same, first {conv_images} digits: {recon_iterations} vs 200 iterations | {conv_short:.4f} vs {conv_200:.4f} |
 
 Paper 1 runs about 200 iterations; 1,000 digits x 200 BPTT iterations through K={steps} steps is hours on 2 CPU
-cores, so the 1,000-digit number uses {recon_iterations}, and the 32-digit row shows what the shorter run costs.
+cores, so the 1,000-digit number uses {recon_iterations}, and the {conv_images}-digit row shows what that costs.
 
 ## Training budget
 | | |
