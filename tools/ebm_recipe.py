@@ -52,7 +52,6 @@ def train(entry, run_dir, iterations, data_path=None):
         iterations_per_epoch=r["iterations_per_epoch"], learning_rate=r["learning_rate"],
         beta_1=r["beta_1"], seed=r["seed"], verbose=2,
     )
-    model.save_weights(Path(run_dir) / "final.weights.h5")
     return model
 
 
