@@ -54,7 +54,8 @@ class SampleGrid(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.directory.mkdir(parents=True, exist_ok=True)
-        save_grid(self.directory / f"samples_{epoch + 1:04d}.png", self.model.sample(self.n, seed=self.seed))
+        draw = getattr(self.model, "synthesize", None) or self.model.sample  # latent models synthesise
+        save_grid(self.directory / f"samples_{epoch + 1:04d}.png", draw(self.n, seed=self.seed))
 
 
 class WallClock(keras.callbacks.Callback):

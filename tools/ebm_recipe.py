@@ -60,6 +60,20 @@ def hardware():
     return f"CPU: {cpu_model()}, {os.cpu_count()} cores, {keras.backend.backend()} backend"
 
 
+def last_epoch(run_dir):
+    """The last epoch (1-based) of a run that has both a weights snapshot and a log row."""
+    with open(Path(run_dir) / "log.csv") as f:
+        logged = {int(row["epoch"]) + 1 for row in csv.DictReader(f)}
+    saved = {int(p.name.split("_")[1].split(".")[0]) for p in (Path(run_dir) / "checkpoints").glob("epoch_*")}
+    return max(logged & saved)
+
+
+def log_row(run_dir, epoch):
+    """The ``log.csv`` row of ``epoch`` (1-based) of a run: wall time and the model's metrics."""
+    with open(Path(run_dir) / "log.csv") as f:
+        return [row for row in csv.DictReader(f) if int(row["epoch"]) == epoch - 1][-1]
+
+
 def load_checkpoint(entry, run_dir, epoch):
     """The model after ``epoch`` (1-based) of a run, and that epoch's log row (wall time, energies)."""
     r = RECIPES[entry]
@@ -67,9 +81,7 @@ def load_checkpoint(entry, run_dir, epoch):
     model.compile(optimizer=keras.optimizers.Adam(r["learning_rate"], beta_1=r["beta_1"]))
     model.optimizer.build(model.trainable_variables)
     model.load_weights(Path(run_dir) / "checkpoints" / f"epoch_{epoch:04d}.weights.h5")
-    with open(Path(run_dir) / "log.csv") as f:
-        row = [row for row in csv.DictReader(f) if int(row["epoch"]) == epoch - 1][-1]
-    return model, row
+    return model, log_row(run_dir, epoch)
 
 
 def export_entry(entry, run_dir, entry_dir, data_path=None, recon_images=1000, recon_iterations=200,
@@ -83,12 +95,8 @@ def export_entry(entry, run_dir, entry_dir, data_path=None, recon_images=1000, r
     """
     r = RECIPES[entry]
     run_dir = Path(run_dir)
-    if epoch is None:  # the last epoch that has both a snapshot and a log row
-        with open(run_dir / "log.csv") as f:
-            logged = {int(row["epoch"]) + 1 for row in csv.DictReader(f)}
-        saved = {int(p.name.split("_")[1].split(".")[0]) for p in (run_dir / "checkpoints").glob("epoch_*")}
-        epoch = max(logged & saved)
-    model, log_row = load_checkpoint(entry, run_dir, epoch)
+    epoch = last_epoch(run_dir) if epoch is None else epoch
+    model, row = load_checkpoint(entry, run_dir, epoch)
     figures = run_dir / "figures"
     figures.mkdir(exist_ok=True)
     save_grid(figures / "samples.png", model.sample(64, seed=0), scale=2)
@@ -121,10 +129,10 @@ def export_entry(entry, run_dir, entry_dir, data_path=None, recon_images=1000, r
         "training": {
             "iterations": iterations, "batch_size": r["batch_size"], "optimizer": "Adam",
             "learning_rate": r["learning_rate"], "beta_1": r["beta_1"], "data_noise": 0.03,
-            "hardware": hardware(), "wall_time_s": round(float(log_row["wall_time_s"]), 1),
+            "hardware": hardware(), "wall_time_s": round(float(row["wall_time_s"]), 1),
             "command": f"python tools/train_{entry}.py train --iterations {iterations}",
-            "final_energy_data": float(log_row["energy_data"]),
-            "final_energy_sample": float(log_row["energy_sample"]),
+            "final_energy_data": float(row["energy_data"]),
+            "final_energy_sample": float(row["energy_sample"]),
         },
         "metrics": {
             "recon_mse_test": float(mse.mean()),

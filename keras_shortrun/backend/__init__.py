@@ -6,6 +6,8 @@ Everything here has one implementation per supported Keras backend
 
 - ``value_and_grad(fn, x)``: per-sample scalar ``fn(x)`` of shape ``(B,)`` and
   the gradient of its sum w.r.t. ``x`` (an input, not a weight).
+- ``batch_hessian(fn, x)``: per-sample Hessians ``(B, D, D)`` of ``fn`` w.r.t. ``x (B, D)``
+  (the exact log-determinant of the chain's Jacobian needs them).
 - ``fori_loop(steps, body, state)``: a K-step loop that stays differentiable.
 - ``stateless_normal(shape, seed, dtype)``: Gaussian noise from a ``(2,)`` seed
   tensor, usable inside compiled loops; ``fold_in(seed, k)`` derives the
@@ -24,6 +26,7 @@ BACKEND = keras.backend.backend()
 
 if BACKEND == "tensorflow":
     from keras_shortrun.backend.tensorflow import TrainStepMixin
+    from keras_shortrun.backend.tensorflow import batch_hessian
     from keras_shortrun.backend.tensorflow import compile_method
     from keras_shortrun.backend.tensorflow import fold_in
     from keras_shortrun.backend.tensorflow import fori_loop
@@ -31,6 +34,7 @@ if BACKEND == "tensorflow":
     from keras_shortrun.backend.tensorflow import value_and_grad
 elif BACKEND == "jax":
     from keras_shortrun.backend.jax import TrainStepMixin
+    from keras_shortrun.backend.jax import batch_hessian
     from keras_shortrun.backend.jax import compile_method
     from keras_shortrun.backend.jax import fold_in
     from keras_shortrun.backend.jax import fori_loop
@@ -47,6 +51,7 @@ else:
 __all__ = [
     "BACKEND",
     "TrainStepMixin",
+    "batch_hessian",
     "compile_method",
     "fold_in",
     "fori_loop",

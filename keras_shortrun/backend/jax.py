@@ -19,6 +19,23 @@ def value_and_grad(fn, x):
     return values, grads
 
 
+def batch_hessian(fn, x):
+    """Per-sample Hessians ``d^2 fn(x)_b / dx_b^2``, shape ``(B, D, D)``, of a per-sample ``fn`` on ``x (B, D)``.
+
+    Forward-over-reverse: one Jacobian-vector product of the gradient per
+    coordinate, vectorised; samples are independent, so one basis vector
+    serves the whole batch.
+    """
+
+    def grad_fn(inputs):
+        return jax.grad(lambda z: jnp.sum(fn(z)))(inputs)
+
+    dim = x.shape[1]
+    basis = jnp.broadcast_to(jnp.eye(dim, dtype=x.dtype)[:, None, :], (dim,) + tuple(x.shape))
+    columns = jax.vmap(lambda v: jax.jvp(grad_fn, (x,), (v,))[1])(basis)  # (D, B, D)
+    return jnp.transpose(columns, (1, 2, 0))
+
+
 def fori_loop(steps, body, state):
     """Runs ``state = body(k, state)`` for ``k = 0 .. steps-1`` (``steps`` a Python int).
 

@@ -21,6 +21,17 @@ def value_and_grad(fn, x):
     return values, tape.gradient(total, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
+def batch_hessian(fn, x):
+    """Per-sample Hessians ``d^2 fn(x)_b / dx_b^2``, shape ``(B, D, D)``, of a per-sample ``fn`` on ``x (B, D)``."""
+    with tf.GradientTape() as outer:
+        outer.watch(x)
+        with tf.GradientTape() as inner:
+            inner.watch(x)
+            total = tf.reduce_sum(fn(x))
+        grad = inner.gradient(total, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return outer.batch_jacobian(grad, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+
 def fori_loop(steps, body, state):
     """Runs ``state = body(k, state)`` for ``k = 0 .. steps-1`` as a while loop."""
     return tf.while_loop(

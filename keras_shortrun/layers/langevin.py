@@ -1,5 +1,6 @@
 """The unrolled, fixed-K-step Langevin chain."""
 
+import itertools
 import math
 
 import keras
@@ -114,39 +115,24 @@ class LangevinChain(keras.layers.Layer):
             return ops.exp(self.raw_step_size)
         return ops.softplus(self.raw_step_size)
 
-    def call(self, x0, potential, noise=None, seed=None, trajectory_every=None, steps=None, bptt=None):
+    def call(
+        self, x0, potential, noise=None, seed=None, trajectory_every=None, steps=None, bptt=None, step_size=None
+    ):
         steps = self.steps if steps is None else int(steps)
         bptt = self.bptt if bptt is None else bool(bptt)
-        single = not isinstance(x0, (list, tuple))
-        states = [x0] if single else list(x0)
-        for x in states:
-            if "float" not in str(x.dtype):
-                raise ValueError(f"The chain's state must be floating point, got dtype {x.dtype}.")
-        if seed is not None and tuple(ops.shape(seed)) != (2,):
-            raise ValueError(f"seed must be a (2,) integer tensor, got shape {tuple(ops.shape(seed))}.")
-        if len(states) != self.num_groups:
-            raise ValueError(
-                f"The chain has {self.num_groups} step-size group(s) but the state "
-                f"has {len(states)} tensor(s)."
-            )
-        if noise is not None:
-            if single and isinstance(noise, (list, tuple)):
-                raise ValueError("The state is one tensor, so noise must be one tensor (B, K, ...), not a list.")
-            noise = [noise] if single else list(noise)
-            self._check_noise(states, noise, steps)
-        if seed is None and noise is None:
-            seed = self.seed_generator.next()
+        single, states, noise, seed = self._prepare(x0, noise, seed, steps)
 
         def unwrap_potential(group_states):
             return potential(group_states[0] if single else group_states)
 
         if not bptt:
             states = [ops.stop_gradient(x) for x in states]
+        sizes = self._step_sizes(step_size, bptt, states[0].dtype)
         bounds = self._segments(trajectory_every, steps)
         trajectory = [[x] for x in states]
         for start, stop in bounds:
             segment_noise = None if noise is None else [n[:, start:stop] for n in noise]
-            states = self._run(states, unwrap_potential, start, stop, segment_noise, seed, bptt)
+            states = self._run(states, unwrap_potential, start, stop, segment_noise, seed, bptt, sizes)
             for path, x in zip(trajectory, states):
                 path.append(x)
         result = states[0] if single else states
@@ -177,28 +163,135 @@ class LangevinChain(keras.layers.Layer):
                     f"noise must have shape (batch, steps, ...) = {expected}, got {ns}."
                 )
 
-    def _run(self, states, potential, start, stop, noise, seed, bptt):
-        step_size = self.step_size if bptt else ops.stop_gradient(self.step_size)  # bptt off: constant output
-        sizes = ops.unstack(ops.cast(step_size, states[0].dtype), num=self.num_groups)
-        half_s2 = [0.5 * s * s for s in sizes]
-        taus = sizes if self.noise_scale is None else [self.noise_scale] * self.num_groups
+    def _prepare(self, x0, noise, seed, steps):
+        """Validates a call's inputs; returns (single, state list, noise list or None, seed or None)."""
+        single = not isinstance(x0, (list, tuple))
+        states = [ops.convert_to_tensor(x) for x in ([x0] if single else x0)]
+        for x in states:
+            if "float" not in str(x.dtype):
+                raise ValueError(f"The chain's state must be floating point, got dtype {x.dtype}.")
+        if seed is not None and tuple(ops.shape(seed)) != (2,):
+            raise ValueError(f"seed must be a (2,) integer tensor, got shape {tuple(ops.shape(seed))}.")
+        if len(states) != self.num_groups:
+            raise ValueError(
+                f"The chain has {self.num_groups} step-size group(s) but the state "
+                f"has {len(states)} tensor(s)."
+            )
+        if noise is not None:
+            if single and isinstance(noise, (list, tuple)):
+                raise ValueError("The state is one tensor, so noise must be one tensor (B, K, ...), not a list.")
+            noise = [ops.convert_to_tensor(n) for n in ([noise] if single else noise)]
+            self._check_noise(states, noise, steps)
+        if seed is None and noise is None:
+            seed = self.seed_generator.next()
+        return single, states, noise, seed
+
+    def _step_sizes(self, step_size, bptt, dtype):
+        """The step sizes of one call, ``(groups,)``: the layer's weight, or an override (grid search, the
+        step-size objective); constant unless ``bptt``."""
+        if step_size is None:
+            step_size = self.step_size
+        else:
+            step_size = ops.convert_to_tensor(step_size, dtype=dtype)
+            if tuple(step_size.shape) != (self.num_groups,):
+                raise ValueError(
+                    f"step_size override must have shape ({self.num_groups},), got {tuple(step_size.shape)}."
+                )
+        step_size = ops.cast(step_size, dtype)
+        return step_size if bptt else ops.stop_gradient(step_size)
+
+    def _eps(self, noise, seed, group, k, offset, x):
+        """The Gaussian noise of one group's update ``offset + k`` (``k`` indexes ``noise``), shaped like ``x``."""
+        if noise is not None:
+            return ops.take(noise[group], k, axis=1)
+        step_seed = backend.fold_in(seed, (offset + k) * self.num_groups + group)
+        return backend.stateless_normal(ops.shape(x), step_seed, x.dtype)
+
+    def _noise_scales(self, sizes):
+        return list(sizes) if self.noise_scale is None else [self.noise_scale] * self.num_groups
+
+    def _update(self, states, grads, sizes, eps, bptt):
+        """One Langevin update of every group: ``x - (s^2/2) grad + tau eps`` (then the clamp)."""
+        updated = []
+        for x, grad, s, tau, e in zip(states, grads, sizes, self._noise_scales(sizes), eps):
+            if not bptt:
+                grad = ops.stop_gradient(grad)
+            x = x - 0.5 * s * s * grad + tau * e
+            updated.append(x if self.clip is None else ops.clip(x, *self.clip))
+        return updated
+
+    def _run(self, states, potential, start, stop, noise, seed, bptt, step_size):
+        sizes = ops.unstack(step_size, num=self.num_groups)
 
         def body(k, current):
             _, grads = backend.value_and_grad(potential, current)
-            updated = []
-            for g, (x, grad) in enumerate(zip(current, grads)):
-                if not bptt:
-                    grad = ops.stop_gradient(grad)
-                if noise is not None:
-                    eps = ops.take(noise[g], k, axis=1)
-                else:
-                    step_seed = backend.fold_in(seed, (start + k) * self.num_groups + g)
-                    eps = backend.stateless_normal(ops.shape(x), step_seed, x.dtype)
-                x = x - half_s2[g] * grad + taus[g] * eps
-                updated.append(x if self.clip is None else ops.clip(x, *self.clip))
-            return updated
+            eps = [self._eps(noise, seed, g, k, start, x) for g, x in enumerate(current)]
+            return self._update(current, grads, sizes, eps, bptt)
 
         return backend.fori_loop(stop - start, body, states)
+
+    def log_det_covariance(self, x0, potential, noise=None, seed=None, step_size=None, propagate_noise=True):
+        """Runs the chain (with BPTT) and the log-determinant of its output covariance, linearised.
+
+        Each update is ``x' = F(x) + tau eps`` with Jacobian ``J_k = I - diag(s^2/2) H_k``, ``H_k`` the
+        Hessian of ``U`` at step ``k``. With ``propagate_noise`` the covariance of the output is tracked as
+        ``C_{k+1} = J_k C_k J_k^T + diag(tau^2)``, ``C_0 = I`` (an ``N(0, I)`` start), which is exact for a
+        Gaussian target (linear chain); otherwise ``C_K = J J^T`` with ``J = dx_K/dx_0`` the Jacobian of the
+        unrolled chain at fixed noise (the papers' change of variables). Then
+        ``log q(x_K) ~ log N(x_0; 0, I) - log det(C_K) / 2``. The Hessians are exact (``D`` Hessian-vector
+        products per step, ``D`` the state size) and treated as constants when differentiating; the
+        step-size dependence of ``J`` and ``tau`` is differentiated.
+
+        Args:
+            x0: start state, tensor or list of group tensors, each ``(B, ...)``.
+            potential, noise, seed, step_size: as for ``call``.
+            propagate_noise: ``True`` for the noise-propagated covariance, ``False`` for ``J J^T``.
+
+        Returns:
+            ``(x_K, log_det)``: the chain's output (same structure as ``x0``) and ``log det C_K``, ``(B,)``.
+        """
+        if self.clip is not None:
+            raise ValueError("log_det_covariance needs an unclamped chain (clip=None): a clamp has no Jacobian.")
+        single, states, noise, seed = self._prepare(x0, noise, seed, self.steps)
+        sizes = ops.unstack(self._step_sizes(step_size, True, states[0].dtype), num=self.num_groups)
+        shapes = [tuple(x.shape[1:]) for x in states]
+        widths = [math.prod(shape) for shape in shapes]
+        batch = ops.shape(states[0])[0]
+
+        def flat_potential(flat):
+            parts = ops.split(flat, list(itertools.accumulate(widths))[:-1], axis=1) if len(widths) > 1 else [flat]
+            groups = [ops.reshape(p, (batch,) + shape) for p, shape in zip(parts, shapes)]
+            return potential(groups[0] if single else groups)
+
+        half_s2 = ops.concatenate([ops.full((w,), 0.5 * s * s) for w, s in zip(widths, sizes)])
+        tau2 = ops.concatenate([ops.full((w,), t * t) for w, t in zip(widths, self._noise_scales(sizes))])
+        dim = sum(widths)
+        eye = ops.eye(dim, dtype=states[0].dtype)
+        covariance = ops.broadcast_to(eye, (batch, dim, dim))
+        log_det = ops.zeros((batch,), states[0].dtype)
+
+        def body(k, carry):
+            current, covariance, log_det = carry
+            _, grads = backend.value_and_grad(lambda groups: potential(groups[0] if single else groups), current)
+            flat = ops.stop_gradient(self._flatten(current))
+            hessian = ops.stop_gradient(backend.batch_hessian(flat_potential, flat))
+            jacobian = eye[None] - half_s2[None, :, None] * hessian
+            if propagate_noise:
+                covariance = ops.matmul(ops.matmul(jacobian, covariance), ops.transpose(jacobian, (0, 2, 1)))
+                covariance = covariance + eye[None] * tau2[None, None, :]
+            else:
+                log_det = log_det + 2.0 * ops.slogdet(jacobian)[1]
+            eps = [self._eps(noise, seed, g, k, 0, x) for g, x in enumerate(current)]
+            return self._update(current, grads, sizes, eps, True), covariance, log_det
+
+        states, covariance, log_det = backend.fori_loop(self.steps, body, (states, covariance, log_det))
+        if propagate_noise:
+            log_det = ops.slogdet(covariance)[1]
+        return (states[0] if single else states), log_det
+
+    @staticmethod
+    def _flatten(groups):
+        return ops.concatenate([ops.reshape(g, (ops.shape(g)[0], -1)) for g in groups], axis=1)
 
     def get_config(self):
         config = super().get_config()
@@ -215,18 +308,22 @@ class LangevinChain(keras.layers.Layer):
         return config
 
 
-def gaussian_posterior_potential(generator, x, sigma):
-    """``U(z) = ||x - g(z)||^2 / (2 sigma^2) + sum_l ||z_l||^2 / 2`` per sample, ``(B,)``.
+def gaussian_posterior_potential(generator, x, sigma, mask=None):
+    """``U(z) = ||m * (x - g(z))||^2 / (2 sigma^2) + sum_l ||z_l||^2 / 2`` per sample, ``(B,)``.
 
     The posterior form of the chain: ``-log p(x, z)`` up to a constant for a
     Gaussian observation model with noise ``sigma`` and ``N(0, I)`` priors on
     every latent group ``z_l``. ``generator`` maps ``z`` (a tensor or a list of
-    group tensors) to an image shaped like ``x``.
+    group tensors) to an image shaped like ``x``. ``mask`` (1 = observed, same
+    shape as ``x``) sums the likelihood over observed pixels only (inpainting).
     """
 
     def potential(z):
         groups = z if isinstance(z, (list, tuple)) else [z]
-        residual = ops.reshape(x - generator(z), (ops.shape(x)[0], -1))
+        residual = x - generator(z)
+        if mask is not None:
+            residual = residual * mask
+        residual = ops.reshape(residual, (ops.shape(x)[0], -1))
         energy = ops.sum(ops.square(residual), axis=1) / (2.0 * sigma**2)
         for group in groups:
             energy = energy + 0.5 * ops.sum(ops.reshape(ops.square(group), (ops.shape(group)[0], -1)), axis=1)

@@ -7,6 +7,7 @@ from keras import ops
 from keras_shortrun import backend
 from keras_shortrun.layers import LangevinChain
 from keras_shortrun.models.energy import EnergyConvNet
+from keras_shortrun.optim import adam_step
 from keras_shortrun.validation import check_images
 from keras_shortrun.validation import check_positive_int
 
@@ -211,7 +212,7 @@ class ShortRunEBM(backend.TrainStepMixin, keras.Model):
         mse = np.mean(np.square(x_hat - x).reshape(x.shape[0], -1), axis=1)
         return x_hat, mse
 
-    def _compiled_reconstruction_step(self, steps, learning_rate, beta1=0.9, beta2=0.999, epsilon=1e-8):
+    def _compiled_reconstruction_step(self, steps, learning_rate):
         key = ("reconstruct", steps, learning_rate)
         if key not in self._compiled:
 
@@ -223,11 +224,7 @@ class ShortRunEBM(backend.TrainStepMixin, keras.Model):
                     return ops.sum(ops.reshape(ops.square(x_hat - x), (ops.shape(x)[0], -1)), axis=1)
 
                 _, grad = backend.value_and_grad(per_image_error, z)
-                m = beta1 * m + (1.0 - beta1) * grad
-                v = beta2 * v + (1.0 - beta2) * ops.square(grad)
-                m_hat = m / (1.0 - beta1**t)
-                v_hat = v / (1.0 - beta2**t)
-                return z - learning_rate * m_hat / (ops.sqrt(v_hat) + epsilon), m, v
+                return adam_step(z, grad, m, v, t, learning_rate)
 
             self._compiled[key] = backend.compile_method(self, update)
         return self._compiled[key]

@@ -1,0 +1,110 @@
+"""What every latent-variable image model here shares: whitened latents, synthesis, batched evaluation."""
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_shortrun.validation import check_images
+from keras_shortrun.validation import check_positive_int
+
+
+class LatentImageModel:
+    """Mixin for models with a ``generator`` (a ``TopDownGenerator``-like layer with ``latent_dims`` and
+    ``image_shape``) and an observation noise ``sigma``: ``p(x | z) = N(g(z), sigma^2 I)``, ``z ~ N(0, I)``."""
+
+    @property
+    def latent_dims(self):
+        return list(self.generator.latent_dims)
+
+    @property
+    def image_shape(self):
+        return tuple(self.generator.image_shape)
+
+    @property
+    def metrics(self):
+        return list(self.metrics_trackers.values())
+
+    def call(self, latents):
+        """``g(latents)``: a list of ``(B, latent_dims[l])`` tensors -> images ``(B, *image_shape)``."""
+        return self.generator(latents)
+
+    def split_latents(self, flat):
+        """``(B, sum(latent_dims))`` -> list of ``(B, latent_dims[l])``."""
+        if len(self.latent_dims) == 1:
+            return [flat]
+        cuts = list(np.cumsum(self.latent_dims)[:-1])
+        return list(ops.split(flat, cuts, axis=1))
+
+    def log_likelihood_constant(self):
+        """``-(P/2) log(2 pi sigma^2)``: the part of ``log p(x | z)`` that no gradient sees (``P`` pixels)."""
+        return -0.5 * math.prod(self.image_shape) * math.log(2.0 * math.pi * self.sigma**2)
+
+    def squared_error(self, x, x_hat):
+        """Per-image sum of squared errors, ``(B,)``."""
+        return ops.sum(ops.reshape(ops.square(x - x_hat), (ops.shape(x)[0], -1)), axis=1)
+
+    def _seed_generator_for(self, seed):
+        return self.seed_generator if seed is None else keras.random.SeedGenerator(int(seed))
+
+    def prior_sample(self, n, seed=None):
+        """Whitened latents ``eps ~ N(0, I)``: a list of ``(n, latent_dims[l])`` numpy arrays."""
+        n = check_positive_int(n, "n")
+        generator = self._seed_generator_for(seed)
+        return [ops.convert_to_numpy(keras.random.normal((n, d), seed=generator)) for d in self.latent_dims]
+
+    def decode(self, latents, batch_size=256):
+        """``g(latents)`` for numpy latents, batched; images ``(B, *image_shape)`` as numpy."""
+        batch_size = check_positive_int(batch_size, "batch_size")
+        latents = [np.asarray(z, dtype="float32") for z in latents]
+        out = [
+            ops.convert_to_numpy(self.generator([z[i : i + batch_size] for z in latents]))
+            for i in range(0, latents[0].shape[0], batch_size)
+        ]
+        return np.concatenate(out)
+
+    def synthesize(self, n, seed=None, batch_size=256):
+        """Ancestral samples: ``eps ~ N(0, I)`` for every layer, top-down through ``g``; ``(n, *image_shape)``."""
+        return self.decode(self.prior_sample(n, seed=seed), batch_size=batch_size)
+
+    def reconstruct(self, x, seed=None, batch_size=256):
+        """``g(z(x))`` with the model's inference (``infer``). Returns ``(x_hat, mse)``: reconstructions
+        ``(B, *image_shape)`` and per-image mean squared error ``(B,)`` (pixels in ``[-1, 1]``)."""
+        x = check_images(x, self.image_shape)
+        x_hat = self.decode(self.infer(x, seed=seed, batch_size=batch_size), batch_size=batch_size)
+        return x_hat, np.mean(np.square(x_hat - x).reshape(x.shape[0], -1), axis=1)
+
+    def interpolate(self, x1, x2, n=8, seed=None):
+        """Images along the straight line between the inferred latents of ``x1`` and ``x2`` (each
+        ``(B, *image_shape)``), all layers at once. Returns ``(B, n, *image_shape)``, ends included."""
+        n = check_positive_int(n, "n")
+        x1, x2 = check_images(x1, self.image_shape, "x1"), check_images(x2, self.image_shape, "x2")
+        if x1.shape != x2.shape:
+            raise ValueError(f"x1 and x2 must have the same shape, got {x1.shape} and {x2.shape}.")
+        z1 = self.infer(x1, seed=seed)
+        z2 = self.infer(x2, seed=None if seed is None else seed + 1)
+        t = np.linspace(0.0, 1.0, n, dtype="float32")[None, :, None]
+        path = [((1.0 - t) * a[:, None] + t * b[:, None]).reshape(-1, a.shape[1]) for a, b in zip(z1, z2)]
+        return self.decode(path).reshape((x1.shape[0], n) + self.image_shape)
+
+    def vary_layer(self, x, layer, n=8, seed=None):
+        """What latent layer ``layer`` controls: infer ``z(x)``, then redraw that layer's ``eps`` from
+        ``N(0, I)`` ``n`` times, holding every other layer. Returns ``(B, n, *image_shape)``."""
+        n = check_positive_int(n, "n")
+        if isinstance(layer, bool) or int(layer) != layer or not 0 <= layer < len(self.latent_dims):
+            raise ValueError(f"layer must be an integer in [0, {len(self.latent_dims)}), got {layer!r}.")
+        x = check_images(x, self.image_shape)
+        latents = [np.repeat(z, n, axis=0) for z in self.infer(x, seed=seed)]
+        draws = self.prior_sample(x.shape[0] * n, seed=None if seed is None else seed + 1)
+        latents[int(layer)] = draws[int(layer)]
+        return self.decode(latents).reshape((x.shape[0], n) + self.image_shape)
+
+    def _batched(self, run, x, batch_size, *per_example):
+        """Applies ``run(x_chunk, *chunks)`` to chunks of ``batch_size``; concatenates the list outputs."""
+        batch_size = check_positive_int(batch_size, "batch_size")
+        parts = []
+        for start in range(0, x.shape[0], batch_size):
+            chunk = slice(start, start + batch_size)
+            parts.append([ops.convert_to_numpy(z) for z in run(x[chunk], *[a[chunk] for a in per_example])])
+        return [np.concatenate(layer) for layer in zip(*parts)]

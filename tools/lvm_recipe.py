@@ -1,0 +1,211 @@
+"""Shared recipe code for the multi-layer LVM zoo entries and their VAE baselines (``tools/train_<entry>.py``).
+
+Each entry is trained twice with the same generator, data, batch size,
+optimiser and number of updates: by short-run inference (``MultiLayerLVM``)
+and as a VAE (``VAE``, an amortised encoder), the paper's comparison.
+"""
+
+import json
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+from ebm_recipe import DATA_LICENCES
+from ebm_recipe import hardware
+from ebm_recipe import last_epoch
+from ebm_recipe import log_row
+
+from keras_shortrun import data
+from keras_shortrun.models import VAE
+from keras_shortrun.models import MultiLayerLVM
+from keras_shortrun.models import TopDownGenerator
+from keras_shortrun.models import posterior_chain
+from keras_shortrun.images import save_grid
+from keras_shortrun.training import fit_resumable
+from keras_shortrun.zoo import info as read_metadata
+from keras_shortrun.zoo import save_entry
+
+ROOT = Path(__file__).resolve().parents[1]
+
+RECIPES = {
+    "mnist_lvm": {
+        "dataset": "mnist",
+        "image_size": 28,
+        "channels": 1,
+        "latent_dims": [8, 16, 32],
+        "width": 32,
+        "steps": 25,
+        "step_size": 0.05,
+        "sigma": 0.15,
+        "step_size_every": 20,
+        "step_size_batch": 4,
+        "step_size_learning_rate": 0.03,
+        "batch_size": 64,
+        "learning_rate": 2e-4,
+        "beta_1": 0.5,
+        "iterations": 1500,
+        "iterations_per_epoch": 100,
+        "seed": 0,
+    },
+    "celeba_lvm": {
+        "dataset": "celeba32",
+        "image_size": 32,
+        "channels": 3,
+        "latent_dims": [16, 32, 64],
+        "width": 64,
+        "steps": 25,
+        "step_size": 0.05,
+        "sigma": 0.15,
+        "step_size_every": 25,
+        "step_size_batch": 2,
+        "step_size_learning_rate": 0.03,
+        "batch_size": 64,
+        "learning_rate": 2e-4,
+        "beta_1": 0.5,
+        "iterations": 1500,
+        "iterations_per_epoch": 100,
+        "seed": 0,
+    },
+}
+
+
+def build(entry, kind="lvm"):
+    """The untrained ``MultiLayerLVM`` (``kind="lvm"``) or ``VAE`` (``kind="vae"``) of a recipe."""
+    r = RECIPES[entry]
+    generator = TopDownGenerator(r["latent_dims"], r["image_size"], r["channels"], r["width"], name="generator")
+    if kind == "vae":
+        return VAE(generator, sigma=r["sigma"], seed=r["seed"], name=f"{entry}_vae")
+    chain = posterior_chain(len(r["latent_dims"]), steps=r["steps"], step_size=r["step_size"], seed=r["seed"])
+    return MultiLayerLVM(
+        generator, sigma=r["sigma"], chain=chain, step_size_every=r["step_size_every"],
+        step_size_batch=r["step_size_batch"], step_size_learning_rate=r["step_size_learning_rate"],
+        seed=r["seed"], name=entry,
+    )
+
+
+def run_dir(entry, kind):
+    return ROOT / "runs" / (entry if kind == "lvm" else f"{entry}_vae")
+
+
+def train(entry, kind, iterations, data_path=None):
+    """Trains (resuming from ``runs/<entry>[_vae]``) for ``iterations`` updates in total."""
+    r = RECIPES[entry]
+    x, _ = data.load(r["dataset"], "train", path=data_path)
+    model = build(entry, kind)
+    fit_resumable(
+        model, x, run_dir(entry, kind), iterations, batch_size=r["batch_size"],
+        iterations_per_epoch=r["iterations_per_epoch"], learning_rate=r["learning_rate"],
+        beta_1=r["beta_1"], seed=r["seed"], verbose=2,
+    )
+    return model
+
+
+def load_checkpoint(entry, kind, epoch):
+    """The model of ``runs/<entry>[_vae]`` after ``epoch`` (1-based) and that epoch's log row."""
+    model = build(entry, kind)
+    model.load_weights(run_dir(entry, kind) / "checkpoints" / f"epoch_{epoch:04d}.weights.h5")
+    return model, log_row(run_dir(entry, kind), epoch)
+
+
+def figures(model, x_test, directory, seed=0):
+    """The card's figures: samples, reconstructions, per-layer variation, inpainting, interpolation."""
+    directory.mkdir(parents=True, exist_ok=True)
+    save_grid(directory / "samples.png", model.synthesize(64, seed=seed), scale=2)
+    x = x_test[:16]
+    x_hat, _ = model.reconstruct(x, seed=seed)
+    save_grid(directory / "reconstruction.png", np.stack([x, x_hat], 1).reshape((-1,) + x.shape[1:]), columns=16,
+              scale=2)
+    rows = [np.concatenate([x[i : i + 1], model.vary_layer(x[i : i + 1], layer, n=9, seed=seed + layer)[0]])
+            for i in range(3) for layer in range(len(model.latent_dims))]
+    save_grid(directory / "layers.png", np.concatenate(rows), columns=10, scale=2)
+    mask = np.ones(x.shape[1:], "float32")
+    mask[x.shape[1] // 2 :] = 0.0  # the lower half is missing
+    filled = model.inpaint(x[:8], mask, seed=seed)
+    blended = mask * x[:8] + (1.0 - mask) * filled
+    masked = mask * x[:8] + (1.0 - mask) * -1.0
+    save_grid(directory / "inpainting.png", np.concatenate([x[:8], masked, blended]), columns=8, scale=2)
+    save_grid(directory / "interpolation.png", model.interpolate(x[:4], x[4:8], n=10, seed=seed).reshape(
+        (-1,) + x.shape[1:]), columns=10, scale=2)
+
+
+def test_mse(model, entry, data_path=None, seed=0):
+    """Per-image reconstruction MSE on the held-out split (pixels in [-1, 1]) and the seconds it took."""
+    x_test, _ = data.load(RECIPES[entry]["dataset"], "test", path=data_path)
+    start = time.time()
+    _, mse = model.reconstruct(x_test, seed=seed)
+    return mse, time.time() - start
+
+
+def export_entry(entry, epoch=None, data_path=None):
+    """Writes ``zoo/<entry>`` (the LVM) and ``zoo/<entry>_vae`` (its baseline at the same update count)."""
+    r = RECIPES[entry]
+    epoch = last_epoch(run_dir(entry, "lvm")) if epoch is None else epoch
+    x_test, _ = data.load(r["dataset"], "test", path=data_path)
+    iterations = epoch * r["iterations_per_epoch"]
+    dataset = {
+        "name": r["dataset"], "file": data.find_npz(r["dataset"], data_path).name,
+        "sha256": data.NPZ_FILES[r["dataset"]][1], "split": "train", "test_split": f"last {len(x_test)} images",
+        "licence": DATA_LICENCES[r["dataset"].removesuffix("32")],
+    }
+    results = {}
+    for kind in ("lvm", "vae"):
+        name = entry if kind == "lvm" else f"{entry}_vae"
+        model, row = load_checkpoint(entry, kind, epoch)
+        mse, seconds = test_mse(model, entry, data_path)
+        results[kind] = float(mse.mean())
+        figures(model, x_test, run_dir(entry, kind) / "figures")
+        metadata = {
+            "name": name,
+            "description": f"{type(model).__name__} on {r['dataset']} {r['image_size']}x{r['image_size']}",
+            "dataset": dataset,
+            "resolution": r["image_size"],
+            "latent_dims": r["latent_dims"],
+            "sigma": r["sigma"],
+            "training": {
+                "iterations": iterations, "batch_size": r["batch_size"], "optimizer": "Adam",
+                "learning_rate": r["learning_rate"], "beta_1": r["beta_1"], "hardware": hardware(),
+                "wall_time_s": round(float(row["wall_time_s"]), 1),
+                "command": f"python tools/train_{entry}.py train --kind {kind} --iterations {iterations}",
+                "final_loss": float(row["loss"]), "final_train_mse": float(row["mse"]),
+            },
+            "metrics": {"recon_mse_test": float(mse.mean()), "recon_mse_test_std": float(mse.std())},
+            "evaluation": {
+                "images": int(len(x_test)), "seconds": round(seconds, 1), "pixels": "[-1, 1]",
+                "command": f"python tools/train_{entry}.py export --epoch {epoch}",
+                "inference": "g(z_K), one K-step chain from N(0, I), seed 0" if kind == "lvm"
+                else "g(encoder mean)",
+            },
+            "keras_version": keras.__version__,
+        }
+        if kind == "lvm":
+            metadata["chain"] = {
+                "steps": r["steps"], "initial_step_size": r["step_size"],
+                "learned_step_sizes": [float(s) for s in keras.ops.convert_to_numpy(model.chain.step_size)],
+                "step_size_objective": model.entropy, "init": "N(0, I)",
+                "update": "z = z + (s_l^2 / 2) d log p(x, z) / dz + s_l eps",
+            }
+        card = run_dir(entry, kind) / "README.md"
+        card.write_text(card_text(metadata, model, results))
+        extra = [card] + sorted((run_dir(entry, kind) / "figures").glob("*.png"))
+        directory = save_entry(model, ROOT / "zoo" / name, metadata, extra_files=extra)
+        pinned = {n: spec["sha256"] for n, spec in read_metadata(directory)["files"].items()}
+        print(f"wrote {directory}; pin in keras_shortrun/models/presets.py: \"sha256\": {json.dumps(pinned)}")
+    return results
+
+
+def main(entry, doc):
+    """Command line of ``tools/train_<entry>.py``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=("train", "export"))
+    parser.add_argument("--kind", choices=("lvm", "vae"), default="lvm")
+    parser.add_argument("--iterations", type=int, default=RECIPES[entry]["iterations"])
+    parser.add_argument("--data-path", default=None)
+    parser.add_argument("--epoch", type=int, default=None, help="snapshot to export (default: the last)")
+    args = parser.parse_args()
+    if args.action == "train":
+        train(entry, args.kind, args.iterations, args.data_path)
+    else:
+        export_entry(entry, args.epoch, args.data_path)

@@ -1,0 +1,15 @@
+"""Recipe of the ``mnist_lvm`` zoo entry and its VAE baseline.
+
+    python tools/train_mnist_lvm.py train [--kind lvm|vae] [--iterations N]   # resumes from runs/
+    python tools/train_mnist_lvm.py export --epoch E                           # writes zoo/mnist_lvm
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from lvm_recipe import main  # noqa: E402
+
+if __name__ == "__main__":
+    main("mnist_lvm", __doc__)
