@@ -1,4 +1,4 @@
-"""The ``keras-shortrun`` command: zoo listing, sampling, interpolation, reconstruction, training."""
+"""The ``keras-shortrun`` command: zoo listing, sampling, interpolation, reconstruction, training (EBM, LVM)."""
 
 import argparse
 import json
@@ -51,6 +51,12 @@ def cmd_sample(args):
     from keras_shortrun.images import save_grid
 
     model = _load(args.model)
+    if hasattr(model, "synthesize"):  # latent models sample ancestrally: no chain to animate
+        if args.gif:
+            raise ValueError(f"{args.model} samples ancestrally (no Langevin chain from noise); drop --gif.")
+        save_grid(args.output, model.synthesize(args.n, seed=args.seed), scale=args.scale)
+        print(f"wrote {args.n} samples to {args.output}")
+        return
     every = None if args.gif is None else max(1, (args.steps or model.chain.steps) // 25)
     out = model.sample(args.n, steps=args.steps, seed=args.seed, trajectory_every=every)
     samples = out if every is None else out[0]
@@ -65,6 +71,8 @@ def cmd_interpolate(args):
     from keras_shortrun.images import save_grid
 
     model = _load(args.model)
+    if hasattr(model, "synthesize"):
+        raise ValueError(f"{args.model} interpolates between images: use model.interpolate(x1, x2) in Python.")
     rows = [model.interpolate(n=args.n, seed=args.seed + 3 * i, steps=args.steps)[0] for i in range(args.rows)]
     save_grid(args.output, np.concatenate(rows), columns=args.n, scale=args.scale)
     print(f"wrote {args.rows} interpolation strips of {args.n} to {args.output}")
@@ -77,7 +85,10 @@ def cmd_reconstruct(args):
     model = _load(args.model)
     x, _ = data.load(args.data, args.split, path=args.data_path)
     x = x[: args.n]
-    x_hat, mse = model.reconstruct(x, iterations=args.iterations, seed=args.seed)
+    if hasattr(model, "synthesize"):  # latent models: one pass of their inference
+        x_hat, mse = model.reconstruct(x, seed=args.seed)
+    else:
+        x_hat, mse = model.reconstruct(x, iterations=args.iterations, seed=args.seed)
     print(f"reconstruction MSE over {len(x)} {args.data}/{args.split} images: {mse.mean():.5f} "
           f"(std {mse.std():.5f}; pixels in [-1, 1])")
     if args.output:
@@ -88,17 +99,31 @@ def cmd_reconstruct(args):
 
 def cmd_train(args):
     from keras_shortrun import data
-    from keras_shortrun.models import ShortRunEBM
     from keras_shortrun.training import fit_resumable
 
     x, _ = data.load(args.data, "train", path=args.data_path)
-    model = ShortRunEBM.with_convnet(
-        image_size=x.shape[1], channels=x.shape[3], filters=args.filters, steps=args.steps,
-        clip=None if args.no_clip else (-1.0, 1.0), seed=args.seed,
-    )
+    if args.family == "ebm":
+        from keras_shortrun.models import ShortRunEBM
+
+        model = ShortRunEBM.with_convnet(
+            image_size=x.shape[1], channels=x.shape[3], filters=args.filters, steps=args.steps,
+            clip=None if args.no_clip else (-1.0, 1.0), seed=args.seed,
+        )
+        beta_1 = 0.9
+    else:
+        from keras_shortrun.models import MultiLayerLVM
+        from keras_shortrun.models import TopDownGenerator
+        from keras_shortrun.models import posterior_chain
+
+        generator = TopDownGenerator(args.latent_dims, x.shape[1], x.shape[3], args.width, name="generator")
+        model = MultiLayerLVM(
+            generator, sigma=args.sigma, seed=args.seed, step_size_every=args.step_size_every,
+            chain=posterior_chain(len(args.latent_dims), steps=args.steps, step_size=args.step_size, seed=args.seed),
+        )
+        beta_1 = 0.5
     fit_resumable(
         model, x, args.out, args.iterations, batch_size=args.batch_size,
-        iterations_per_epoch=args.every, learning_rate=args.learning_rate, seed=args.seed,
+        iterations_per_epoch=args.every, learning_rate=args.learning_rate, beta_1=beta_1, seed=args.seed,
     )
     model.save(Path(args.out) / "model.keras")
     print(f"saved {Path(args.out) / 'model.keras'}; checkpoints and sample grids are in {args.out}")
@@ -145,19 +170,26 @@ def build_parser():
     train = sub.add_parser("train", help="train a model (resumable)")
     train_sub = train.add_subparsers(dest="family", required=True)
     ebm = train_sub.add_parser("ebm", help="short-run EBM with the paper-1 ConvNet")
-    ebm.add_argument("--data", default="mnist")
-    ebm.add_argument("--data-path", default=None)
-    ebm.add_argument("--out", required=True, help="run folder: checkpoints, grids, log; rerun to resume")
+    lvm = train_sub.add_parser("lvm", help="multi-layer latent variable model with short-run inference")
+    for p, steps, lr in ((ebm, 100, 1e-4), (lvm, 25, 8e-5)):
+        p.add_argument("--data", default="mnist")
+        p.add_argument("--data-path", default=None)
+        p.add_argument("--out", required=True, help="run folder: checkpoints, grids, log; rerun to resume")
+        p.add_argument("--steps", type=int, default=steps, help="Langevin steps K")
+        p.add_argument("--iterations", type=int, default=10000)
+        p.add_argument("--every", type=int, default=100, help="iterations between checkpoints and grids")
+        p.add_argument("--batch-size", type=int, default=64)
+        p.add_argument("--learning-rate", type=float, default=lr)
+        p.add_argument("--seed", type=int, default=0)
+        p.set_defaults(func=cmd_train)
     ebm.add_argument("--filters", type=int, default=32)
-    ebm.add_argument("--steps", type=int, default=100)
-    ebm.add_argument("--iterations", type=int, default=10000)
-    ebm.add_argument("--every", type=int, default=100, help="iterations between checkpoints and grids")
-    ebm.add_argument("--batch-size", type=int, default=64)
-    ebm.add_argument("--learning-rate", type=float, default=1e-4)
     ebm.add_argument("--no-clip", action="store_true",
                      help="do not clamp the chain to [-1, 1] (paper 1's code does not; young EBMs may diverge)")
-    ebm.add_argument("--seed", type=int, default=0)
-    ebm.set_defaults(func=cmd_train)
+    lvm.add_argument("--latent-dims", type=int, nargs="+", default=[16, 32, 64], help="top layer first")
+    lvm.add_argument("--width", type=int, default=64)
+    lvm.add_argument("--sigma", type=float, default=0.15)
+    lvm.add_argument("--step-size", type=float, default=0.05, help="initial step size of every layer")
+    lvm.add_argument("--step-size-every", type=int, default=20, help="batches between step-size updates (0: fixed)")
     return parser
 
 

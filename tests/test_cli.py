@@ -91,3 +91,19 @@ def test_resumed_run_draws_fresh_noise():
     advance_seed_states(resumed, 2)
     np.testing.assert_array_equal(again.sample(2), fresh.sample(2))  # same state, same stream
     assert np.abs(resumed.sample(2) - fresh.sample(2)).min() > 0  # a resumed run does not replay epoch 1
+
+
+def test_train_lvm_then_sample_and_reconstruct(shared_data, tmp_path, capsys):
+    out = tmp_path / "lvm"
+    args = ["train", "lvm", "--data", "mnist", "--data-path", str(shared_data), "--out", str(out),
+            "--latent-dims", "2", "3", "--width", "8", "--steps", "2", "--every", "1", "--batch-size", "8",
+            "--iterations", "2", "--step-size-every", "1"]
+    assert cli.main(args) == 0
+    model_file = str(out / "model.keras")
+    png = tmp_path / "lvm.png"
+    assert cli.main(["sample", model_file, "-n", "4", "-o", str(png), "--scale", "1"]) == 0
+    assert np.asarray(Image.open(png)).shape == (2 * 30 + 2, 2 * 30 + 2)
+    assert cli.main(["sample", model_file, "--gif", str(tmp_path / "x.gif")]) == 2
+    assert "ancestrally" in capsys.readouterr().err
+    assert cli.main(["reconstruct", model_file, "--data", "mnist", "--data-path", str(shared_data), "-n", "4"]) == 0
+    assert "reconstruction MSE over 4 mnist/test images" in capsys.readouterr().out

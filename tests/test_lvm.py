@@ -191,7 +191,9 @@ def test_fit_updates_generator_and_step_sizes_then_round_trips(tmp_path):
     loaded = keras.saving.load_model(path)
     x = tiny_images(3, seed=1)
     np.testing.assert_allclose(loaded.reconstruct(x, seed=5)[0], model.reconstruct(x, seed=5)[0], atol=1e-5)
-    np.testing.assert_allclose(ops.convert_to_numpy(loaded.chain.step_size), ops.convert_to_numpy(model.chain.step_size))
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(loaded.chain.step_size), ops.convert_to_numpy(model.chain.step_size)
+    )
 
 
 def test_uses_have_the_documented_shapes_and_behaviour():

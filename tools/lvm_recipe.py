@@ -17,11 +17,11 @@ from ebm_recipe import last_epoch
 from ebm_recipe import log_row
 
 from keras_shortrun import data
+from keras_shortrun.images import save_grid
 from keras_shortrun.models import VAE
 from keras_shortrun.models import MultiLayerLVM
 from keras_shortrun.models import TopDownGenerator
 from keras_shortrun.models import posterior_chain
-from keras_shortrun.images import save_grid
 from keras_shortrun.training import fit_resumable
 from keras_shortrun.zoo import info as read_metadata
 from keras_shortrun.zoo import save_entry
@@ -192,6 +192,93 @@ def export_entry(entry, epoch=None, data_path=None):
         pinned = {n: spec["sha256"] for n, spec in read_metadata(directory)["files"].items()}
         print(f"wrote {directory}; pin in keras_shortrun/models/presets.py: \"sha256\": {json.dumps(pinned)}")
     return results
+
+
+def card_text(metadata, model, results):
+    """The entry's README: what it is, how to use it, its figures, its numbers and how to reproduce them."""
+    t, m, e = metadata["training"], metadata["metrics"], metadata["evaluation"]
+    is_lvm = isinstance(model, MultiLayerLVM)
+    entry = metadata["name"].removesuffix("_vae")
+    res = metadata["resolution"]
+    if is_lvm:
+        c = metadata["chain"]
+        what = (
+            f"A multi-layer latent variable model (Nijkamp et al., ECCV 2020): a top-down generator with latent "
+            f"layers {metadata['latent_dims']} (top first), posterior inferred by K={c['steps']} steps of "
+            f"Langevin dynamics from N(0, I), sigma={metadata['sigma']}. Step sizes learned by minimising "
+            f"KL(q_s || p(z|x)) ({c['step_size_objective']} log q_s): started at {c['initial_step_size']}, ended at "
+            f"{', '.join(f'{s:.4f}' for s in c['learned_step_sizes'])} (top to bottom)."
+        )
+    else:
+        what = (
+            f"The VAE baseline of `{entry}`: the same generator ({metadata['latent_dims']}, sigma="
+            f"{metadata['sigma']}), data, batch size, optimiser and number of updates, with an amortised "
+            f"convolutional encoder in place of short-run inference."
+        )
+    comparison = (
+        f"| reconstruction MSE, short-run inference (`{entry}`) | {results['lvm']:.4f} |\n"
+        f"| reconstruction MSE, VAE baseline (`{entry}_vae`) | {results['vae']:.4f} |"
+        if "vae" in results else ""
+    )
+    mse = f"{m['recon_mse_test']:.4f} (std {m['recon_mse_test_std']:.4f})"
+    return f"""# {metadata['name']}
+
+{what}
+
+Data: {metadata['dataset']['name']} ({res}x{res}), trained on the train split, evaluated on the held-out
+{metadata['dataset']['test_split']}. Pixels are in [-1, 1].
+
+```python
+from keras_shortrun import zoo
+model = zoo.load("{metadata['name']}")
+x = model.synthesize(16, seed=0)                 # ancestral samples
+x_hat, mse = model.reconstruct(x_test, seed=0)   # inference, then g(z)
+```
+
+## Samples (ancestral, seed 0)
+![samples](samples.png)
+
+## Reconstructions of held-out images (pairs: original, reconstruction)
+![reconstruction](reconstruction.png)
+
+## What each latent layer controls
+Each row: a held-out image, then 9 images with one latent layer redrawn from N(0, I) and the others held
+(rows cycle through the layers, top layer first, for 3 images).
+![layers](layers.png)
+
+## Inpainting (lower half missing): originals, inputs, completions
+![inpainting](inpainting.png)
+
+## Interpolation between the latents of two held-out images
+![interpolation](interpolation.png)
+
+## Numbers
+| metric | value |
+| --- | --- |
+| reconstruction MSE per pixel, {e['images']} held-out images | {mse} |
+| inference | {e['inference']} |
+{comparison}
+
+## Training budget
+| | |
+| --- | --- |
+| parameter updates | {t['iterations']} |
+| batch size | {t['batch_size']} |
+| optimiser | Adam, lr {t['learning_rate']}, beta_1 {t['beta_1']} |
+| hardware | {t['hardware']} |
+| wall time | {t['wall_time_s'] / 60:.0f} min |
+
+A CPU-budget entry: the paper trains for far longer on GPUs, with latent dims [64, 64, 64, 96, 128] at 64x64.
+
+## Reproduce
+```
+{t['command']}
+{e['command']}
+python tools/eval_lvm.py
+```
+
+Data licence: {metadata['dataset']['licence']}.
+"""
 
 
 def main(entry, doc):

@@ -73,11 +73,11 @@ class TopDownGenerator(layers.Layer):
         self.width = int(width)
         self.base = base_resolution(self.image_size)
         base_units = self.base * self.base * self.width
-        self.project = [layers.Dense(base_units, name=f"project_{l}") for l in range(len(self.latent_dims))]
-        self.blocks = [ResidualBlock(3, name=f"block_{l}") for l in range(len(self.latent_dims))]
+        self.project = [layers.Dense(base_units, name=f"project_{layer}") for layer in range(len(self.latent_dims))]
+        self.blocks = [ResidualBlock(3, name=f"block_{layer}") for layer in range(len(self.latent_dims))]
         self.prior_heads = [
-            layers.Dense(2 * d, kernel_initializer="zeros", name=f"prior_head_{l}")
-            for l, d in enumerate(self.latent_dims[1:], start=1)
+            layers.Dense(2 * d, kernel_initializer="zeros", name=f"prior_head_{layer}")
+            for layer, d in enumerate(self.latent_dims[1:], start=1)
         ]
         ups = int(round(math.log2(self.image_size // self.base)))
         widths = [max(16, self.width // 2**i) for i in range(ups)]
@@ -93,9 +93,9 @@ class TopDownGenerator(layers.Layer):
 
     def build(self, input_shape=None):
         feature_shape = (None, self.base, self.base, self.width)
-        for l, dim in enumerate(self.latent_dims):
-            self.project[l].build((None, dim))
-            self.blocks[l].build(feature_shape)
+        for layer, dim in enumerate(self.latent_dims):
+            self.project[layer].build((None, dim))
+            self.blocks[layer].build(feature_shape)
         for head in self.prior_heads:
             head.build((None, self.base * self.base * self.width))
         shape, resolution = feature_shape, self.base
@@ -108,21 +108,23 @@ class TopDownGenerator(layers.Layer):
 
     def _check(self, latents):
         if not isinstance(latents, (list, tuple)) or len(latents) != len(self.latent_dims):
-            raise ValueError(f"Expected a list of {len(self.latent_dims)} latent tensors, got {type(latents).__name__}.")
-        for l, (z, dim) in enumerate(zip(latents, self.latent_dims)):
+            raise ValueError(
+                f"Expected a list of {len(self.latent_dims)} latent tensors, got {type(latents).__name__}."
+            )
+        for layer, (z, dim) in enumerate(zip(latents, self.latent_dims)):
             if len(z.shape) != 2 or z.shape[1] != dim:
-                raise ValueError(f"Latent layer {l} must have shape (batch, {dim}), got {tuple(z.shape)}.")
+                raise ValueError(f"Latent layer {layer} must have shape (batch, {dim}), got {tuple(z.shape)}.")
 
     def call(self, latents):
         self._check(latents)
         batch = ops.shape(latents[0])[0]
         feature_shape = (batch, self.base, self.base, self.width)
         h = self.blocks[0](ops.reshape(self.project[0](latents[0]), feature_shape))
-        for l in range(1, len(self.latent_dims)):
-            stats = self.prior_heads[l - 1](ops.reshape(h, (batch, -1)))
+        for layer in range(1, len(self.latent_dims)):
+            stats = self.prior_heads[layer - 1](ops.reshape(h, (batch, -1)))
             mean, logvar = ops.split(stats, 2, axis=-1)
-            z = mean + ops.exp(0.5 * ops.clip(logvar, *LOGVAR_RANGE)) * latents[l]
-            h = self.blocks[l](h + ops.reshape(self.project[l](z), feature_shape))
+            z = mean + ops.exp(0.5 * ops.clip(logvar, *LOGVAR_RANGE)) * latents[layer]
+            h = self.blocks[layer](h + ops.reshape(self.project[layer](z), feature_shape))
         for up in self.upsample:
             h = ops.gelu(up(h))
         return ops.tanh(self.to_image(h))

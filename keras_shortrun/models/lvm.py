@@ -103,7 +103,7 @@ class MultiLayerLVM(LatentImageModel, backend.TrainStepMixin, keras.Model):
         self.last_step_size_objective = self.add_weight(
             shape=(), initializer="zeros", trainable=False, name="last_step_size_objective"
         )
-        names = ["loss", "mse", "step_size_objective"] + [f"step_size_{l}" for l in range(num_layers)]
+        names = ["loss", "mse", "step_size_objective"] + [f"step_size_{layer}" for layer in range(num_layers)]
         self.metrics_trackers = {name: keras.metrics.Mean(name=name) for name in names}
         self._compiled = {}
         self.built = True
@@ -115,8 +115,8 @@ class MultiLayerLVM(LatentImageModel, backend.TrainStepMixin, keras.Model):
 
     def _prior_draw(self, batch, seed, dtype):
         return [
-            backend.stateless_normal((batch, d), backend.fold_in(seed, 1_000_003 + l), dtype)
-            for l, d in enumerate(self.latent_dims)
+            backend.stateless_normal((batch, d), backend.fold_in(seed, 1_000_003 + layer), dtype)
+            for layer, d in enumerate(self.latent_dims)
         ]
 
     def infer_latents(self, x, seed, steps=None, mask=None):
@@ -271,8 +271,11 @@ class MultiLayerLVM(LatentImageModel, backend.TrainStepMixin, keras.Model):
         prior = sum(0.5 * ops.sum(ops.square(z), axis=1) for z in aux)
         loss = ops.mean(error / (2.0 * self.sigma**2) + prior) - self.log_likelihood_constant()
         sizes = ops.unstack(self.chain.step_size, num=len(self.latent_dims))
-        logs = {"mse": ops.mean(error) / math.prod(self.image_shape), "step_size_objective": ops.copy(self.last_step_size_objective)}
-        logs.update({f"step_size_{l}": s for l, s in enumerate(sizes)})
+        logs = {
+            "mse": ops.mean(error) / math.prod(self.image_shape),
+            "step_size_objective": ops.copy(self.last_step_size_objective),
+        }
+        logs.update({f"step_size_{layer}": s for layer, s in enumerate(sizes)})
         return loss, logs
 
     def get_config(self):
