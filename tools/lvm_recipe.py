@@ -119,12 +119,13 @@ def figures(model, x_test, directory, seed=0):
     rows = [np.concatenate([x[i : i + 1], model.vary_layer(x[i : i + 1], layer, n=9, seed=seed + layer)[0]])
             for i in range(3) for layer in range(len(model.latent_dims))]
     save_grid(directory / "layers.png", np.concatenate(rows), columns=10, scale=2)
-    mask = np.ones(x.shape[1:], "float32")
-    mask[x.shape[1] // 2 :] = 0.0  # the lower half is missing
-    filled = model.inpaint(x[:8], mask, seed=seed)
-    blended = mask * x[:8] + (1.0 - mask) * filled
-    masked = mask * x[:8] + (1.0 - mask) * -1.0
-    save_grid(directory / "inpainting.png", np.concatenate([x[:8], masked, blended]), columns=8, scale=2)
+    if hasattr(model, "inpaint"):  # an amortised encoder cannot condition on a mask
+        mask = np.ones(x.shape[1:], "float32")
+        mask[x.shape[1] // 2 :] = 0.0  # the lower half is missing
+        filled = model.inpaint(x[:8], mask, seed=seed)
+        blended = mask * x[:8] + (1.0 - mask) * filled
+        masked = mask * x[:8] + (1.0 - mask) * -1.0
+        save_grid(directory / "inpainting.png", np.concatenate([x[:8], masked, blended]), columns=8, scale=2)
     save_grid(directory / "interpolation.png", model.interpolate(x[:4], x[4:8], n=10, seed=seed).reshape(
         (-1,) + x.shape[1:]), columns=10, scale=2)
 
@@ -221,6 +222,10 @@ def card_text(metadata, model, results):
         if "vae" in results else ""
     )
     mse = f"{m['recon_mse_test']:.4f} (std {m['recon_mse_test_std']:.4f})"
+    inpainting = (
+        "## Inpainting (lower half missing): originals, inputs, completions\n![inpainting](inpainting.png)\n"
+        if is_lvm else ""
+    )
     return f"""# {metadata['name']}
 
 {what}
@@ -246,9 +251,7 @@ Each row: a held-out image, then 9 images with one latent layer redrawn from N(0
 (rows cycle through the layers, top layer first, for 3 images).
 ![layers](layers.png)
 
-## Inpainting (lower half missing): originals, inputs, completions
-![inpainting](inpainting.png)
-
+{inpainting}
 ## Interpolation between the latents of two held-out images
 ![interpolation](interpolation.png)
 
