@@ -1,6 +1,6 @@
-"""Regenerates the golden sample file that tests/test_zoo.py compares mnist_ebm against.
+"""Regenerates the golden files that tests/test_zoo.py compares the zoo entries against.
 
-    python tools/make_golden.py    # after re-exporting zoo/mnist_ebm
+    python tools/make_golden.py    # after re-exporting an entry
 """
 
 from pathlib import Path
@@ -9,8 +9,21 @@ import numpy as np
 
 from keras_shortrun import zoo
 
-GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "golden" / "mnist_ebm_sample_seed0_k10.npy"
+GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "golden"
+
+
+def golden_outputs():
+    """{file name: array}: seeded outputs of each entry (mnist_ebm: 10 chain steps; LVMs: an inferred image)."""
+    outputs = {"mnist_ebm_sample_seed0_k10.npy": zoo.load("mnist_ebm").sample(2, seed=0, steps=10)}
+    for name in ("mnist_lvm", "celeba_lvm"):
+        model = zoo.load(name)
+        images = model.synthesize(2, seed=0)
+        outputs[f"{name}_synthesize_seed0.npy"] = images
+        outputs[f"{name}_reconstruct_seed0.npy"] = model.reconstruct(images, seed=0)[0]
+    return outputs
+
 
 if __name__ == "__main__":
-    np.save(GOLDEN, zoo.load("mnist_ebm").sample(2, seed=0, steps=10))
-    print(f"wrote {GOLDEN}")
+    for filename, array in golden_outputs().items():
+        np.save(GOLDEN / filename, array)
+        print(f"wrote {GOLDEN / filename}")
