@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {
     "mnist_lvm": {
         "dataset": "mnist",
+        "test_split": "MNIST test set (10,000 images)",
         "image_size": 28,
         "channels": 1,
         "latent_dims": [8, 16, 32],
@@ -50,6 +51,7 @@ RECIPES = {
     },
     "celeba_lvm": {
         "dataset": "celeba32",
+        "test_split": "last 1,000 of the 10k faces (never trained on)",
         "image_size": 32,
         "channels": 3,
         "latent_dims": [16, 32, 64],
@@ -146,15 +148,16 @@ def export_entry(entry, epoch=None, data_path=None):
     iterations = epoch * r["iterations_per_epoch"]
     dataset = {
         "name": r["dataset"], "file": data.find_npz(r["dataset"], data_path).name,
-        "sha256": data.NPZ_FILES[r["dataset"]][1], "split": "train", "test_split": f"last {len(x_test)} images",
+        "sha256": data.NPZ_FILES[r["dataset"]][1], "split": "train", "test_split": r["test_split"],
         "licence": DATA_LICENCES[r["dataset"].removesuffix("32")],
     }
-    results = {}
-    for kind in ("lvm", "vae"):
-        name = entry if kind == "lvm" else f"{entry}_vae"
+    evaluated = {}
+    for kind in ("lvm", "vae"):  # both first: each card compares the two
         model, row = load_checkpoint(entry, kind, epoch)
-        mse, seconds = test_mse(model, entry, data_path)
-        results[kind] = float(mse.mean())
+        evaluated[kind] = (model, row) + test_mse(model, entry, data_path)
+    results = {kind: float(value[2].mean()) for kind, value in evaluated.items()}
+    for kind, (model, row, mse, seconds) in evaluated.items():
+        name = entry if kind == "lvm" else f"{entry}_vae"
         figures(model, x_test, run_dir(entry, kind) / "figures")
         metadata = {
             "name": name,
@@ -231,7 +234,7 @@ def card_text(metadata, model, results):
 {what}
 
 Data: {metadata['dataset']['name']} ({res}x{res}), trained on the train split, evaluated on the held-out
-{metadata['dataset']['test_split']}. Pixels are in [-1, 1].
+split: {metadata['dataset']['test_split']}. Pixels are in [-1, 1].
 
 ```python
 from keras_shortrun import zoo
