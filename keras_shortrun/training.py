@@ -10,22 +10,24 @@ import numpy as np
 from keras_shortrun.images import save_grid
 
 
-def batches(x, batch_size, seed=0, steps=None):
-    """An endless shuffled stream of ``(batch_size, ...)`` batches of ``x`` that keeps the chain fed.
+def batches(data, batch_size, seed=0, steps=None):
+    """An endless shuffled stream of ``(batch_size, ...)`` batches of ``data`` that keeps the chain fed.
 
-    A ``tf.data`` pipeline (shuffle, repeat, fixed-size batches, prefetch)
-    when TensorFlow is installed; otherwise (JAX-only machines) a
-    ``keras.utils.PyDataset`` of random batches with ``steps`` per epoch.
+    ``data``: images ``x`` or a tuple ``(x, y)``. A ``tf.data`` pipeline (shuffle,
+    repeat, fixed-size batches, prefetch) when TensorFlow is installed; otherwise
+    (JAX-only machines) a ``keras.utils.PyDataset`` of random batches with
+    ``steps`` per epoch.
     """
-    if len(x) < batch_size:
-        raise ValueError(f"Need at least batch_size={batch_size} examples, got {len(x)}.")
+    arrays = data if isinstance(data, tuple) else (data,)
+    if len(arrays[0]) < batch_size:
+        raise ValueError(f"Need at least batch_size={batch_size} examples, got {len(arrays[0])}.")
     try:
         import tensorflow as tf
     except ImportError:
-        return _RandomBatches(x, batch_size, seed, steps or len(x) // batch_size)
+        return _RandomBatches(arrays, batch_size, seed, steps or len(arrays[0]) // batch_size)
     return (
-        tf.data.Dataset.from_tensor_slices(x)
-        .shuffle(min(len(x), 60000), seed=seed, reshuffle_each_iteration=True)
+        tf.data.Dataset.from_tensor_slices(data)
+        .shuffle(min(len(arrays[0]), 60000), seed=seed, reshuffle_each_iteration=True)
         .repeat()
         .batch(batch_size, drop_remainder=True)
         .prefetch(tf.data.AUTOTUNE)
@@ -33,16 +35,50 @@ def batches(x, batch_size, seed=0, steps=None):
 
 
 class _RandomBatches(keras.utils.PyDataset):
-    def __init__(self, x, batch_size, seed, steps):
+    """Random batches (with replacement across batches) of one or more aligned arrays."""
+
+    def __init__(self, arrays, batch_size, seed, steps):
         super().__init__()
-        self.x, self.batch_size, self.steps = x, batch_size, steps
+        self.arrays, self.batch_size, self.steps = arrays, batch_size, steps
         self.rng = np.random.default_rng(seed)
 
     def __len__(self):
         return self.steps
 
     def __getitem__(self, index):
-        return self.x[self.rng.integers(0, len(self.x), self.batch_size)]
+        rows = self.rng.integers(0, len(self.arrays[0]), self.batch_size)
+        picked = tuple(a[rows] for a in self.arrays)
+        return picked if len(picked) > 1 else picked[0]
+
+
+class SemiSupervisedBatches(keras.utils.PyDataset):
+    """Batches ``(x, y)`` with exactly ``labelled_per_batch`` labelled images (random, from ``x_labelled``,
+    ``y_labelled``) and the rest unlabelled (from ``x_unlabelled``, ``y = -1``), so that every batch
+    carries labels however few there are. ``steps`` batches per epoch."""
+
+    def __init__(self, x_labelled, y_labelled, x_unlabelled, batch_size, labelled_per_batch, seed=0, steps=100):
+        super().__init__()
+        if not 1 <= labelled_per_batch <= batch_size:
+            raise ValueError(f"labelled_per_batch must be in [1, batch_size={batch_size}], got {labelled_per_batch}.")
+        if labelled_per_batch < batch_size and (x_unlabelled is None or len(x_unlabelled) == 0):
+            raise ValueError("labelled_per_batch < batch_size needs unlabelled images.")
+        if len(x_labelled) != len(y_labelled) or len(x_labelled) == 0:
+            raise ValueError(f"Need as many labels as labelled images (>= 1): {len(x_labelled)} vs {len(y_labelled)}.")
+        self.x_labelled, self.y_labelled, self.x_unlabelled = x_labelled, np.asarray(y_labelled), x_unlabelled
+        self.batch_size, self.labelled_per_batch, self.steps = batch_size, labelled_per_batch, steps
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self):
+        return self.steps
+
+    def __getitem__(self, index):
+        rows = self.rng.integers(0, len(self.x_labelled), self.labelled_per_batch)
+        x, y = [self.x_labelled[rows]], [self.y_labelled[rows].astype("int32")]
+        unlabelled = self.batch_size - self.labelled_per_batch
+        if unlabelled:
+            x.append(self.x_unlabelled[self.rng.integers(0, len(self.x_unlabelled), unlabelled)])
+            y.append(np.full(unlabelled, -1, "int32"))
+        return np.concatenate(x), np.concatenate(y)
 
 
 class SampleGrid(keras.callbacks.Callback):
@@ -101,6 +137,8 @@ def fit_resumable(model, x, out_dir, iterations, batch_size=64, iterations_per_e
     (``checkpoints/epoch_NNNN.weights.h5``, to go back to if a run diverges)
     every ``iterations_per_epoch``.
 
+    ``x``: images, a tuple ``(x, y)``, or a ready stream of batches (a ``PyDataset``
+    such as ``SemiSupervisedBatches``, or a ``tf.data.Dataset``) used as is.
     Rerunning with the same ``out_dir`` resumes after the last finished epoch.
     Returns the ``History``.
     """
@@ -122,7 +160,8 @@ def fit_resumable(model, x, out_dir, iterations, batch_size=64, iterations_per_e
         keras.callbacks.CSVLogger(str(out_dir / "log.csv"), append=True),
     ]
     return model.fit(
-        batches(x, batch_size, seed=seed + resumed_after, steps=iterations_per_epoch),  # a fresh order on resume
+        batches(x, batch_size, seed=seed + resumed_after, steps=iterations_per_epoch)  # a fresh order on resume
+        if isinstance(x, (np.ndarray, tuple)) else x,
         epochs=iterations // iterations_per_epoch,
         steps_per_epoch=iterations_per_epoch,
         callbacks=callbacks,

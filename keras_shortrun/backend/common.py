@@ -4,9 +4,9 @@ import keras
 
 
 def unpack_inputs(data):
-    """Returns the ``x`` of a Keras batch ``x``, ``(x,)``, ``(x, y)`` or ``(x, y, w)``."""
-    x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-    return x
+    """Returns ``(x, y)`` of a Keras batch ``x``, ``(x,)``, ``(x, y)`` or ``(x, y, w)`` (``y`` may be ``None``)."""
+    x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+    return x, y
 
 
 def check_training_loss(model, logs):

@@ -101,7 +101,7 @@ class TrainStepMixin:
 
     def train_step(self, state, data):
         trainable, non_trainable, optimizer_vars, metrics_vars = state
-        x = unpack_inputs(data)
+        x, y = unpack_inputs(data)
         aux, non_trainable = self._stateless(
             trainable, non_trainable, lambda: self.prepare_batch(x)
         )
@@ -111,7 +111,7 @@ class TrainStepMixin:
             (loss, logs), new_non_trainable = self._stateless(
                 trainable_values,
                 non_trainable_values,
-                lambda: self.compute_training_loss(x, aux, training=True),
+                lambda: self.compute_training_loss(x, y, aux, training=True),
             )
             check_training_loss(self, logs)
             return loss, (logs, new_non_trainable)
@@ -129,11 +129,11 @@ class TrainStepMixin:
 
     def test_step(self, state, data):
         trainable, non_trainable, metrics_vars = state
-        x = unpack_inputs(data)
+        x, y = unpack_inputs(data)
 
         def evaluate():
             aux = self.prepare_batch(x)
-            return self.compute_training_loss(x, aux, training=False)
+            return self.compute_training_loss(x, y, aux, training=False)
 
         (loss, logs), non_trainable = self._stateless(trainable, non_trainable, evaluate)
         results, metrics_vars = self._stateless_update_trackers(

@@ -75,17 +75,18 @@ class TrainStepMixin:
     """``train_step``/``test_step`` for models with a two-phase objective.
 
     The model defines ``prepare_batch(x) -> aux`` (no gradient: MCMC samples,
-    inferred latents) and ``compute_training_loss(x, aux, training) ->
-    (loss, logs)``; only the second phase is recorded on the tape, so the
-    chain's while loop keeps no accumulators for a backward pass it never has.
+    inferred latents) and ``compute_training_loss(x, y, aux, training) ->
+    (loss, logs)`` (``y``: the batch's targets, ``None`` for unsupervised
+    data); only the second phase is recorded on the tape, so the chain's while loop
+    keeps no accumulators for a backward pass it never has.
     Logs are averaged over the epoch by the model's ``metrics_trackers``.
     """
 
     def train_step(self, data):
-        x = unpack_inputs(data)
+        x, y = unpack_inputs(data)
         aux = self.prepare_batch(x)
         with tf.GradientTape() as tape:
-            loss, logs = self.compute_training_loss(x, aux, training=True)
+            loss, logs = self.compute_training_loss(x, y, aux, training=True)
             check_training_loss(self, logs)
         variables = self.trainable_variables
         grads = tape.gradient(loss, variables)
@@ -93,9 +94,9 @@ class TrainStepMixin:
         return self._update_trackers(dict(logs, loss=loss))
 
     def test_step(self, data):
-        x = unpack_inputs(data)
+        x, y = unpack_inputs(data)
         aux = self.prepare_batch(x)
-        loss, logs = self.compute_training_loss(x, aux, training=False)
+        loss, logs = self.compute_training_loss(x, y, aux, training=False)
         return self._update_trackers(dict(logs, loss=loss))
 
     def _update_trackers(self, logs):

@@ -1,3 +1,8 @@
+from keras_shortrun.models.classifier import ConvTransposeGenerator
+from keras_shortrun.models.classifier import GenerativeClassifier
+from keras_shortrun.models.classifier import conv_net_baseline
+from keras_shortrun.models.classifier import mlp_head
+from keras_shortrun.models.classifier import thesis_chain
 from keras_shortrun.models.ebm import ShortRunEBM
 from keras_shortrun.models.ebm import paper_chain
 from keras_shortrun.models.energy import EnergyConvNet
@@ -9,6 +14,11 @@ from keras_shortrun.models.vae import VAE
 from keras_shortrun.models.vae import ConvEncoder
 
 __all__ = [
+    "ConvTransposeGenerator",
+    "GenerativeClassifier",
+    "conv_net_baseline",
+    "mlp_head",
+    "thesis_chain",
     "ConvEncoder",
     "EnergyConvNet",
     "EnergyMLP",

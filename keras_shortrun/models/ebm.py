@@ -83,8 +83,8 @@ class ShortRunEBM(backend.TrainStepMixin, keras.Model):
         x_sample = self.chain(z, potential=self.energy)
         return x_data, ops.stop_gradient(x_sample)
 
-    def compute_training_loss(self, x, aux, training=False):
-        del x, training
+    def compute_training_loss(self, x, y, aux, training=False):
+        del x, y, training
         x_data, x_sample = aux
         energy_data = ops.mean(self.energy(x_data))
         energy_sample = ops.mean(self.energy(x_sample))

@@ -6,6 +6,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_shortrun import backend
+from keras_shortrun.layers import gaussian_posterior_potential
 from keras_shortrun.validation import check_images
 from keras_shortrun.validation import check_positive_int
 
@@ -44,6 +46,12 @@ class LatentImageModel:
     def squared_error(self, x, x_hat):
         """Per-image sum of squared errors, ``(B,)``."""
         return ops.sum(ops.reshape(ops.square(x - x_hat), (ops.shape(x)[0], -1)), axis=1)
+
+    def negative_log_joint(self, x, latents):
+        """``-log p(x, z)`` without its constant, per image ``(B,)``, and the squared error ``(B,)``."""
+        error = self.squared_error(x, self.generator(latents))
+        prior = sum(0.5 * ops.sum(ops.square(z), axis=1) for z in latents)
+        return error / (2.0 * self.sigma**2) + prior, error
 
     def _seed_generator_for(self, seed):
         return self.seed_generator if seed is None else keras.random.SeedGenerator(int(seed))
@@ -108,3 +116,43 @@ class LatentImageModel:
             chunk = slice(start, start + batch_size)
             parts.append([ops.convert_to_numpy(z) for z in run(x[chunk], *[a[chunk] for a in per_example])])
         return [np.concatenate(layer) for layer in zip(*parts)]
+
+
+class ShortRunPosterior:
+    """Mixin: posterior latents by a short-run Langevin chain from the prior (papers 2 and 3).
+
+    Needs ``self.chain`` (a ``LangevinChain`` with one step-size group per latent layer), ``self.generator``,
+    ``self.sigma``, ``self.seed_generator`` and a dict ``self._compiled``.
+    """
+
+    def posterior_potential(self, x, mask=None):
+        """``U(z) = -log p(x, z)`` up to a constant, ``(B,)``; ``mask`` (1 = observed) restricts the likelihood."""
+        return gaussian_posterior_potential(self.generator, x, self.sigma, mask=mask)
+
+    def _prior_draw(self, batch, seed, dtype):
+        return [
+            backend.stateless_normal((batch, d), backend.fold_in(seed, 1_000_003 + layer), dtype)
+            for layer, d in enumerate(self.latent_dims)
+        ]
+
+    def infer_latents(self, x, seed, steps=None, mask=None, bptt=None):
+        """Posterior latents by the chain from the prior (tensors in, list of ``(B, d_l)`` tensors out);
+        ``bptt=True`` keeps them differentiable w.r.t. ``x``, the generator and the step size."""
+        z0 = self._prior_draw(ops.shape(x)[0], seed, x.dtype)
+        potential = self.posterior_potential(x, mask)
+        return self.chain(z0, potential=potential, seed=backend.fold_in(seed, 7), steps=steps, bptt=bptt)
+
+    def infer(self, x, steps=None, seed=None, batch_size=256, mask=None):
+        """Posterior samples ``z_K`` for images ``x`` ``(B, *image_shape)``: a list of ``(B, d_l)`` numpy arrays."""
+        x = check_images(x, self.image_shape)
+        steps = self.chain.steps if steps is None else check_positive_int(steps, "steps")
+        key = ("infer", steps, mask is not None)
+        if key not in self._compiled:
+
+            def run(images, seed_tensor, *maybe_mask):
+                return self.infer_latents(images, seed_tensor, steps, *maybe_mask)
+
+            self._compiled[key] = backend.compile_method(self, run)
+        generator = self._seed_generator_for(seed)
+        masks = () if mask is None else (mask,)
+        return self._batched(lambda xs, *m: self._compiled[key](xs, generator.next(), *m), x, batch_size, *masks)

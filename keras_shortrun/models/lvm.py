@@ -8,8 +8,8 @@ from keras import ops
 
 from keras_shortrun import backend
 from keras_shortrun.layers import LangevinChain
-from keras_shortrun.layers import gaussian_posterior_potential
 from keras_shortrun.models.latent import LatentImageModel
+from keras_shortrun.models.latent import ShortRunPosterior
 from keras_shortrun.optim import adam_step
 from keras_shortrun.validation import check_images
 from keras_shortrun.validation import check_positive_int
@@ -23,7 +23,7 @@ def posterior_chain(num_layers, steps=25, step_size=0.05, seed=None):
 
 
 @keras.saving.register_keras_serializable(package="keras_shortrun")
-class MultiLayerLVM(LatentImageModel, backend.TrainStepMixin, keras.Model):
+class MultiLayerLVM(ShortRunPosterior, LatentImageModel, backend.TrainStepMixin, keras.Model):
     """A top-down generator whose posterior is inferred by short-run Langevin from the prior.
 
     Model: ``eps_l ~ N(0, I)`` for every layer, ``x ~ N(g(eps), sigma^2 I)``.
@@ -109,36 +109,6 @@ class MultiLayerLVM(LatentImageModel, backend.TrainStepMixin, keras.Model):
         self.built = True
 
     # Inference ----------------------------------------------------------------
-    def posterior_potential(self, x, mask=None):
-        """``U(z) = -log p(x, z)`` up to a constant, ``(B,)``; ``mask`` (1 = observed) restricts the likelihood."""
-        return gaussian_posterior_potential(self.generator, x, self.sigma, mask=mask)
-
-    def _prior_draw(self, batch, seed, dtype):
-        return [
-            backend.stateless_normal((batch, d), backend.fold_in(seed, 1_000_003 + layer), dtype)
-            for layer, d in enumerate(self.latent_dims)
-        ]
-
-    def infer_latents(self, x, seed, steps=None, mask=None):
-        """Posterior latents by the chain from the prior (tensors in, list of ``(B, d_l)`` tensors out)."""
-        z0 = self._prior_draw(ops.shape(x)[0], seed, x.dtype)
-        return self.chain(z0, potential=self.posterior_potential(x, mask), seed=backend.fold_in(seed, 7), steps=steps)
-
-    def infer(self, x, steps=None, seed=None, batch_size=256, mask=None):
-        """Posterior samples ``z_K`` for images ``x`` ``(B, *image_shape)``: a list of ``(B, d_l)`` numpy arrays."""
-        x = check_images(x, self.image_shape)
-        steps = self.chain.steps if steps is None else check_positive_int(steps, "steps")
-        key = ("infer", steps, mask is not None)
-        if key not in self._compiled:
-
-            def run(images, seed_tensor, *maybe_mask):
-                return self.infer_latents(images, seed_tensor, steps, *maybe_mask)
-
-            self._compiled[key] = backend.compile_method(self, run)
-        generator = self._seed_generator_for(seed)
-        masks = () if mask is None else (mask,)
-        return self._batched(lambda xs, *m: self._compiled[key](xs, generator.next(), *m), x, batch_size, *masks)
-
     def inpaint(self, x, mask, steps=None, seed=None, batch_size=256):
         """Fills the unobserved pixels of ``x``: infers ``z`` from the observed pixels only (the
         likelihood summed where ``mask == 1``) and returns ``g(z)`` ``(B, *image_shape)``, every pixel
@@ -262,14 +232,12 @@ class MultiLayerLVM(LatentImageModel, backend.TrainStepMixin, keras.Model):
         self.batches_seen.assign_add(1.0)
         return [ops.stop_gradient(z) for z in self.infer_latents(x, step_seed)]
 
-    def compute_training_loss(self, x, aux, training=False):
+    def compute_training_loss(self, x, y, aux, training=False):
         """``-log p(x, z_K)`` for the generator, per image and averaged (nats), with ``z_K`` fixed."""
-        del training
+        del y, training
         x = ops.cast(x, self.compute_dtype)
-        x_hat = self.generator(aux)
-        error = self.squared_error(x, x_hat)
-        prior = sum(0.5 * ops.sum(ops.square(z), axis=1) for z in aux)
-        loss = ops.mean(error / (2.0 * self.sigma**2) + prior) - self.log_likelihood_constant()
+        energy, error = self.negative_log_joint(x, aux)
+        loss = ops.mean(energy) - self.log_likelihood_constant()
         sizes = ops.unstack(self.chain.step_size, num=len(self.latent_dims))
         logs = {
             "mse": ops.mean(error) / math.prod(self.image_shape),

@@ -89,9 +89,9 @@ class VAE(LatentImageModel, backend.TrainStepMixin, keras.Model):
         shape = (ops.shape(x)[0], sum(self.latent_dims))
         return keras.random.normal(shape, seed=self.seed_generator, dtype=self.compute_dtype)
 
-    def compute_training_loss(self, x, aux, training=False):
+    def compute_training_loss(self, x, y, aux, training=False):
         """Negative ELBO, nats per image: ``||x - g(mu + sd * eps)||^2 / (2 sigma^2) + KL(q || N(0, I))``."""
-        del training
+        del y, training
         x = ops.cast(x, self.compute_dtype)
         mean, logvar = self.encoder(x)
         x_hat = self.generator(self.split_latents(mean + ops.exp(0.5 * logvar) * aux))

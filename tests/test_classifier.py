@@ -1,0 +1,224 @@
+"""GenerativeClassifier: BPTT gradients against finite differences, unlabelled data, stages, prediction, saving."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import run_python
+
+from keras_shortrun.models import ConvTransposeGenerator
+from keras_shortrun.models import GenerativeClassifier
+from keras_shortrun.models import conv_net_baseline
+from keras_shortrun.models import mlp_head
+from keras_shortrun.models import thesis_chain
+from keras_shortrun.training import SemiSupervisedBatches
+
+
+def tiny_classifier(stage="generator", steps=3, seed=0, generative_weight=1.0, dtype=None):
+    kwargs = {} if dtype is None else {"dtype": dtype}
+    generator = ConvTransposeGenerator(6, 1, (4, 4, 2), name="generator", **kwargs)
+    head = mlp_head(6, 3, (5,))
+    chain = thesis_chain(steps=steps, step_size=0.3, seed=seed)
+    return GenerativeClassifier(
+        generator, head, 3, sigma=0.5, chain=chain, stage=stage, prediction_chains=4,
+        generative_weight=generative_weight, seed=seed,
+    )
+
+
+def images(n, seed=0):
+    return np.random.default_rng(seed).uniform(-1, 1, (n, 28, 28, 1)).astype("float32")
+
+
+@pytest.fixture
+def float64():
+    """Float64 layers for finite differences (the default policy is cached on first use: reset both)."""
+    policy, floatx = keras.config.dtype_policy(), keras.config.floatx()
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
+    yield
+    keras.config.set_floatx(floatx)
+    keras.config.set_dtype_policy(policy)
+
+
+def joint_loss(model, x, y, seed):
+    return model.compute_training_loss(x, y, tf.constant(seed, "int32"), training=True)[0]
+
+
+def test_bptt_gradients_reach_generator_and_step_size_and_match_finite_differences(float64):
+    model = tiny_classifier("joint", generative_weight=0.0)
+    x, y = tf.constant(images(4), "float64"), tf.constant([0, 1, 2, 1])
+    seed = [3, 4]
+    kernel = model.generator.deconvs[1].kernel
+    raw_step = model.chain.raw_step_size
+    with tf.GradientTape() as tape:
+        loss = joint_loss(model, x, y, seed)
+    grad_kernel, grad_step = tape.gradient(loss, [kernel, raw_step])
+    grad_kernel, grad_step = grad_kernel.numpy(), grad_step.numpy()
+    assert np.abs(grad_kernel).max() > 1e-6 and abs(grad_step[0]) > 1e-6  # the cross-entropy reaches both
+
+    def central_difference(variable, index, h=1e-5):
+        original = variable.numpy().copy()
+        values = []
+        for sign in (1, -1):
+            changed = original.copy()
+            changed[index] += sign * h
+            variable.assign(changed)
+            values.append(float(joint_loss(model, x, y, seed)))
+        variable.assign(original)
+        return (values[0] - values[1]) / (2 * h)
+
+    flat = np.argsort(-np.abs(grad_kernel).ravel())[:3]  # the most sensitive weights
+    for index in [np.unravel_index(i, grad_kernel.shape) for i in flat]:
+        np.testing.assert_allclose(central_difference(kernel, index), grad_kernel[index], rtol=1e-4)
+    np.testing.assert_allclose(central_difference(raw_step, (0,)), grad_step[0], rtol=1e-4)
+
+
+def test_generator_stage_ignores_labels_and_only_the_generator_learns():
+    model = tiny_classifier("generator")
+    frozen = model.head.weights + [model.chain.raw_step_size]
+    before = {v.path: keras.ops.convert_to_numpy(v).copy() for v in model.generator.weights + frozen}
+    model.compile(keras.optimizers.Adam(1e-2))
+    model.fit(images(8), np.full(8, -1), batch_size=8, epochs=1, verbose=0)
+    for variable in model.generator.weights:
+        assert not np.allclose(keras.ops.convert_to_numpy(variable), before[variable.path]), variable.path
+    for variable in frozen:
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), before[variable.path])
+
+
+def test_unlabelled_examples_change_the_generator_but_not_the_heads_loss():
+    model = tiny_classifier("joint")
+    x, y = images(6), np.array([0, 2, -1, -1, -1, -1])
+    latents = [tf.constant(np.random.default_rng(1).normal(size=(6, 6)), "float32")]
+    model.set_stage("head")  # fixed latents: compare with and without the unlabelled rows
+    with tf.GradientTape() as tape:
+        mixed = model.compute_training_loss(x, tf.constant(y), latents, training=True)[0]
+    grad_mixed = tape.gradient(mixed, model.head.trainable_weights)
+    with tf.GradientTape() as tape:
+        labelled = model.compute_training_loss(x[:2], tf.constant(y[:2]), [latents[0][:2]], training=True)[0]
+    grad_labelled = tape.gradient(labelled, model.head.trainable_weights)
+    np.testing.assert_allclose(float(mixed), float(labelled), rtol=1e-6)
+    for a, b in zip(grad_mixed, grad_labelled):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7)
+
+    model.set_stage("joint")  # only unlabelled images: the generator moves, the head sees no loss
+    only_unlabelled = tf.constant([-1, -1, -1, -1])
+    with tf.GradientTape() as tape:
+        loss, logs = model.compute_training_loss(x[2:], only_unlabelled, tf.constant([1, 2], "int32"), True)
+    grads = tape.gradient(loss, model.generator.trainable_weights + model.head.trainable_weights)
+    generator_grads = grads[: len(model.generator.trainable_weights)]
+    head_grads = grads[len(model.generator.trainable_weights):]
+    assert float(logs["cross_entropy"]) == 0.0
+    assert max(float(tf.reduce_max(tf.abs(g))) for g in generator_grads) > 0
+    assert all(g is None or float(tf.reduce_max(tf.abs(g))) == 0.0 for g in head_grads)
+
+
+def test_input_gradient_is_the_eot_gradient_through_the_chain(float64):
+    model = tiny_classifier("joint")
+    x, y = images(3, seed=2).astype("float64"), np.array([0, 1, 2])
+    grads, probability = model.input_gradient(x, y, chains=4, seed=5)
+    assert grads.shape == x.shape and probability.shape == (3,) and np.all((probability > 0) & (probability < 1))
+    seed_tensor = keras.random.SeedGenerator(5).next()  # input_gradient's first draw for seed=5
+
+    def expected_cross_entropy(images_):
+        p = model.chain_probabilities(tf.constant(images_), seed_tensor, 4).numpy()
+        return -np.log(p[np.arange(3), :, y]).mean(axis=1).sum()
+
+    h, index = 1e-5, np.unravel_index(np.argmax(np.abs(grads)), grads.shape)
+    plus, minus = x.copy(), x.copy()
+    plus[index] += h
+    minus[index] -= h
+    numeric = (expected_cross_entropy(plus) - expected_cross_entropy(minus)) / (2 * h)
+    np.testing.assert_allclose(numeric, grads[index], rtol=1e-4)
+
+
+def test_prediction_averages_independent_chains():
+    model = tiny_classifier("joint")
+    x = images(5)
+    p = model.predict_proba(x, chains=6, seed=1)
+    assert p.shape == (5, 3)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(p, model.predict_proba(x, chains=6, seed=1))
+    assert not np.allclose(p, model.predict_proba(x, chains=6, seed=2))
+    single = model.predict_proba(x, chains=1, seed=1)
+    assert np.abs(single - p).max() > 0  # one chain is noisier than six
+    assert model.predict(x, verbose=0).shape == (5, 3)
+    assert model.classify(x, seed=1).shape == (5,)
+
+
+def test_stages_train_with_fit_and_round_trip(tmp_path):
+    model = tiny_classifier()
+    x, y = images(16), np.array([0, 1, 2, -1] * 4)
+    for stage in ("generator", "head", "joint"):
+        model.set_stage(stage)
+        with pytest.raises(ValueError, match="compile"):
+            model.fit(x, y, batch_size=8, verbose=0)
+        model.compile(keras.optimizers.Adam(1e-3))
+        step = float(keras.ops.convert_to_numpy(model.chain.step_size)[0])
+        history = model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+        assert np.isfinite(history.history["loss"][-1])
+        moved = float(keras.ops.convert_to_numpy(model.chain.step_size)[0]) != step
+        assert moved == (stage == "joint")  # the step size learns only by BPTT
+    path = tmp_path / "gc.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.stage == "joint"
+    np.testing.assert_allclose(loaded.predict_proba(x, seed=3), model.predict_proba(x, seed=3), rtol=1e-5)
+
+
+def test_semi_supervised_batches_carry_a_fixed_number_of_labels():
+    x_labelled, y_labelled, x_unlabelled = images(10), np.arange(10) % 3, images(30)
+    stream = SemiSupervisedBatches(x_labelled, y_labelled, x_unlabelled, 8, 3, seed=0, steps=5)
+    for i in range(len(stream)):
+        xb, yb = stream[i]
+        assert xb.shape == (8, 28, 28, 1) and np.sum(yb >= 0) == 3 and np.sum(yb == -1) == 5
+    with pytest.raises(ValueError, match="unlabelled"):
+        SemiSupervisedBatches(x_labelled, y_labelled, None, 8, 3)
+
+
+def test_bad_inputs_name_the_problem():
+    model = tiny_classifier()
+    model.compile(keras.optimizers.Adam(1e-3))
+    x = images(4)
+    with pytest.raises(ValueError, match=r"\[0, 3\) or be -1"):
+        model.fit(x, np.array([0, 1, 3, -1]), verbose=0)
+    with pytest.raises(ValueError, match="one-hot"):
+        model.fit(x, np.eye(3)[[0, 1, 2, 0]], verbose=0)
+    with pytest.raises(ValueError, match="4 images but y has 3"):
+        model.fit(x, np.array([0, 1, 2]), verbose=0)
+    with pytest.raises(ValueError, match="0..255"):
+        model.predict_proba(x * 127 + 128)
+    with pytest.raises(ValueError, match="shape"):
+        model.predict(np.zeros((2, 32, 32, 3), "float32"))
+    with pytest.raises(ValueError, match="stage must be one of"):
+        model.set_stage("pretrain")
+    model.set_stage("head")
+    model.compile(keras.optimizers.Adam(1e-3))
+    with pytest.raises(ValueError, match="learns from labels"):
+        model.fit(x, np.full(4, -1), verbose=0)
+    with pytest.raises(ValueError, match="no -1"):
+        model.input_gradient(x, np.array([0, 1, -1, 2]))
+
+
+def test_conv_net_baseline_has_the_thesis_layout():
+    model = conv_net_baseline((28, 28, 1), 10)
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds.count("Conv2D") == 4 and kinds.count("MaxPooling2D") == 2 and kinds.count("Dense") == 3
+    p = model.predict(images(2), verbose=0)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_joint_stage_fits_on_jax():
+    code = """
+import keras, numpy as np
+from keras_shortrun.models import ConvTransposeGenerator, GenerativeClassifier, mlp_head, thesis_chain
+model = GenerativeClassifier(ConvTransposeGenerator(6, 1, (4, 4, 2)), mlp_head(6, 3, (5,)), 3, sigma=0.5,
+                             chain=thesis_chain(3, 0.3, seed=0), stage="joint", seed=0)
+model.compile(keras.optimizers.Adam(1e-2))
+x = np.random.default_rng(0).uniform(-1, 1, (16, 28, 28, 1)).astype("float32")
+step = float(model.chain.step_size[0])
+history = model.fit(x, np.array([0, 1, 2, -1] * 4), batch_size=8, epochs=2, verbose=0)
+grads, p = model.input_gradient(x[:2], np.array([0, 1]), chains=2, seed=0)
+print(history.history["loss"][-1], float(model.chain.step_size[0]) != step, np.abs(grads).max() > 0)
+"""
+    loss, step_moved, has_gradient = run_python(code, backend="jax").split()[-3:]
+    assert np.isfinite(float(loss)) and step_moved == "True" and has_gradient == "True"

@@ -1,0 +1,319 @@
+"""Shared recipe of the generative-classifier zoo entries and their ConvNet baselines (``tools/train_<entry>.py``).
+
+Per dataset, one generator is trained on every training image (stage 1, no
+labels). Per label budget (1,000 or 100 labels per class, a nested subset
+drawn with a fixed seed), the head is trained on it (stage 2), then everything
+jointly with BPTT through the chain (stage 3), with the other training images
+as unlabelled data; the ConvNet baseline sees the same labelled images.
+
+Runs live in ``runs/<entry>/{generator,head_<L>,joint_<L>,convnet_<L>}``; each stage resumes.
+"""
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+from ebm_recipe import DATA_LICENCES
+from ebm_recipe import hardware
+from ebm_recipe import last_epoch
+from ebm_recipe import log_row
+
+from keras_shortrun import data
+from keras_shortrun.images import save_grid
+from keras_shortrun.models import ConvTransposeGenerator
+from keras_shortrun.models import GenerativeClassifier
+from keras_shortrun.models import conv_net_baseline
+from keras_shortrun.models import mlp_head
+from keras_shortrun.models import thesis_chain
+from keras_shortrun.training import SemiSupervisedBatches
+from keras_shortrun.training import completed_epochs
+from keras_shortrun.training import fit_resumable
+from keras_shortrun.zoo import info as read_metadata
+from keras_shortrun.zoo import save_entry
+
+ROOT = Path(__file__).resolve().parents[1]
+LABEL_BUDGETS = (1000, 100)  # labels per class; the zoo's main entry uses the first
+
+COMMON = {
+    "latent_dim": 200,
+    "widths": [64, 64, 32],
+    "head_hidden": [140, 80],
+    "sigma": 0.3,
+    "steps": 20,
+    "step_size": 0.1,
+    "prediction_chains": 8,
+    "batch_size": 64,
+    "seed": 0,
+    "iterations_per_epoch": 100,
+    # stage -> (iterations per label budget or for all, learning rate)
+    "generator": {"iterations": 1200, "learning_rate": 3e-4, "beta_1": 0.5},
+    "head": {"iterations": {1000: 600, 100: 300}, "learning_rate": 1e-3, "beta_1": 0.9},
+    "joint": {"iterations": {1000: 500, 100: 300}, "learning_rate": 1e-4, "beta_1": 0.9, "labelled_per_batch": 32,
+              "generative_weight": 1.0},
+    "convnet": {"epochs": {1000: 30, 100: 100}, "learning_rate": 1e-3},
+}
+RECIPES = {
+    "mnist_classifier": dict(COMMON, dataset="mnist"),
+    "fashion_mnist_classifier": dict(COMMON, dataset="fashion_mnist"),
+}
+
+
+def build(entry, stage="generator"):
+    """The untrained ``GenerativeClassifier`` of a recipe, set to ``stage``."""
+    r = RECIPES[entry]
+    generator = ConvTransposeGenerator(r["latent_dim"], 1, r["widths"], name="generator")
+    head = mlp_head(r["latent_dim"], 10, r["head_hidden"])
+    chain = thesis_chain(r["steps"], r["step_size"], seed=r["seed"])
+    return GenerativeClassifier(
+        generator, head, 10, sigma=r["sigma"], chain=chain, stage=stage, prediction_chains=r["prediction_chains"],
+        generative_weight=r["joint"]["generative_weight"], seed=r["seed"], name=entry,
+    )
+
+
+def labelled_subset(y, per_class, seed=0):
+    """Indices of ``per_class`` images of every class, from one fixed permutation (so 100 is inside 1,000)."""
+    order = np.random.default_rng(seed).permutation(len(y))
+    picked = np.concatenate([order[y[order] == c][:per_class] for c in np.unique(y)])
+    return np.sort(picked)
+
+
+def run_dir(entry, stage, labels=None):
+    return ROOT / "runs" / entry / (stage if stage == "generator" else f"{stage}_{labels}")
+
+
+def _final_weights(entry, stage, labels=None):
+    directory = run_dir(entry, stage, labels)
+    return directory / "checkpoints" / f"epoch_{last_epoch(directory):04d}.weights.h5"
+
+
+def train_stage(entry, stage, labels=None, data_path=None):
+    """Runs (or resumes) one stage; stages 2 and 3 start from the previous stage's final weights."""
+    r = RECIPES[entry]
+    x, y = data.load(r["dataset"], "train", path=data_path)
+    if stage == "convnet":
+        return train_convnet(entry, labels, x, y)
+    model = build(entry, stage)
+    spec = r[stage]
+    iterations = spec["iterations"] if stage == "generator" else spec["iterations"][labels]
+    if stage != "generator":
+        model.load_weights(_final_weights(entry, "generator" if stage == "head" else "head", labels))
+        model.set_stage(stage)
+        picked = labelled_subset(y, labels, r["seed"])
+        unlabelled = np.setdiff1d(np.arange(len(x)), picked)
+        per_batch = r["batch_size"] if stage == "head" else spec["labelled_per_batch"]
+        resumed = completed_epochs(run_dir(entry, stage, labels) / "backup")
+        x = SemiSupervisedBatches(x[picked], y[picked], x[unlabelled], r["batch_size"], per_batch,
+                                  seed=r["seed"] + resumed, steps=r["iterations_per_epoch"])
+    fit_resumable(
+        model, x, run_dir(entry, stage, labels), iterations, batch_size=r["batch_size"],
+        iterations_per_epoch=r["iterations_per_epoch"], learning_rate=spec["learning_rate"],
+        beta_1=spec["beta_1"], seed=r["seed"], grid_size=64, verbose=2,
+    )
+    return model
+
+
+def train_convnet(entry, labels, x, y):
+    """The ConvNet baseline on the same labelled images (Adam, sparse cross-entropy, batch 64)."""
+    r = RECIPES[entry]
+    picked = labelled_subset(y, labels, r["seed"])
+    model = conv_net_baseline((28, 28, 1), 10)
+    model.compile(keras.optimizers.Adam(r["convnet"]["learning_rate"]), "sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    keras.utils.set_random_seed(r["seed"])
+    directory = run_dir(entry, "convnet", labels)
+    directory.mkdir(parents=True, exist_ok=True)
+    history = model.fit(x[picked], y[picked], batch_size=r["batch_size"], epochs=r["convnet"]["epochs"][labels],
+                        verbose=2, callbacks=[keras.callbacks.CSVLogger(str(directory / "log.csv"))])
+    model.save_weights(directory / "final.weights.h5")
+    return model, history
+
+
+def load_trained(entry, labels, kind="classifier"):
+    """The final generative classifier (``kind="classifier"``) or ConvNet (``"convnet"``) of a label budget."""
+    if kind == "convnet":
+        model = conv_net_baseline((28, 28, 1), 10)
+        model.load_weights(run_dir(entry, "convnet", labels) / "final.weights.h5")
+        return model
+    model = build(entry, "joint")
+    model.load_weights(_final_weights(entry, "joint", labels))
+    return model
+
+
+def entry_name(entry, labels, kind):
+    suffix = "" if labels == LABEL_BUDGETS[0] else f"_{labels}labels"
+    return f"{entry}{'_convnet' if kind == 'convnet' else ''}{suffix}"
+
+
+def figures(model, x_test, directory, seed=0):
+    """Samples from the prior and reconstructions of held-out images."""
+    directory.mkdir(parents=True, exist_ok=True)
+    save_grid(directory / "samples.png", model.synthesize(64, seed=seed), scale=2)
+    x = x_test[:16]
+    x_hat, _ = model.reconstruct(x, seed=seed)
+    save_grid(directory / "reconstruction.png", np.stack([x, x_hat], 1).reshape((-1,) + x.shape[1:]), columns=16,
+              scale=2)
+
+
+def stage_budget(entry, labels):
+    """Updates and wall time of each stage of a label budget's generative classifier."""
+    budget = {}
+    for stage in ("generator", "head", "joint"):
+        directory = run_dir(entry, stage, labels)
+        epoch = last_epoch(directory)
+        row = log_row(directory, epoch)
+        budget[stage] = {"iterations": epoch * RECIPES[entry]["iterations_per_epoch"],
+                         "wall_time_s": round(float(row["wall_time_s"]), 1)}
+    return budget
+
+
+def export_entries(entry, results, data_path=None):
+    """Writes the zoo entries of both label budgets and both kinds; ``results`` come from
+    ``tools/eval_classifier.py`` and ``tools/eval_robustness.py`` (``runs/<entry>/results.json``)."""
+    r = RECIPES[entry]
+    x_test, _ = data.load(r["dataset"], "test", path=data_path)
+    dataset = {
+        "name": r["dataset"], "file": data.find_npz(r["dataset"], data_path).name,
+        "sha256": data.NPZ_FILES[r["dataset"]][1], "split": "train", "test_split": "test set (10,000 images)",
+        "licence": DATA_LICENCES[r["dataset"]],
+    }
+    for labels in LABEL_BUDGETS:
+        for kind in ("classifier", "convnet"):
+            name = entry_name(entry, labels, kind)
+            model = load_trained(entry, labels, kind)
+            directory = run_dir(entry, "joint" if kind == "classifier" else "convnet", labels)
+            metadata = {
+                "name": name, "dataset": dict(dataset, labels_per_class=labels), "resolution": 28,
+                "metrics": results.get(name, {}), "keras_version": keras.__version__,
+                "training": {"hardware": hardware(), "labels_per_class": labels,
+                             "command": f"python tools/train_{entry}.py train --labels {labels}"},
+            }
+            extra = []
+            if kind == "classifier":
+                metadata["chain"] = {
+                    "steps": r["steps"], "initial_step_size": r["step_size"], "init": "N(0, I)",
+                    "learned_step_size": float(keras.ops.convert_to_numpy(model.chain.step_size)[0]),
+                    "update": "z = z + (s^2 / 2) d log p(x, z) / dz + s eps",
+                }
+                metadata["training"]["stages"] = stage_budget(entry, labels)
+                metadata["training"]["wall_time_s"] = sum(s["wall_time_s"] for s in
+                                                          metadata["training"]["stages"].values())
+                metadata["recipe"] = {k: r[k] for k in ("latent_dim", "widths", "sigma", "batch_size", "generator",
+                                                        "head", "joint")}
+                figures(model, x_test, directory / "figures")
+                extra = sorted((directory / "figures").glob("*.png"))
+            else:
+                metadata["family"] = "ConvNet"
+                metadata["training"]["epochs"] = r["convnet"]["epochs"][labels]
+            card = directory / "README.md"
+            card.write_text(card_text(metadata, kind, results, entry, labels))
+            written = save_entry(model, ROOT / "zoo" / name, metadata, extra_files=[card] + extra)
+            pinned = {n: spec["sha256"] for n, spec in read_metadata(written)["files"].items()}
+            print(f"wrote {written}; pin: \"{name}\": {json.dumps(pinned)}")
+
+
+def _robustness_rows(results, names):
+    table = results.get("robustness", {})
+    if not table:
+        return "(not measured yet)"
+    lines = ["| attack | epsilon | " + " | ".join(f"`{n}`" for n in names) + " |",
+             "| --- | --- | " + " | ".join("---" for _ in names) + " |"]
+    keys = {k for n in names for k in table.get(n, {})}
+    for key in sorted(keys, key=lambda k: (k.split("@")[0], float(k.split("@")[1]))):
+        attack, eps = key.split("@")
+        cells = [f"{100 * table[n][key]:.1f} %" if key in table.get(n, {}) else "" for n in names]
+        lines.append(f"| {attack} | {eps} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def card_text(metadata, kind, results, entry, labels):
+    """The entry's README: what it is, its accuracy and robustness numbers, how to reproduce them."""
+    name = metadata["name"]
+    gc, cnn = entry_name(entry, labels, "classifier"), entry_name(entry, labels, "convnet")
+    accuracy = results.get("accuracy", {})
+    acc_rows = "\n".join(
+        f"| `{n}` | {100 * accuracy[n]:.2f} % |" for n in (gc, cnn) if n in accuracy
+    ) or "| (not measured yet) | |"
+    if kind == "classifier":
+        c, t = metadata["chain"], metadata["training"]
+        what = (
+            f"A generative classifier (Fischer 2020): generator z (200-d) -> 28x28 with transposed convolutions "
+            f"{metadata['recipe']['widths']} (half the thesis's widths: a CPU budget), "
+            f"sigma={metadata['recipe']['sigma']}; "
+            f"a Mish MLP head 200-140-80-10 on latents inferred by K={c['steps']} Langevin steps from N(0, I) "
+            f"(learned step size {c['learned_step_size']:.4f}); predictions average 8 chains.\n\n"
+            f"Trained on {metadata['dataset']['name']} with {labels} labels per class; the other training images "
+            f"were used unlabelled. Stages: generator {t['stages']['generator']['iterations']} updates on all images, "
+            f"head {t['stages']['head']['iterations']}, joint BPTT {t['stages']['joint']['iterations']} "
+            f"(batches of 32 labelled + 32 unlabelled); {t['wall_time_s'] / 60:.0f} min on {t['hardware']}."
+        )
+        usage = (f"model = zoo.load(\"{name}\")\np = model.predict(x_test)           # (B, 10), 8 chains averaged\n"
+                 f"x = model.synthesize(16, seed=0)\nx_hat, mse = model.reconstruct(x_test[:16], seed=0)")
+        pictures = ("## Samples (from the prior)\n![samples](samples.png)\n\n"
+                    "## Reconstructions of test images (pairs: original, reconstruction)\n"
+                    "![reconstruction](reconstruction.png)\n")
+    else:
+        what = (f"The ConvNet baseline of `{gc}` (the thesis's: four 3x3 convolutions with Mish, two max-pools, "
+                f"MLP 140-80-10), trained on the same {labels} labelled images per class only, "
+                f"{metadata['training']['epochs']} epochs of Adam.")
+        usage = f"model = zoo.load(\"{name}\")\np = model.predict(x_test)   # (B, 10)"
+        pictures = ""
+    robustness = _robustness_rows(results, [gc, cnn])
+    return f"""# {name}
+
+{what}
+
+```python
+from keras_shortrun import zoo
+{usage}
+```
+
+## Clean accuracy, full test split (10,000 images)
+| model | accuracy |
+| --- | --- |
+{acc_rows}
+
+## White-box robustness ({results.get('robustness_images', '?')} test images; pixels in [-1, 1])
+FGSM, and PGD with {results.get('pgd_steps', '?')} steps; against the generative classifier every attack gradient
+goes through the unrolled chain and is averaged over {results.get('eot_chains', '?')} chains (EOT).
+{robustness}
+
+{pictures}
+## Reproduce
+```
+{metadata['training']['command']}
+python tools/eval_classifier.py --dataset {metadata['dataset']['name']}
+python tools/eval_robustness.py --dataset {metadata['dataset']['name']}
+```
+
+Data licence: {metadata['dataset']['licence']}.
+"""
+
+
+def _generator_done(entry):
+    directory = run_dir(entry, "generator")
+    if not (directory / "log.csv").exists():
+        return False
+    r = RECIPES[entry]
+    return last_epoch(directory) * r["iterations_per_epoch"] >= r["generator"]["iterations"]
+
+
+def main(entry, doc):
+    """Command line of ``tools/train_<entry>.py``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=("train", "export"))
+    parser.add_argument("--stage", choices=("generator", "head", "joint", "convnet", "all"), default="all")
+    parser.add_argument("--labels", type=int, choices=LABEL_BUDGETS, default=LABEL_BUDGETS[0])
+    parser.add_argument("--data-path", default=None)
+    args = parser.parse_args()
+    if args.action == "export":
+        results_path = ROOT / "runs" / entry / "results.json"
+        export_entries(entry, json.loads(results_path.read_text()) if results_path.exists() else {}, args.data_path)
+        return
+    stages = ("generator", "head", "joint", "convnet") if args.stage == "all" else (args.stage,)
+    for stage in stages:
+        if stage == "generator" and _generator_done(entry):
+            continue  # shared by both label budgets: trained once
+        train_stage(entry, stage, None if stage == "generator" else args.labels, args.data_path)
