@@ -97,6 +97,24 @@ def cmd_reconstruct(args):
         print(f"wrote originals and reconstructions (alternating) to {args.output}")
 
 
+def cmd_classify(args):
+    from keras_shortrun import data
+
+    model = _load(args.model)
+    x, y = data.load(args.data, args.split, path=args.data_path)
+    x, y = x[: args.n], y[: args.n]
+    if y is None:
+        raise ValueError(f"{args.data}/{args.split} has no labels to score against.")
+    if hasattr(model, "predict_proba"):  # generative classifier: average over independent chains
+        probabilities = model.predict_proba(x, chains=args.chains, seed=args.seed)
+        how = f"{args.chains} chains per image"
+    else:
+        probabilities = model.predict(x, batch_size=256, verbose=0)
+        how = "deterministic"
+    accuracy = float(np.mean(np.argmax(probabilities, axis=1) == y))
+    print(f"accuracy on {len(x)} {args.data}/{args.split} images: {100 * accuracy:.2f} % ({how})")
+
+
 def cmd_train(args):
     from keras_shortrun import data
     from keras_shortrun.training import fit_resumable
@@ -166,6 +184,16 @@ def build_parser():
     reconstruct.add_argument("--data-path", default=None)
     reconstruct.add_argument("--iterations", type=int, default=200)
     reconstruct.set_defaults(func=cmd_reconstruct)
+
+    classify = sub.add_parser("classify", help="accuracy of a classifier entry on a labelled split")
+    classify.add_argument("model", help="zoo entry name, entry folder, or .keras file")
+    classify.add_argument("--data", default="mnist")
+    classify.add_argument("--split", default="test")
+    classify.add_argument("--data-path", default=None)
+    classify.add_argument("-n", type=int, default=10000, help="first n images of the split")
+    classify.add_argument("--chains", type=int, default=8, help="chains averaged per image (generative classifier)")
+    classify.add_argument("--seed", type=int, default=0)
+    classify.set_defaults(func=cmd_classify)
 
     train = sub.add_parser("train", help="train a model (resumable)")
     train_sub = train.add_subparsers(dest="family", required=True)

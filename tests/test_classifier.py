@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 from conftest import run_python
 
+from keras_shortrun import attacks
 from keras_shortrun.models import ConvTransposeGenerator
 from keras_shortrun.models import GenerativeClassifier
 from keras_shortrun.models import conv_net_baseline
@@ -210,6 +211,7 @@ def test_conv_net_baseline_has_the_thesis_layout():
 def test_joint_stage_fits_on_jax():
     code = """
 import keras, numpy as np
+from keras_shortrun import attacks
 from keras_shortrun.models import ConvTransposeGenerator, GenerativeClassifier, mlp_head, thesis_chain
 model = GenerativeClassifier(ConvTransposeGenerator(6, 1, (4, 4, 2)), mlp_head(6, 3, (5,)), 3, sigma=0.5,
                              chain=thesis_chain(3, 0.3, seed=0), stage="joint", seed=0)
@@ -222,3 +224,46 @@ print(history.history["loss"][-1], float(model.chain.step_size[0]) != step, np.a
 """
     loss, step_moved, has_gradient = run_python(code, backend="jax").split()[-3:]
     assert np.isfinite(float(loss)) and step_moved == "True" and has_gradient == "True"
+
+
+def linear_softmax(seed=0):
+    inputs = keras.Input((28, 28, 1))
+    logits = keras.layers.Dense(3, kernel_initializer=keras.initializers.RandomNormal(0, 0.1, seed=seed))(
+        keras.layers.Flatten()(inputs)
+    )
+    return keras.Model(inputs, keras.layers.Softmax()(logits))
+
+
+def test_fgsm_steps_along_the_sign_of_the_analytic_gradient():
+    model = linear_softmax()
+    x, y = images(4) * 0.5, np.array([0, 1, 2, 0])
+    weights, bias = model.layers[2].get_weights()
+    logits = x.reshape(4, -1) @ weights + bias
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    analytic = ((p - np.eye(3)[y]) @ weights.T).reshape(x.shape)  # d CE / dx for softmax regression
+    adversarial = attacks.fgsm(attacks.loss_gradient(model), x, y, 0.1)
+    np.testing.assert_allclose(adversarial, np.clip(x + 0.1 * np.sign(analytic), -1, 1), atol=1e-6)
+
+
+def test_pgd_stays_in_the_ball_and_the_range_and_raises_the_loss():
+    model = linear_softmax()
+    x, y = images(8), np.arange(8) % 3
+    adversarial = attacks.pgd(attacks.loss_gradient(model), x, y, 0.05, steps=10, seed=0)
+    assert np.abs(adversarial - x).max() <= 0.05 + 1e-6 and adversarial.min() >= -1 and adversarial.max() <= 1
+
+    def loss(images_):
+        return -np.log(model.predict(images_, verbose=0)[np.arange(8), y]).mean()
+
+    assert loss(adversarial) > loss(x)
+    with pytest.raises(ValueError, match="epsilon"):
+        attacks.pgd(attacks.loss_gradient(model), x, y, 0.0)
+
+
+def test_eot_gradient_redraws_the_chain_noise_at_every_attack_step():
+    model = tiny_classifier("joint")
+    gradient = attacks.loss_gradient(model, chains=2, seed=0)
+    x, y = images(2), np.array([0, 1])
+    first, second = gradient(x, y), gradient(x, y)
+    assert first.shape == x.shape and not np.allclose(first, second)
+    np.testing.assert_array_equal(first, attacks.loss_gradient(model, chains=2, seed=0)(x, y))

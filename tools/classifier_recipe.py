@@ -49,7 +49,7 @@ COMMON = {
     # stage -> (iterations per label budget or for all, learning rate)
     "generator": {"iterations": 1200, "learning_rate": 3e-4, "beta_1": 0.5},
     "head": {"iterations": {1000: 600, 100: 300}, "learning_rate": 1e-3, "beta_1": 0.9},
-    "joint": {"iterations": {1000: 500, 100: 300}, "learning_rate": 1e-4, "beta_1": 0.9, "labelled_per_batch": 32,
+    "joint": {"iterations": {1000: 2000, 100: 1000}, "learning_rate": 2e-4, "beta_1": 0.9, "labelled_per_batch": 32,
               "generative_weight": 1.0},
     "convnet": {"epochs": {1000: 30, 100: 100}, "learning_rate": 1e-3},
 }
@@ -138,6 +138,29 @@ def load_trained(entry, labels, kind="classifier"):
     model = build(entry, "joint")
     model.load_weights(_final_weights(entry, "joint", labels))
     return model
+
+
+def load_model(entry, labels, kind, source="zoo"):
+    """A trained model of a label budget, from its zoo entry (``source="zoo"``) or from ``runs/``."""
+    if source == "runs":
+        return load_trained(entry, labels, kind)
+    from keras_shortrun import zoo
+
+    return zoo.load(entry_name(entry, labels, kind))
+
+
+def results_path(entry):
+    return ROOT / "runs" / entry / "results.json"
+
+
+def update_results(entry, results):
+    """Merges ``results`` into ``runs/<entry>/results.json`` (what ``export`` writes into the cards)."""
+    path = results_path(entry)
+    merged = json.loads(path.read_text()) if path.exists() else {}
+    for key, value in results.items():
+        merged[key] = dict(merged.get(key, {}), **value) if isinstance(value, dict) else value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(merged, indent=1, sort_keys=True))
 
 
 def entry_name(entry, labels, kind):
@@ -309,8 +332,8 @@ def main(entry, doc):
     parser.add_argument("--data-path", default=None)
     args = parser.parse_args()
     if args.action == "export":
-        results_path = ROOT / "runs" / entry / "results.json"
-        export_entries(entry, json.loads(results_path.read_text()) if results_path.exists() else {}, args.data_path)
+        path = results_path(entry)
+        export_entries(entry, json.loads(path.read_text()) if path.exists() else {}, args.data_path)
         return
     stages = ("generator", "head", "joint", "convnet") if args.stage == "all" else (args.stage,)
     for stage in stages:

@@ -1,0 +1,74 @@
+"""White-box L-infinity attacks (FGSM, PGD) on image classifiers, pixels in ``[-1, 1]``.
+
+Against a ``GenerativeClassifier`` the gradient goes through the unrolled,
+stochastic chain and is averaged over several independent chains with fresh
+noise at every attack step (expectation over transformation, EOT): an attack
+that ignores the chain's randomness overstates its robustness.
+"""
+
+import numpy as np
+from keras import ops
+
+from keras_shortrun import backend
+from keras_shortrun.validation import check_images
+from keras_shortrun.validation import check_positive_int
+
+
+def loss_gradient(model, chains=8, seed=0, batch_size=256):
+    """``gradient(x, y) -> d CE(y | x) / dx`` ``(B, *image_shape)`` for white-box attacks.
+
+    ``model``: a ``GenerativeClassifier`` (EOT over ``chains`` chains, fresh noise on every call,
+    reproducible from ``seed``) or any Keras classifier mapping images to class probabilities.
+    """
+    if hasattr(model, "input_gradient"):
+        calls = iter(range(seed, seed + 2**31))
+        return lambda x, y: model.input_gradient(x, y, chains=chains, seed=next(calls), batch_size=batch_size)[0]
+
+    def cross_entropy_gradient(images, labels):
+        def cross_entropy(inputs):
+            probabilities = model(inputs)
+            picked = ops.take_along_axis(probabilities, ops.reshape(labels, (-1, 1)), axis=1)[:, 0]
+            return -ops.log(picked + 1e-12)
+
+        return backend.value_and_grad(cross_entropy, images)[1]
+
+    compiled = backend.compile_method(model, cross_entropy_gradient)
+
+    def gradient(x, y):
+        parts = [ops.convert_to_numpy(compiled(x[i : i + batch_size], y[i : i + batch_size]))
+                 for i in range(0, len(x), batch_size)]
+        return np.concatenate(parts)
+
+    return gradient
+
+
+def _check(x, y, epsilon):
+    x = np.asarray(x, "float32")
+    x = check_images(x, x.shape[1:])
+    y = np.asarray(y)
+    if y.shape != (len(x),) or y.dtype.kind not in "iu" or y.min() < 0:
+        raise ValueError(f"y must hold one class index >= 0 per image, shape ({len(x)},), got {y.shape} {y.dtype}.")
+    if not 0 < epsilon <= 2:
+        raise ValueError(f"epsilon must be in (0, 2] (pixels in [-1, 1]), got {epsilon!r}.")
+    return x, y.astype("int32")
+
+
+def fgsm(gradient, x, y, epsilon):
+    """Fast gradient sign method: ``clip(x + epsilon * sign(grad), -1, 1)``; ``x`` ``(B, ...)``, ``y`` ``(B,)``."""
+    x, y = _check(x, y, epsilon)
+    return np.clip(x + epsilon * np.sign(gradient(x, y)), -1.0, 1.0).astype("float32")
+
+
+def pgd(gradient, x, y, epsilon, steps=20, step_size=None, seed=0):
+    """Projected gradient descent (Madry et al.): a uniform random start in the ``epsilon`` ball, then
+    ``steps`` signed-gradient steps of ``step_size`` (default ``2.5 * epsilon / steps``), each projected
+    back onto the ball and the pixel range ``[-1, 1]``."""
+    x, y = _check(x, y, epsilon)
+    steps = check_positive_int(steps, "steps")
+    step_size = 2.5 * epsilon / steps if step_size is None else float(step_size)
+    rng = np.random.default_rng(seed)
+    adversarial = np.clip(x + rng.uniform(-epsilon, epsilon, x.shape), -1.0, 1.0).astype("float32")
+    for _ in range(steps):
+        adversarial = adversarial + step_size * np.sign(gradient(adversarial, y))
+        adversarial = np.clip(np.clip(adversarial, x - epsilon, x + epsilon), -1.0, 1.0).astype("float32")
+    return adversarial

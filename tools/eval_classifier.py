@@ -1,0 +1,60 @@
+"""Clean accuracy of the generative classifiers and their ConvNet baselines on the full test split.
+
+    python tools/eval_classifier.py [--dataset mnist|fashion_mnist|all] [--source zoo|runs] [--chains 8]
+
+Prints, per dataset and label budget (100 and 1,000 labels per class), the
+accuracy of both models side by side (the label-efficiency curve), and with
+``--source runs`` records it in ``runs/<entry>/results.json`` for the cards.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import classifier_recipe as recipe  # noqa: E402
+from ebm_recipe import hardware  # noqa: E402
+
+from keras_shortrun import data  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", choices=("mnist", "fashion_mnist", "all"), default="all")
+    parser.add_argument("--source", choices=("zoo", "runs"), default="zoo")
+    parser.add_argument("--chains", type=int, default=8, help="chains averaged per image (generative classifier)")
+    parser.add_argument("--data-path", default=None)
+    args = parser.parse_args()
+    datasets = ("mnist", "fashion_mnist") if args.dataset == "all" else (args.dataset,)
+    print(f"machine: {hardware()}")
+    print("| dataset | labels per class | generative classifier | ConvNet | difference (points) |")
+    print("| --- | --- | --- | --- | --- |")
+    for dataset in datasets:
+        entry = f"{dataset}_classifier"
+        x_test, y_test = data.load(dataset, "test", path=args.data_path)
+        accuracy = {}
+        for labels in sorted(recipe.LABEL_BUDGETS):
+            row = {}
+            for kind in ("classifier", "convnet"):
+                model = recipe.load_model(entry, labels, kind, args.source)
+                start = time.time()
+                if kind == "classifier":
+                    p = model.predict_proba(x_test, chains=args.chains, seed=0)
+                else:
+                    p = model.predict(x_test, batch_size=256, verbose=0)
+                row[kind] = float(np.mean(np.argmax(p, axis=1) == y_test))
+                accuracy[recipe.entry_name(entry, labels, kind)] = row[kind]
+                print(f"  ({recipe.entry_name(entry, labels, kind)}: {time.time() - start:.0f} s)", file=sys.stderr)
+            gap = 100 * (row["classifier"] - row["convnet"])
+            print(f"| {dataset} | {labels} | {100 * row['classifier']:.2f} % | {100 * row['convnet']:.2f} % | "
+                  f"{gap:+.2f} |", flush=True)
+        if args.source == "runs":
+            recipe.update_results(entry, {"accuracy": accuracy, "accuracy_chains": args.chains})
+
+
+if __name__ == "__main__":
+    main()
