@@ -26,9 +26,9 @@ from keras_shortrun.models import GenerativeClassifier
 from keras_shortrun.models import conv_net_baseline
 from keras_shortrun.models import mlp_head
 from keras_shortrun.models import thesis_chain
-from keras_shortrun.training import SemiSupervisedBatches
 from keras_shortrun.training import completed_epochs
 from keras_shortrun.training import fit_resumable
+from keras_shortrun.training import semi_supervised_batches
 from keras_shortrun.zoo import info as read_metadata
 from keras_shortrun.zoo import save_entry
 
@@ -49,7 +49,7 @@ COMMON = {
     # stage -> (iterations per label budget or for all, learning rate)
     "generator": {"iterations": 1200, "learning_rate": 3e-4, "beta_1": 0.5},
     "head": {"iterations": {1000: 600, 100: 300}, "learning_rate": 1e-3, "beta_1": 0.9},
-    "joint": {"iterations": {1000: 2000, 100: 1000}, "learning_rate": 2e-4, "beta_1": 0.9, "labelled_per_batch": 32,
+    "joint": {"iterations": {1000: 1000, 100: 500}, "learning_rate": 2e-4, "beta_1": 0.9, "labelled_per_batch": 32,
               "generative_weight": 1.0},
     "convnet": {"epochs": {1000: 30, 100: 100}, "learning_rate": 1e-3},
 }
@@ -103,8 +103,8 @@ def train_stage(entry, stage, labels=None, data_path=None):
         unlabelled = np.setdiff1d(np.arange(len(x)), picked)
         per_batch = r["batch_size"] if stage == "head" else spec["labelled_per_batch"]
         resumed = completed_epochs(run_dir(entry, stage, labels) / "backup")
-        x = SemiSupervisedBatches(x[picked], y[picked], x[unlabelled], r["batch_size"], per_batch,
-                                  seed=r["seed"] + resumed, steps=r["iterations_per_epoch"])
+        x = semi_supervised_batches(x[picked], y[picked], x[unlabelled], r["batch_size"], per_batch,
+                                    seed=r["seed"] + resumed, steps=r["iterations_per_epoch"])
     fit_resumable(
         model, x, run_dir(entry, stage, labels), iterations, batch_size=r["batch_size"],
         iterations_per_epoch=r["iterations_per_epoch"], learning_rate=spec["learning_rate"],
