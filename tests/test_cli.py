@@ -107,3 +107,21 @@ def test_train_lvm_then_sample_and_reconstruct(shared_data, tmp_path, capsys):
     assert "ancestrally" in capsys.readouterr().err
     assert cli.main(["reconstruct", model_file, "--data", "mnist", "--data-path", str(shared_data), "-n", "4"]) == 0
     assert "reconstruction MSE over 4 mnist/test images" in capsys.readouterr().out
+
+
+def test_classify_scores_a_generative_classifier_and_a_convnet(shared_data, tmp_path, capsys):
+    from keras_shortrun.models import ConvTransposeGenerator
+    from keras_shortrun.models import GenerativeClassifier
+    from keras_shortrun.models import conv_net_baseline
+    from keras_shortrun.models import mlp_head
+    from keras_shortrun.models import thesis_chain
+
+    generative = GenerativeClassifier(ConvTransposeGenerator(8, 1, (4, 4, 2)), mlp_head(8, 10, (6,)), 10,
+                                      chain=thesis_chain(2), seed=0)
+    for name, model in (("gc", generative), ("cnn", conv_net_baseline())):
+        path = tmp_path / f"{name}.keras"
+        model.save(path)
+        assert cli.main(["classify", str(path), "--data", "mnist", "-n", "20", "--chains", "2"]) == 0
+        out = capsys.readouterr().out
+        assert "accuracy on 20 mnist/test images" in out
+        assert ("2 chains per image" in out) == (name == "gc")

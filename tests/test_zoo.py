@@ -177,3 +177,34 @@ def test_lvm_entries_match_golden_outputs(name):
     # 25 chain steps from a fixed seed; CPUs may differ in the last float bits.
     golden = np.load(ROOT / "tests" / "golden" / f"{name}_reconstruct_seed0.npy")
     np.testing.assert_allclose(model.reconstruct(images, seed=0)[0], golden, atol=2e-3)
+
+
+@pytest.mark.parametrize("name", ["mnist_classifier", "fashion_mnist_classifier"])
+def test_classifier_entries_predict_offline_and_fine_tune_with_fit(name):
+    """The pretrained generative classifiers predict 8-chain averaged probabilities, match their golden
+    outputs, and fine-tune (joint stage) with ``fit``; their ConvNet baselines load too."""
+    import keras
+
+    model = zoo.load(name)
+    images = model.synthesize(4, seed=0)
+    probabilities = model.predict(images, verbose=0)
+    assert probabilities.shape == (4, 10)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    golden = np.load(ROOT / "tests" / "golden" / f"{name}_proba_seed0.npy")
+    np.testing.assert_allclose(model.predict_proba(images, seed=0), golden, atol=2e-3)
+    assert zoo.load(f"{name}_convnet").predict(images, verbose=0).shape == (4, 10)
+    before = [w.copy() for w in model.generator.get_weights()]
+    model.compile(optimizer=keras.optimizers.Adam(1e-5))
+    history = model.fit(images, np.argmax(golden, axis=1), batch_size=4, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][-1])
+    assert any(not np.allclose(a, b) for a, b in zip(before, model.generator.get_weights()))
+
+
+@pytest.mark.parametrize("name", ["mnist_classifier", "fashion_mnist_classifier"])
+def test_classifier_entries_reach_their_card_accuracy(name, shared_data):
+    """On the first 500 test images the entry is within 3 points of its card's full-test-set accuracy."""
+    from keras_shortrun import data
+
+    x, y = data.load(name.removesuffix("_classifier"), "test")
+    accuracy = np.mean(zoo.load(name).classify(x[:500], seed=0) == y[:500])
+    assert accuracy >= zoo.info(name)["metrics"]["accuracy_test"] - 0.03

@@ -207,7 +207,8 @@ def export_entries(entry, results, data_path=None):
             directory = run_dir(entry, "joint" if kind == "classifier" else "convnet", labels)
             metadata = {
                 "name": name, "dataset": dict(dataset, labels_per_class=labels), "resolution": 28,
-                "metrics": results.get(name, {}), "keras_version": keras.__version__,
+                "metrics": {"accuracy_test": results["accuracy"][name]} if name in results.get("accuracy", {}) else {},
+                "robustness": results.get("robustness", {}).get(name, {}), "keras_version": keras.__version__,
                 "training": {"hardware": hardware(), "labels_per_class": labels,
                              "command": f"python tools/train_{entry}.py train --labels {labels}"},
             }

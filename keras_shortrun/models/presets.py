@@ -55,3 +55,68 @@ VAE_PRESETS = {
 
 register_presets("MultiLayerLVM", MULTI_LAYER_LVM_PRESETS)
 register_presets("VAE", VAE_PRESETS)
+
+GENERATIVE_CLASSIFIER_PRESETS = {
+    "mnist_classifier": {
+        "description": "Generative classifier on MNIST, 1,000 labels per class, rest unlabelled; K=20, BPTT.",
+        "sha256": {
+            "config.json": "unpinned",
+            "model.weights.h5": "unpinned",
+        },
+    },
+    "mnist_classifier_100labels": {
+        "description": "Generative classifier on MNIST, 100 labels per class, rest unlabelled; K=20, BPTT.",
+        "sha256": {
+            "config.json": "unpinned",
+            "model.weights.h5": "unpinned",
+        },
+    },
+    "fashion_mnist_classifier": {
+        "description": "Generative classifier on Fashion-MNIST, 1,000 labels per class, rest unlabelled; K=20, BPTT.",
+        "sha256": {
+            "config.json": "unpinned",
+            "model.weights.h5": "unpinned",
+        },
+    },
+    "fashion_mnist_classifier_100labels": {
+        "description": "Generative classifier on Fashion-MNIST, 100 labels per class, rest unlabelled; K=20, BPTT.",
+        "sha256": {
+            "config.json": "unpinned",
+            "model.weights.h5": "unpinned",
+        },
+    },
+}
+
+CONVNET_PRESETS = {
+    "mnist_classifier_convnet": {
+        "description": "ConvNet baseline of mnist_classifier: same 1,000 labels per class.",
+        "sha256": {
+            "config.json": "unpinned",
+            "model.weights.h5": "unpinned",
+        },
+    },
+    "mnist_classifier_convnet_100labels": {
+        "description": "ConvNet baseline of mnist_classifier_100labels: same 100 labels per class.",
+        "sha256": {
+            "config.json": "unpinned",
+            "model.weights.h5": "unpinned",
+        },
+    },
+    "fashion_mnist_classifier_convnet": {
+        "description": "ConvNet baseline of fashion_mnist_classifier: same 1,000 labels per class.",
+        "sha256": {
+            "config.json": "unpinned",
+            "model.weights.h5": "unpinned",
+        },
+    },
+    "fashion_mnist_classifier_convnet_100labels": {
+        "description": "ConvNet baseline of fashion_mnist_classifier_100labels: same 100 labels per class.",
+        "sha256": {
+            "config.json": "unpinned",
+            "model.weights.h5": "unpinned",
+        },
+    },
+}
+
+register_presets("GenerativeClassifier", GENERATIVE_CLASSIFIER_PRESETS)
+register_presets("ConvNet", CONVNET_PRESETS)
