@@ -9,6 +9,7 @@ as unlabelled data; the ConvNet baseline sees the same labelled images.
 Runs live in ``runs/<entry>/{generator,head_<L>,joint_<L>,convnet_<L>}``; each stage resumes.
 """
 
+import csv
 import json
 from pathlib import Path
 
@@ -82,9 +83,25 @@ def run_dir(entry, stage, labels=None):
     return ROOT / "runs" / entry / (stage if stage == "generator" else f"{stage}_{labels}")
 
 
-def _final_weights(entry, stage, labels=None):
+DIVERGENCE_FACTOR = 1.2  # a stage whose last training loss exceeds 1.2x its lowest is rolled back
+
+
+def chosen_epoch(entry, stage, labels=None):
+    """The epoch (1-based) a stage hands on: its last, unless training diverged (last logged loss above
+    ``DIVERGENCE_FACTOR`` times the lowest), then the epoch with the lowest training loss. Uses training
+    logs only, never test data. Returns ``(epoch, diverged)``."""
     directory = run_dir(entry, stage, labels)
-    return directory / "checkpoints" / f"epoch_{last_epoch(directory):04d}.weights.h5"
+    last = last_epoch(directory)
+    with open(directory / "log.csv") as f:
+        losses = {int(row["epoch"]) + 1: float(row["loss"]) for row in csv.DictReader(f) if int(row["epoch"]) < last}
+    best = min(losses, key=losses.get)
+    diverged = losses[last] > DIVERGENCE_FACTOR * losses[best]
+    return (best if diverged else last), diverged
+
+
+def _final_weights(entry, stage, labels=None):
+    epoch, _ = chosen_epoch(entry, stage, labels)
+    return run_dir(entry, stage, labels) / "checkpoints" / f"epoch_{epoch:04d}.weights.h5"
 
 
 def train_stage(entry, stage, labels=None, data_path=None):
@@ -183,10 +200,11 @@ def stage_budget(entry, labels):
     budget = {}
     for stage in ("generator", "head", "joint"):
         directory = run_dir(entry, stage, labels)
-        epoch = last_epoch(directory)
-        row = log_row(directory, epoch)
+        epoch, diverged = chosen_epoch(entry, stage, labels)
+        row = log_row(directory, last_epoch(directory))
         budget[stage] = {"iterations": epoch * RECIPES[entry]["iterations_per_epoch"],
-                         "wall_time_s": round(float(row["wall_time_s"]), 1)}
+                         "iterations_run": last_epoch(directory) * RECIPES[entry]["iterations_per_epoch"],
+                         "wall_time_s": round(float(row["wall_time_s"]), 1), "rolled_back": diverged}
     return budget
 
 
@@ -271,6 +289,14 @@ def card_text(metadata, kind, results, entry, labels):
             f"head {t['stages']['head']['iterations']}, joint BPTT {t['stages']['joint']['iterations']} "
             f"(batches of 32 labelled + 32 unlabelled); {t['wall_time_s'] / 60:.0f} min on {t['hardware']}."
         )
+        joint = t["stages"]["joint"]
+        if joint["rolled_back"]:
+            what += (
+                f"\n\nThe joint stage ran {joint['iterations_run']} updates, but its training loss rose above "
+                f"{DIVERGENCE_FACTOR}x its lowest (BPTT through the chain diverged), so this entry is the "
+                f"checkpoint with the lowest training loss, after {joint['iterations']} joint updates (chosen "
+                f"from training logs only; `chosen_epoch` in `tools/classifier_recipe.py`)."
+            )
         usage = (f"model = zoo.load(\"{name}\")\np = model.predict(x_test)           # (B, 10), 8 chains averaged\n"
                  f"x = model.synthesize(16, seed=0)\nx_hat, mse = model.reconstruct(x_test[:16], seed=0)")
         pictures = ("## Samples (from the prior)\n![samples](samples.png)\n\n"
