@@ -52,7 +52,7 @@ COMMON = {
     "head": {"iterations": {1000: 600, 100: 300}, "learning_rate": 1e-3, "beta_1": 0.9},
     "joint": {"iterations": {1000: 1000, 100: 500}, "learning_rate": 2e-4, "beta_1": 0.9, "labelled_per_batch": 32,
               "generative_weight": 1.0},
-    "convnet": {"epochs": {1000: 30, 100: 100}, "learning_rate": 1e-3},
+    "convnet": {"epochs": {1000: 15, 100: 50}, "learning_rate": 1e-3},
 }
 RECIPES = {
     "mnist_classifier": dict(COMMON, dataset="mnist"),
