@@ -12,9 +12,10 @@ if os.environ.get("KERAS_BACKEND", "tensorflow") not in _SUPPORTED_BACKENDS:
         f"(default) or KERAS_BACKEND=jax."
     )
 
+from keras_shortrun import attacks  # noqa: E402
 from keras_shortrun import backend  # noqa: E402  (raises for other configured backends)
 from keras_shortrun import zoo  # noqa: E402
 from keras_shortrun.layers import LangevinChain  # noqa: E402
 from keras_shortrun.models import ShortRunEBM  # noqa: E402
 
-__all__ = ["LangevinChain", "ShortRunEBM", "__version__", "backend", "zoo"]
+__all__ = ["LangevinChain", "ShortRunEBM", "__version__", "attacks", "backend", "zoo"]

@@ -27,6 +27,8 @@ def main():
     parser.add_argument("--dataset", choices=("mnist", "fashion_mnist", "all"), default="all")
     parser.add_argument("--source", choices=("zoo", "runs"), default="zoo")
     parser.add_argument("--chains", type=int, default=8, help="chains averaged per image (generative classifier)")
+    parser.add_argument("--labels", type=int, nargs="+", default=sorted(recipe.LABEL_BUDGETS),
+                        help="label budgets (labels per class) to evaluate")
     parser.add_argument("--data-path", default=None)
     args = parser.parse_args()
     datasets = ("mnist", "fashion_mnist") if args.dataset == "all" else (args.dataset,)
@@ -37,7 +39,7 @@ def main():
         entry = f"{dataset}_classifier"
         x_test, y_test = data.load(dataset, "test", path=args.data_path)
         accuracy = {}
-        for labels in sorted(recipe.LABEL_BUDGETS):
+        for labels in args.labels:
             row = {}
             for kind in ("classifier", "convnet"):
                 model = recipe.load_model(entry, labels, kind, args.source)
