@@ -271,7 +271,7 @@ def _robustness_rows(results, names):
 def card_text(metadata, kind, results, entry, labels):
     """The entry's README: what it is, its accuracy and robustness numbers, how to reproduce them."""
     name = metadata["name"]
-    gc, cnn = entry_name(entry, labels, "classifier"), entry_name(entry, labels, "convnet")
+    gc = entry_name(entry, labels, "classifier")
     accuracy = results.get("accuracy", {})
     acc_rows = []
     for budget in LABEL_BUDGETS:
