@@ -40,7 +40,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=("mnist", "fashion_mnist", "all"), default="all")
     parser.add_argument("--source", choices=("zoo", "runs"), default="zoo")
-    parser.add_argument("--images", type=int, default=100)
+    parser.add_argument("--images", type=int, default=50)
     parser.add_argument("--pgd-steps", type=int, default=20)
     parser.add_argument("--eot-chains", type=int, default=8)
     parser.add_argument("--epsilons", type=float, nargs="+", default=list(EPSILONS))
