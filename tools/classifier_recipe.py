@@ -19,9 +19,9 @@ from ebm_recipe import DATA_LICENCES
 from ebm_recipe import hardware
 from ebm_recipe import last_epoch
 from ebm_recipe import log_row
+from lvm_recipe import sample_and_reconstruction_figures
 
 from keras_shortrun import data
-from keras_shortrun.images import save_grid
 from keras_shortrun.models import ConvTransposeGenerator
 from keras_shortrun.models import GenerativeClassifier
 from keras_shortrun.models import conv_net_baseline
@@ -185,16 +185,6 @@ def entry_name(entry, labels, kind):
     return f"{entry}{'_convnet' if kind == 'convnet' else ''}{suffix}"
 
 
-def figures(model, x_test, directory, seed=0):
-    """Samples from the prior and reconstructions of held-out images."""
-    directory.mkdir(parents=True, exist_ok=True)
-    save_grid(directory / "samples.png", model.synthesize(64, seed=seed), scale=2)
-    x = x_test[:16]
-    x_hat, _ = model.reconstruct(x, seed=seed)
-    save_grid(directory / "reconstruction.png", np.stack([x, x_hat], 1).reshape((-1,) + x.shape[1:]), columns=16,
-              scale=2)
-
-
 def stage_budget(entry, labels):
     """Updates and wall time of each stage of a label budget's generative classifier."""
     budget = {}
@@ -242,7 +232,7 @@ def export_entries(entry, results, data_path=None):
                                                           metadata["training"]["stages"].values())
                 metadata["recipe"] = {k: r[k] for k in ("latent_dim", "widths", "sigma", "batch_size", "generator",
                                                         "head", "joint")}
-                figures(model, x_test, directory / "figures")
+                sample_and_reconstruction_figures(model, x_test, directory / "figures")
                 extra = sorted((directory / "figures").glob("*.png"))
             else:
                 metadata["family"] = "ConvNet"

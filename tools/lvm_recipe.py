@@ -110,14 +110,21 @@ def load_checkpoint(entry, kind, epoch):
     return model, log_row(run_dir(entry, kind), epoch)
 
 
-def figures(model, x_test, directory, seed=0):
-    """The card's figures: samples, reconstructions, per-layer variation, inpainting, interpolation."""
+def sample_and_reconstruction_figures(model, x_test, directory, seed=0):
+    """``samples.png`` (64 ancestral samples) and ``reconstruction.png`` (16 held-out images and their
+    reconstructions, in pairs) of a latent model; returns the 16 images."""
     directory.mkdir(parents=True, exist_ok=True)
     save_grid(directory / "samples.png", model.synthesize(64, seed=seed), scale=2)
     x = x_test[:16]
     x_hat, _ = model.reconstruct(x, seed=seed)
     save_grid(directory / "reconstruction.png", np.stack([x, x_hat], 1).reshape((-1,) + x.shape[1:]), columns=16,
               scale=2)
+    return x
+
+
+def figures(model, x_test, directory, seed=0):
+    """The card's figures: samples, reconstructions, per-layer variation, inpainting, interpolation."""
+    x = sample_and_reconstruction_figures(model, x_test, directory, seed)
     rows = [np.concatenate([x[i : i + 1], model.vary_layer(x[i : i + 1], layer, n=9, seed=seed + layer)[0]])
             for i in range(3) for layer in range(len(model.latent_dims))]
     save_grid(directory / "layers.png", np.concatenate(rows), columns=10, scale=2)
