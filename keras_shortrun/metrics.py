@@ -64,3 +64,77 @@ def kernel_distance(real, fake, subsets=100, subset_size=1000, seed=0):
         off_diagonal = (k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)) / (size * (size - 1))
         estimates.append(off_diagonal - 2.0 * k_xy.mean())
     return float(np.mean(estimates)), float(np.std(estimates))
+
+
+# dataset -> (zoo entry of its feature network, layer whose output is the feature, or None for the model's output).
+# The classifiers are the ConvNet baselines (1,000 labels per class); faces use an autoencoder's encoder
+# (see zoo/celeba_features/README.md for why). celeba32 images are upsampled 2x to the face network's input.
+FEATURE_NETWORKS = {
+    "mnist": ("mnist_classifier_convnet", "dense_1"),
+    "fashion_mnist": ("fashion_mnist_classifier_convnet", "dense_1"),
+    "celeba": ("celeba_features", None),
+    "celeba32": ("celeba_features", None),
+}
+
+
+def feature_network(dataset):
+    """The declared feature network of ``dataset``: a Keras model ``(B, S, S, C)`` in ``[-1, 1]`` -> ``(B, D)``."""
+    if dataset not in FEATURE_NETWORKS:
+        raise ValueError(f"No feature network is declared for dataset {dataset!r}; known: {sorted(FEATURE_NETWORKS)}.")
+    import keras
+
+    from keras_shortrun import zoo
+
+    entry, layer = FEATURE_NETWORKS[dataset]
+    model = zoo.load(entry)
+    network = model if layer is None else keras.Model(model.inputs, model.get_layer(layer).output)
+    network.entry_name = entry
+    return network
+
+
+def image_features(network, images, batch_size=500):
+    """Features ``(N, D)`` of images ``(N, H, W, C)`` in ``[-1, 1]``; resized (bilinear) to the network's input."""
+    import keras
+
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, H, W, C), got shape {images.shape}.")
+    if not np.all(np.isfinite(images)):
+        raise ValueError("images contain NaN or infinite values.")
+    if images.min() < -1.001 or images.max() > 1.001:
+        raise ValueError(f"images must be in [-1, 1] (got [{images.min():.3g}, {images.max():.3g}]); "
+                         "convert uint8 pixels with keras_shortrun.data.to_model_range.")
+    size = tuple(network.inputs[0].shape[1:3])
+    parts = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size]
+        if batch.shape[1:3] != size:
+            batch = keras.ops.image.resize(batch, size, interpolation="bilinear")
+        parts.append(keras.ops.convert_to_numpy(network(batch, training=False)))
+    return np.concatenate(parts).astype(np.float64)
+
+
+def sample_quality(network, reference, samples, seed=0):
+    """FD and KID between the features of ``reference`` and ``samples`` images (both ``(N, H, W, C)`` in [-1, 1]).
+
+    Returns ``{"fd", "kid", "kid_std", "n_reference", "n_samples", "feature_network"}``.
+    """
+    real, fake = image_features(network, reference), image_features(network, samples)
+    kid, kid_std = kernel_distance(real, fake, seed=seed)
+    return {"fd": frechet_distance(real, fake), "kid": kid, "kid_std": kid_std, "n_reference": len(real),
+            "n_samples": len(fake), "feature_network": getattr(network, "entry_name", network.name)}
+
+
+def nearest_neighbours(queries, pool, k=5, batch_size=256):
+    """Indices ``(Q, k)`` of the ``k`` nearest images of ``pool`` (pixel L2) to each of ``queries``."""
+    queries = np.asarray(queries, np.float32).reshape(len(queries), -1)
+    pool = np.asarray(pool, np.float32).reshape(len(pool), -1)
+    if queries.shape[1] != pool.shape[1]:
+        raise ValueError(f"queries and pool images differ in size: {queries.shape[1]} vs {pool.shape[1]} values.")
+    pool_norms = np.sum(pool**2, axis=1)
+    rows = []
+    for start in range(0, len(queries), batch_size):
+        q = queries[start:start + batch_size]
+        distances = pool_norms[None, :] - 2.0 * q @ pool.T
+        rows.append(np.argsort(distances, axis=1)[:, :k])
+    return np.concatenate(rows)

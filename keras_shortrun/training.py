@@ -193,3 +193,39 @@ def fit_resumable(model, x, out_dir, iterations, batch_size=64, iterations_per_e
         callbacks=callbacks,
         verbose=verbose,
     )
+
+
+def fine_tune(entry, x, out_dir, iterations=100, batch_size=64, learning_rate=1e-5, beta_1=0.9, seed=0,
+              dataset=None, verbose=0):
+    """Loads a zoo entry, continues training on images ``x`` ``(N, H, W, C)`` in ``[-1, 1]`` with ``model.fit``
+    (a lower learning rate than from scratch), and writes the result as a new entry folder ``out_dir``
+    that ``zoo.load(out_dir)`` reads back. Returns ``(model, out_dir)``.
+
+    ``dataset`` names the new data in the metadata; the parent entry and its weights' sha256 are recorded.
+    """
+    from keras_shortrun import zoo
+    from keras_shortrun.validation import check_positive_int
+
+    check_positive_int(iterations, "iterations")
+    parent = zoo.info(entry)
+    model = zoo.load(entry)
+    expected = tuple(model.data_shape if hasattr(model, "data_shape") else model.image_shape)
+    x = np.asarray(x)
+    if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+        raise ValueError(f"{entry} takes images of shape (N, *{expected}); got {x.shape}.")
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate, beta_1=beta_1))
+    history = model.fit(batches(x, batch_size, seed=seed, steps=iterations), epochs=1, steps_per_epoch=iterations,
+                        verbose=verbose)
+    metadata = {
+        "name": Path(out_dir).name,
+        "description": f"{entry} fine-tuned on {dataset or 'new data'} ({iterations} updates)",
+        "fine_tuned_from": {"entry": str(entry), "weights_sha256": parent["files"]["model.weights.h5"]["sha256"]},
+        "dataset": {"name": dataset or "custom", "images": int(len(x))},
+        "resolution": parent.get("resolution"),
+        "training": {"iterations": iterations, "batch_size": batch_size, "optimizer": "Adam",
+                     "learning_rate": learning_rate, "final_loss": float(history.history["loss"][-1])},
+        "keras_version": keras.__version__,
+    }
+    if "chain" in parent:
+        metadata["chain"] = parent["chain"]
+    return model, zoo.save_entry(model, out_dir, metadata)

@@ -208,3 +208,23 @@ def test_classifier_entries_reach_their_card_accuracy(name, shared_data):
     x, y = data.load(name.removesuffix("_classifier"), "test")
     accuracy = np.mean(zoo.load(name).classify(x[:500], seed=0) == y[:500])
     assert accuracy >= zoo.info(name)["metrics"]["accuracy_test"] - 0.03
+
+
+def test_fine_tune_an_entry_on_new_data_and_load_it_back(tmp_path):
+    """zoo.load + fit on tiny new data at a lower learning rate, saved as an entry folder zoo.load reads back."""
+    from keras_shortrun.training import fine_tune
+
+    new = np.random.default_rng(0).uniform(-1, 1, size=(8, 28, 28, 1)).astype("float32")
+    original = zoo.load("mnist_ebm").get_weights()
+    model, directory = fine_tune("mnist_ebm", new, tmp_path / "mnist_ebm_tuned", iterations=2, batch_size=4,
+                                 learning_rate=1e-5, dataset="noise")
+    reloaded = zoo.load(directory)
+    for tuned, back in zip(model.get_weights(), reloaded.get_weights()):
+        np.testing.assert_array_equal(tuned, back)
+    assert any(not np.allclose(a, b) for a, b in zip(original, reloaded.get_weights()))
+    meta = zoo.info(directory)
+    assert meta["fine_tuned_from"]["entry"] == "mnist_ebm" and meta["training"]["iterations"] == 2
+    assert np.isfinite(meta["training"]["final_loss"]) and meta["chain"]["steps"] == model.chain.steps
+    with pytest.raises(ValueError, match="shape"):
+        fine_tune("mnist_ebm", new[:, :14], tmp_path / "bad", iterations=1, batch_size=4)
+    assert not (tmp_path / "bad").exists()

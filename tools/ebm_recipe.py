@@ -11,10 +11,12 @@ import numpy as np
 from machine import cpu_model
 
 from keras_shortrun import data
+from keras_shortrun import metrics
 from keras_shortrun.images import save_grid
 from keras_shortrun.models import ShortRunEBM
 from keras_shortrun.training import fit_resumable
 from keras_shortrun.zoo import info as read_metadata
+from keras_shortrun.zoo import load as load_entry
 from keras_shortrun.zoo import save_entry
 
 RECIPES = {
@@ -31,6 +33,23 @@ RECIPES = {
         "iterations": 3000,
         "iterations_per_epoch": 100,
         "seed": 0,
+    },
+    # CPU budget entries (no GPU was lent): nf=16, K=50, lr 2e-4 so that ~1,000 updates get somewhere;
+    # the clamp keeps the chain in the data range (see the mnist_ebm card for why).
+    "fashion_mnist_ebm": {
+        "dataset": "fashion_mnist", "image_size": 28, "channels": 1, "filters": 16, "steps": 50,
+        "batch_size": 64, "learning_rate": 2e-4, "clip": (-1.0, 1.0), "beta_1": 0.9,
+        "iterations": 3000, "iterations_per_epoch": 50, "seed": 0,
+    },
+    "cifar10_ebm": {
+        "dataset": "cifar10", "image_size": 32, "channels": 3, "filters": 16, "steps": 50,
+        "batch_size": 64, "learning_rate": 2e-4, "clip": (-1.0, 1.0), "beta_1": 0.9,
+        "iterations": 3000, "iterations_per_epoch": 50, "seed": 0,
+    },
+    "celeba_ebm": {
+        "dataset": "celeba", "image_size": 64, "channels": 3, "filters": 16, "steps": 50,
+        "batch_size": 32, "learning_rate": 2e-4, "clip": (-1.0, 1.0), "beta_1": 0.9,
+        "iterations": 3000, "iterations_per_epoch": 50, "seed": 0,
     },
 }
 
@@ -50,7 +69,7 @@ def train(entry, run_dir, iterations, data_path=None):
     fit_resumable(
         model, x, run_dir, iterations, batch_size=r["batch_size"],
         iterations_per_epoch=r["iterations_per_epoch"], learning_rate=r["learning_rate"],
-        beta_1=r["beta_1"], seed=r["seed"], verbose=2,
+        beta_1=r["beta_1"], seed=r["seed"], grid_size=16, verbose=2,
     )
     return model
 
@@ -85,7 +104,7 @@ def load_checkpoint(entry, run_dir, epoch):
 
 
 def export_entry(entry, run_dir, entry_dir, data_path=None, recon_images=1000, recon_iterations=200,
-                 epoch=None, convergence_images=16):
+                 epoch=None, convergence_images=16, quality_samples=5000):
     """Writes ``zoo/<entry>``: weights, config, metadata (budget, metrics) and a card with figures.
 
     ``epoch`` picks a kept snapshot (default: the last). The reconstruction
@@ -105,8 +124,8 @@ def export_entry(entry, run_dir, entry_dir, data_path=None, recon_images=1000, r
     last, trajectory = model.sample(16, seed=1, trajectory_every=max(1, r["steps"] // 10))
     save_grid(figures / "chain.png", trajectory.transpose(1, 0, 2, 3, 4).reshape((-1,) + last.shape[1:]),
               columns=16, scale=2)
-    x_test, _ = data.load(r["dataset"], "test", path=data_path)
-    x_test = x_test[:recon_images]
+    quality = measure_quality(model, r["dataset"], figures / "nearest.png", quality_samples, data_path)
+    x_test = data.load(r["dataset"], "test", path=data_path)[0][:recon_images]
     start = time.time()
     x_hat, mse = model.reconstruct(x_test, iterations=recon_iterations, seed=0)
     recon_seconds = time.time() - start
@@ -130,14 +149,16 @@ def export_entry(entry, run_dir, entry_dir, data_path=None, recon_images=1000, r
             "iterations": iterations, "batch_size": r["batch_size"], "optimizer": "Adam",
             "learning_rate": r["learning_rate"], "beta_1": r["beta_1"], "data_noise": 0.03,
             "hardware": hardware(), "wall_time_s": round(float(row["wall_time_s"]), 1),
-            "command": f"python tools/train_{entry}.py train --iterations {iterations}",
+            "command": f"python tools/train_ebm.py {entry} train --iterations {iterations}",
             "final_energy_data": float(row["energy_data"]),
             "final_energy_sample": float(row["energy_sample"]),
         },
         "metrics": {
             "recon_mse_test": float(mse.mean()),
             "recon_mse_test_std": float(mse.std()),
+            "fd": quality["fd"], "kid": quality["kid"],
         },
+        "sample_quality": quality,
         "convergence_check": {
             "images": convergence_images,
             f"recon_mse_{recon_iterations}_iterations": float(mse[:convergence_images].mean()),
@@ -146,17 +167,54 @@ def export_entry(entry, run_dir, entry_dir, data_path=None, recon_images=1000, r
         "evaluation": {
             "recon_images": int(len(x_test)), "recon_iterations": recon_iterations, "recon_optimizer": "Adam lr 0.1",
             "recon_wall_time_s": round(recon_seconds, 1),
-            "command": f"python tools/train_{entry}.py export --epoch {epoch} --recon-images {recon_images} "
+            "command": f"python tools/train_ebm.py {entry} export --epoch {epoch} --recon-images {recon_images} "
                        f"--recon-iterations {recon_iterations}",
         },
         "keras_version": keras.__version__,
     }
     card = run_dir / "README.md"
-    card.write_text(CARD.format(**flat_card_fields(metadata, model)))
+    card.write_text(render_card(metadata, model))
     directory = save_entry(model, entry_dir, metadata, extra_files=[card] + sorted(figures.glob("*.png")))
     pinned = {name: spec["sha256"] for name, spec in read_metadata(directory)["files"].items()}
     print(f"wrote {directory}; pin in keras_shortrun/models/presets.py: \"sha256\": {json.dumps(pinned, indent=1)}")
     return directory
+
+
+def measure_quality(model, dataset, nearest_png, n_samples=5000, data_path=None):
+    """FD/KID of ``n_samples`` chain samples (seed 100) against the held-out split on the dataset's feature
+    network (``metrics.sample_quality``); writes the nearest-training-neighbour grid of 8 samples."""
+    x_heldout, _ = data.load(dataset, "test", path=data_path)
+    start = time.time()
+    samples = model.sample(n_samples, seed=100)
+    quality = metrics.sample_quality(metrics.feature_network(dataset), x_heldout, samples)
+    quality["wall_time_s"] = round(time.time() - start, 1)
+    x_train, _ = data.load(dataset, "train", path=data_path)
+    neighbours = metrics.nearest_neighbours(samples[:8], x_train, k=7)
+    rows = np.concatenate([samples[:8, None], x_train[neighbours]], axis=1)
+    save_grid(nearest_png, rows.reshape((-1,) + samples.shape[1:]), columns=8, scale=2)
+    return quality
+
+
+def refresh_quality(entry, entry_dir, n_samples=5000, data_path=None):
+    """Measures an exported entry's sample quality again (e.g. one exported before FD/KID existed) and
+    rewrites its metadata, card and nearest-neighbour grid in place; the verified files are not touched."""
+    entry_dir = Path(entry_dir)
+    model = load_entry(entry_dir)
+    metadata = read_metadata(entry_dir)
+    quality = measure_quality(model, RECIPES[entry]["dataset"], entry_dir / "nearest.tmp.png", n_samples, data_path)
+    metadata["sample_quality"] = quality
+    metadata["metrics"].update(fd=quality["fd"], kid=quality["kid"])
+    metadata["sample_quality"]["command"] = f"python tools/train_ebm.py {entry} quality --samples {n_samples}"
+    for name, text in (("metadata.json", json.dumps(metadata, indent=1, sort_keys=True)),
+                       ("README.md", render_card(metadata, model))):
+        (entry_dir / name).with_suffix(".tmp" + Path(name).suffix).write_text(text)
+    for name in ("nearest.png", "metadata.json", "README.md"):
+        os.replace((entry_dir / name).with_suffix(".tmp" + Path(name).suffix), entry_dir / name)
+    return quality
+
+
+def render_card(metadata, model):
+    return CARD.format(**flat_card_fields(metadata, model))
 
 
 DATA_LICENCES = {
@@ -180,7 +238,22 @@ def flat_card_fields(metadata, model):
         conv_images=metadata["convergence_check"]["images"],
         conv_short=metadata["convergence_check"][f"recon_mse_{e['recon_iterations']}_iterations"],
         conv_200=metadata["convergence_check"]["recon_mse_200_iterations"],
+        fd=m["fd"], kid=1e3 * m["kid"], kid_std=1e3 * metadata["sample_quality"]["kid_std"],
+        n_samples=metadata["sample_quality"]["n_samples"], n_reference=metadata["sample_quality"]["n_reference"],
+        feature_network=metadata["sample_quality"]["feature_network"], channels=model.data_shape[-1],
+        budget_note=BUDGET_NOTES[metadata["name"]],
     )
+
+
+BUDGET_NOTES = {
+    "mnist_ebm": "nf=16 and K=50 keep one update near 3 s on 2 CPU cores. Expect recognisable but imperfect digits.",
+    "fashion_mnist_ebm": "nf=16, K=50 and Adam 2e-4 keep one update near 3 s on one CPU core.",
+    "cifar10_ebm": "nf=16, K=50 and Adam 2e-4 on one CPU core. The CIFAR-10 subset's images are JPEG-compressed "
+                   "(see shared/data/README.md), so the model also learns JPEG block artefacts.",
+    "celeba_ebm": "No GPU was lent to this project's sessions, so this is the largest model CPU time allowed: "
+                  "nf=16 (paper: 64), K=50 (paper: 100), batch 32 and Adam 2e-4 on one CPU core, about 7 s per "
+                  "update. Expect face-like images with the right layout and colours, not paper-quality faces.",
+}
 
 
 CARD = """# {name}
@@ -193,7 +266,7 @@ below all run it.
 ```python
 from keras_shortrun import zoo
 model = zoo.load("{name}")
-x = model.sample(64, seed=0)          # (64, {resolution}, {resolution}, 1) in [-1, 1]
+x = model.sample(64, seed=0)          # (64, {resolution}, {resolution}, {channels}) in [-1, 1]
 ```
 
 ## Samples (K={steps}, seed 0)
@@ -205,17 +278,24 @@ x = model.sample(64, seed=0)          # (64, {resolution}, {resolution}, 1) in [
 ## Interpolation between chain inputs, z = rho z1 + sqrt(1 - rho^2) z2 (noise held fixed)
 ![interpolation](interpolation.png)
 
-## Reconstruction of held-out test digits (pairs: original, reconstruction)
+## Nearest training images (first column: a sample; then its 7 nearest training images, pixel L2)
+![nearest](nearest.png)
+
+## Reconstruction of held-out images (pairs: original, reconstruction)
 ![reconstruction](reconstruction.png)
 
 | metric | value |
 | --- | --- |
-| reconstruction MSE, first {recon_images} test digits, pixels in [-1, 1] | {recon_mse:.4f} (std {recon_std:.4f}) |
+| FD ({feature_network} features), {n_samples:,} samples vs {n_reference:,} held-out images | {fd:.2f} |
+| KID x 1e3 ({feature_network} features), same sets | {kid:.2f} +- {kid_std:.2f} |
+| reconstruction MSE, first {recon_images} held-out images, pixels in [-1, 1] | {recon_mse:.4f} (std {recon_std:.4f}) |
 | procedure | Adam (lr 0.1) on z through the unrolled K={steps} chain, {recon_iterations} iterations, noise fixed |
-| same, first {conv_images} digits: {recon_iterations} vs 200 iterations | {conv_short:.4f} vs {conv_200:.4f} |
+| same, first {conv_images} images: {recon_iterations} vs 200 iterations | {conv_short:.4f} vs {conv_200:.4f} |
 
-Paper 1 runs about 200 iterations; 1,000 digits x 200 BPTT iterations through K={steps} steps is hours on 2 CPU
-cores, so the 1,000-digit number uses {recon_iterations}, and the {conv_images}-digit row shows what that costs.
+FD/KID use this zoo's declared feature network for the dataset (`keras_shortrun.metrics.FEATURE_NETWORKS`),
+not Inception: they rank models on this dataset and are not comparable with any paper's FID.
+Paper 1 runs about 200 reconstruction iterations; that many BPTT iterations through K={steps} steps is hours on
+CPU cores, so the table uses {recon_iterations}, and the {conv_images}-image row shows what that costs.
 
 ## Training budget
 | | |
@@ -227,8 +307,7 @@ cores, so the 1,000-digit number uses {recon_iterations}, and the {conv_images}-
 | hardware | {hardware} |
 | wall time | {wall_time_min:.0f} min |
 
-This is a **CPU budget** entry: the paper trains for 200k updates with K=100 on GPUs. nf=16 and K=50 (the
-smallest K the zoo accepts) keep one update near 3 s on 2 CPU cores. Expect recognisable but imperfect digits.
+This is a **CPU budget** entry: the paper trains for 200k updates with K=100 on GPUs. {budget_note}
 
 Deviations from paper 1's `train_cifar10_minimal.py`, and why: the chain state is clamped to [-1, 1] after every
 step. A first run without the clamp (and Adam lr 2e-4) diverged after about 350 updates: the chain ran off to

@@ -15,6 +15,13 @@ SHORT_RUN_EBM_PRESETS = {
             "model.weights.h5": "67fa10c1ad6d9741e69b44ace695a811e5c22694a117a941be87a329a3871500",
         },
     },
+    "fashion_mnist_ebm": {
+        "description": "Short-run EBM (paper-1 ConvNet, nf=16, K=50, clamped) on Fashion-MNIST 28x28, CPU budget.",
+        "sha256": {
+            "config.json": "c7f325c5171ed181342cc957a247cf1016495937ef2610f7e60464e01b00bd49",
+            "model.weights.h5": "178cea882722000388f4b13ae2a153c2a2a25cc6139ae3fdc34d9c9ffbff198c",
+        },
+    },
 }
 
 register_presets("ShortRunEBM", SHORT_RUN_EBM_PRESETS)
@@ -120,3 +127,14 @@ CONVNET_PRESETS = {
 
 register_presets("GenerativeClassifier", GENERATIVE_CLASSIFIER_PRESETS)
 register_presets("ConvNet", CONVNET_PRESETS)
+
+FEATURE_NET_PRESETS = {
+    "celeba_features": {
+        "description": "Feature network of the CelebA FD/KID: an autoencoder's encoder, 224-d (not Inception).",
+        "sha256": {
+            "config.json": "6b59f4b9f50cb36b09f4ab887e1cda7191d654b563bf2ab0004b9d7060cd7fd8",
+            "model.weights.h5": "d31dd73b84b45c936e9f465b731ed68c7f8318bd919048ad4c78c84e4c39389a",
+        },
+    },
+}
+register_presets("FeatureNet", FEATURE_NET_PRESETS)

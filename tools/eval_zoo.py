@@ -1,0 +1,103 @@
+"""Sample quality of every generative zoo entry, measured the same way, as one markdown table.
+
+    python tools/eval_zoo.py [--samples 5000] [--entries a,b] [--force] [--write-metadata]
+
+For each entry: ``--samples`` samples (seed 0; EBM: the K-step chain from noise; latent models: ancestral
+samples of the generator) against the held-out split of its dataset (MNIST/Fashion: the 10k test set;
+CelebA: the last 1,000 faces), FD and KID x 1e3 on the dataset's declared feature network
+(``keras_shortrun.metrics.FEATURE_NETWORKS``, never Inception: not comparable with papers' FIDs). The
+held-out reconstruction MSE and test accuracy are read from each entry's metadata (measured at export).
+Results are cached in ``runs/eval/<entry>.json`` keyed by the weights' sha256; ``--write-metadata`` copies
+FD/KID into each entry's ``metadata.json`` so that ``keras-shortrun zoo list`` shows them.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import keras
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+
+from machine import cpu_model  # noqa: E402
+
+from keras_shortrun import data  # noqa: E402
+from keras_shortrun import metrics  # noqa: E402
+from keras_shortrun import zoo  # noqa: E402
+from keras_shortrun.zoo.registry import METADATA_FILE  # noqa: E402
+from keras_shortrun.zoo.registry import resolve  # noqa: E402
+
+GENERATIVE_FAMILIES = ("ShortRunEBM", "MultiLayerLVM", "VAE", "GenerativeClassifier")
+
+
+def draw_samples(model, family, n, seed=0):
+    return model.sample(n, seed=seed) if family == "ShortRunEBM" else model.synthesize(n, seed=seed)
+
+
+def evaluate(name, n, force=False, data_path=None):
+    """The cached or freshly measured row of one entry (a dict)."""
+    meta = zoo.info(name)
+    cache = ROOT / "runs" / "eval" / f"{name}.json"
+    weights = meta["files"]["model.weights.h5"]["sha256"]
+    if cache.is_file() and not force:
+        row = json.loads(cache.read_text())
+        if row.get("weights_sha256") == weights and row.get("n_samples") == n:
+            return row
+    dataset = meta["dataset"]["name"]
+    row = {"entry": name, "family": meta["family"], "dataset": dataset, "weights_sha256": weights,
+           "recon_mse": meta.get("metrics", {}).get("recon_mse_test"),
+           "accuracy": meta.get("metrics", {}).get("accuracy_test")}
+    if meta["family"] in GENERATIVE_FAMILIES and dataset in metrics.FEATURE_NETWORKS:
+        start = time.time()
+        model = zoo.load(name)
+        samples = draw_samples(model, meta["family"], n)
+        heldout, _ = data.load(dataset, "test", path=data_path)
+        row.update(metrics.sample_quality(metrics.feature_network(dataset), heldout, samples))
+        row["wall_time_s"] = round(time.time() - start, 1)
+        row["machine"] = f"{cpu_model()}, {keras.backend.backend()}"
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(row, indent=1))
+    return row
+
+
+def write_metadata(row):
+    path = resolve(row["entry"]) / METADATA_FILE
+    meta = json.loads(path.read_text())
+    meta.setdefault("metrics", {}).update(fd=row["fd"], kid=row["kid"])
+    meta["sample_quality"] = {k: row[k] for k in ("fd", "kid", "kid_std", "n_samples", "n_reference",
+                                                  "feature_network")}
+    path.write_text(json.dumps(meta, indent=1, sort_keys=True))
+
+
+def table(rows):
+    lines = ["| entry | family | dataset | feature network | FD | KID x 1e3 | held-out recon MSE | test accuracy |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        fd = f"{r['fd']:.2f}" if "fd" in r else "-"
+        kid = f"{1e3 * r['kid']:.2f} +- {1e3 * r['kid_std']:.2f}" if "kid" in r else "-"
+        mse = f"{r['recon_mse']:.4f}" if r.get("recon_mse") is not None else "-"
+        acc = f"{100 * r['accuracy']:.2f} %" if r.get("accuracy") is not None else "-"
+        lines.append(f"| {r['entry']} | {r['family']} | {r['dataset']} | {r.get('feature_network', '-')} | {fd} | "
+                     f"{kid} | {mse} | {acc} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=int, default=5000)
+    parser.add_argument("--entries", default=None, help="comma-separated names (default: every registered entry)")
+    parser.add_argument("--force", action="store_true", help="measure again even if a cached row matches")
+    parser.add_argument("--write-metadata", action="store_true")
+    parser.add_argument("--data-path", default=None)
+    args = parser.parse_args()
+    names = args.entries.split(",") if args.entries else [r["name"] for r in zoo.list()]
+    rows = []
+    for name in names:
+        rows.append(evaluate(name, args.samples, args.force, args.data_path))
+        if args.write_metadata and "fd" in rows[-1]:
+            write_metadata(rows[-1])
+        print(f"done {name}", file=sys.stderr, flush=True)
+    print(table(rows))
