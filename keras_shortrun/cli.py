@@ -12,10 +12,11 @@ import numpy as np
 
 
 def _print_table(rows, columns):
-    widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns]
-    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    """Prints ``rows`` (dicts) as aligned text; ``columns`` maps row keys to headers."""
+    widths = [max(len(h), *(len(str(r.get(c, ""))) for r in rows)) for c, h in columns.items()]
+    print("  ".join(h.ljust(w) for h, w in zip(columns.values(), widths)).rstrip())
     for row in rows:
-        print("  ".join(str(row.get(c, "")).ljust(w) for c, w in zip(columns, widths)))
+        print("  ".join(str(row.get(c, "")).ljust(w) for c, w in zip(columns, widths)).rstrip())
 
 
 def cmd_zoo(args):
@@ -26,7 +27,8 @@ def cmd_zoo(args):
         for row in rows:
             row["metrics"] = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                        for k, v in row["metrics"].items())
-        _print_table(rows, ["name", "family", "dataset", "resolution", "params", "steps", "metrics", "hardware"])
+        _print_table(rows, {"name": "entry", "family": "family", "dataset": "dataset", "resolution": "resolution",
+                            "params": "params", "steps": "K", "metrics": "metrics", "hardware": "training hardware"})
     else:
         print(json.dumps(zoo.info(args.name), indent=1, sort_keys=True))
 
@@ -147,6 +149,28 @@ def cmd_train(args):
     print(f"saved {Path(args.out) / 'model.keras'}; checkpoints and sample grids are in {args.out}")
 
 
+def cmd_serve_onnx(args):
+    from keras_shortrun.serving import OnnxSampler
+
+    sampler = OnnxSampler(args.path, providers=None if args.provider is None else [args.provider])
+    sampler.save_grid(args.output, n=args.n, seed=args.seed, scale=args.scale)
+    print(f"wrote {args.n} samples from {args.path} to {args.output} ({sampler.provider})")
+
+
+def cmd_export(args):
+    from keras_shortrun import export
+
+    model = _load(args.model)
+    options = {"graph": args.graph, "steps": args.steps, "noise": args.noise, "chains": args.chains}
+    if args.format == "onnx":
+        info = export.to_onnx(model, args.output, opset=args.opset or export.DEFAULT_OPSET, **options)
+    else:
+        info = export.to_saved_model(model, args.output, **options)
+    names = ", ".join(t["name"] for t in info["inputs"]) + " -> " + ", ".join(t["name"] for t in info["outputs"])
+    error = f", max |ONNX - Keras| {info['max_abs_error']:.2g}" if "max_abs_error" in info else ""
+    print(f"wrote the {info['graph']} graph ({names}, K={info['steps']}) to {args.output}{error}")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="keras-shortrun", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -194,6 +218,27 @@ def build_parser():
     classify.add_argument("--chains", type=int, default=8, help="chains averaged per image (generative classifier)")
     classify.add_argument("--seed", type=int, default=0)
     classify.set_defaults(func=cmd_classify)
+
+    serve = sub.add_parser("serve-onnx", help="sample a PNG grid from an exported ONNX sampler (onnxruntime only)")
+    serve.add_argument("path", help="an .onnx sampler written by `keras-shortrun export` / export.to_onnx")
+    serve.add_argument("-n", type=int, default=16)
+    serve.add_argument("-o", "--output", default="grid.png")
+    serve.add_argument("--seed", type=int, default=None)
+    serve.add_argument("--scale", type=int, default=2, help="pixel upscaling of the PNG")
+    serve.add_argument("--provider", default=None, help="onnxruntime execution provider (default: CUDA, else CPU)")
+    serve.set_defaults(func=cmd_serve_onnx)
+
+    export = sub.add_parser("export", help="write a fixed-step graph as ONNX or a TensorFlow SavedModel")
+    export.add_argument("model", help="zoo entry name, entry folder or .keras file")
+    export.add_argument("-o", "--output", required=True, help=".onnx file or SavedModel folder")
+    export.add_argument("--format", choices=("onnx", "saved_model"), default="onnx")
+    export.add_argument("--graph", default=None, help="sampler, chain, generator, inference, reconstruction, "
+                                                      "classifier (default: the family's first)")
+    export.add_argument("--steps", type=int, default=None, help="Langevin steps K (default: the model's)")
+    export.add_argument("--noise", choices=("input", "internal"), default="input")
+    export.add_argument("--chains", type=int, default=None, help="chains averaged by the classifier graph")
+    export.add_argument("--opset", type=int, default=None, help="ONNX opset (default: keras_shortrun's, 17)")
+    export.set_defaults(func=cmd_export)
 
     train = sub.add_parser("train", help="train a model (resumable)")
     train_sub = train.add_subparsers(dest="family", required=True)

@@ -74,6 +74,7 @@ FEATURE_NETWORKS = {
     "fashion_mnist": ("fashion_mnist_classifier_convnet", "dense_1"),
     "celeba": ("celeba_features", None),
     "celeba32": ("celeba_features", None),
+    "cifar10": ("cifar10_features", None),
 }
 
 
@@ -114,27 +115,56 @@ def image_features(network, images, batch_size=500):
     return np.concatenate(parts).astype(np.float64)
 
 
+def reference_scale(real):
+    """The root mean square of the reference features ``(N, D)``: KID divides both sets by it.
+
+    KID's kernel ``(x.y / D + 1)^3`` was designed for Inception pool features, whose entries are of order
+    one. Our feature networks' entries are not (classifier logits reach tens), and the cube then turns KID
+    into a noisy third moment of feature norms with values near 1e5. One scalar from the reference set keeps
+    the kernel in its intended regime and makes KID independent of the network's feature scale; FD is left
+    on the raw features (a scalar would only scale it by its square).
+    """
+    return float(np.sqrt(np.mean(np.square(_check_features(real, "real")))))
+
+
 def sample_quality(network, reference, samples, seed=0):
     """FD and KID between the features of ``reference`` and ``samples`` images (both ``(N, H, W, C)`` in [-1, 1]).
 
-    Returns ``{"fd", "kid", "kid_std", "n_reference", "n_samples", "feature_network"}``.
+    FD is on the raw features; KID on features divided by ``reference_scale`` of the reference set.
+    Returns ``{"fd", "kid", "kid_std", "kid_feature_scale", "n_reference", "n_samples", "feature_network"}``.
     """
     real, fake = image_features(network, reference), image_features(network, samples)
-    kid, kid_std = kernel_distance(real, fake, seed=seed)
-    return {"fd": frechet_distance(real, fake), "kid": kid, "kid_std": kid_std, "n_reference": len(real),
-            "n_samples": len(fake), "feature_network": getattr(network, "entry_name", network.name)}
+    scale = reference_scale(real)
+    kid, kid_std = kernel_distance(real / scale, fake / scale, seed=seed)
+    return {"fd": frechet_distance(real, fake), "kid": kid, "kid_std": kid_std, "kid_feature_scale": scale,
+            "n_reference": len(real), "n_samples": len(fake),
+            "feature_network": getattr(network, "entry_name", network.name)}
 
 
-def nearest_neighbours(queries, pool, k=5, batch_size=256):
-    """Indices ``(Q, k)`` of the ``k`` nearest images of ``pool`` (pixel L2) to each of ``queries``."""
+def _squared_distance_blocks(queries, pool, batch_size):
+    """Yields ``(Q_b, P)`` blocks of squared pixel L2 distances from ``queries`` to every ``pool`` image."""
     queries = np.asarray(queries, np.float32).reshape(len(queries), -1)
     pool = np.asarray(pool, np.float32).reshape(len(pool), -1)
     if queries.shape[1] != pool.shape[1]:
         raise ValueError(f"queries and pool images differ in size: {queries.shape[1]} vs {pool.shape[1]} values.")
     pool_norms = np.sum(pool**2, axis=1)
-    rows = []
     for start in range(0, len(queries), batch_size):
         q = queries[start:start + batch_size]
-        distances = pool_norms[None, :] - 2.0 * q @ pool.T
-        rows.append(np.argsort(distances, axis=1)[:, :k])
-    return np.concatenate(rows)
+        yield np.sum(q**2, axis=1, keepdims=True) + pool_norms[None, :] - 2.0 * q @ pool.T
+
+
+def nearest_neighbours(queries, pool, k=5, batch_size=256):
+    """Indices ``(Q, k)`` of the ``k`` nearest images of ``pool`` (pixel L2) to each of ``queries``."""
+    return np.concatenate([np.argsort(block, axis=1)[:, :k]
+                           for block in _squared_distance_blocks(queries, pool, batch_size)])
+
+
+def nearest_distances(queries, pool, batch_size=256):
+    """Root-mean-square pixel distance ``(Q,)`` from each of ``queries`` to its nearest image of ``pool``.
+
+    Compared with the same number for held-out images, it shows whether samples copy training images:
+    copies would sit much closer to the training set than unseen real images do.
+    """
+    pixels = int(np.prod(np.shape(queries)[1:]))
+    nearest = np.concatenate([block.min(axis=1) for block in _squared_distance_blocks(queries, pool, batch_size)])
+    return np.sqrt(np.clip(nearest, 0, None) / pixels)

@@ -42,7 +42,8 @@ def test_interpolate_writes_strips(entry, tmp_path):
 def test_zoo_list_and_info(capsys):
     assert cli.main(["zoo", "list"]) == 0
     table = capsys.readouterr().out
-    assert table.splitlines()[0].split()[:4] == ["name", "family", "dataset", "resolution"]
+    assert table.splitlines()[0].split() == ["entry", "family", "dataset", "resolution", "params", "K", "metrics",
+                                             "training", "hardware"]
     assert "mnist_ebm" in table
     assert cli.main(["zoo", "info", "mnist_ebm"]) == 0
     assert '"sha256"' in capsys.readouterr().out

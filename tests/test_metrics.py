@@ -57,6 +57,11 @@ def test_nearest_neighbours_finds_exact_copies_first():
     np.testing.assert_array_equal(indices, brute)
     with pytest.raises(ValueError, match="differ in size"):
         metrics.nearest_neighbours(queries, pool[:, :5])
+    distances = metrics.nearest_distances(pool[[7, 3]] + 0.05, pool)
+    np.testing.assert_allclose(distances, 0.05, rtol=1e-3)  # every pixel of a near-copy is off by 0.05
+    far = metrics.nearest_distances(-pool[:4] - 3, pool)
+    brute_rms = np.sqrt(((-pool[:4, None] - 3 - pool[None]) ** 2).mean(axis=(2, 3, 4)).min(axis=1))
+    np.testing.assert_allclose(far, brute_rms, rtol=1e-4)
 
 
 def test_image_features_refuses_bad_images():
@@ -85,7 +90,7 @@ def _gaussian_blur(images, sigma):
     return out
 
 
-@pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist", "celeba"])
+@pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist", "celeba", "cifar10"])
 def test_metric_sanity_on_real_data(dataset, shared_data):
     """On real images with the declared feature network, scored against held-out images: a training subset
     scores best, and the same subset with Gaussian noise or blur scores monotonically worse in FD and KID."""
@@ -111,3 +116,20 @@ def test_metric_sanity_on_real_data(dataset, shared_data):
         fds, kids = zip(*degraded)
         assert clean[0] < fds[0] < fds[1] < fds[2], (dataset, clean, degraded)
         assert clean[1] < kids[0] < kids[1] < kids[2], (dataset, clean, degraded)
+
+
+def test_sample_quality_kid_ignores_the_feature_scale():
+    """KID is computed on features divided by the reference RMS, so scaling the network's output by 100
+    leaves it unchanged while FD grows by 100^2."""
+    import keras
+
+    rng = np.random.default_rng(3)
+    reference = rng.uniform(-1, 1, size=(200, 4, 4, 1)).astype("float32")
+    samples = np.clip(reference[::-1] * 0.7 + 0.1, -1, 1)
+    flat = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten()])
+    scaled = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Rescaling(100.0)])
+    small, large = (metrics.sample_quality(n, reference, samples) for n in (flat, scaled))
+    assert large["kid"] == pytest.approx(small["kid"], rel=1e-6)
+    assert large["fd"] == pytest.approx(1e4 * small["fd"], rel=1e-6)
+    assert large["kid_feature_scale"] == pytest.approx(100 * small["kid_feature_scale"], rel=1e-6)
+    assert small["kid"] > 0

@@ -1,4 +1,4 @@
-"""Zoo mechanism: save/load entries, integrity checks, names, listing, the shipped mnist_ebm, the wheel."""
+"""Zoo mechanism: save/load entries, integrity checks, names, listing, shipped entries' golden outputs, the wheel."""
 
 import json
 import shutil
@@ -9,9 +9,15 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
+from keras_shortrun import metrics
 from keras_shortrun import zoo
 from keras_shortrun.models import ShortRunEBM
 from keras_shortrun.zoo import registry
+
+sys.path.insert(0, str(ROOT / "tools"))
+from make_golden import EBM_ENTRIES  # noqa: E402  (the entries and probes that the golden files were made from)
+from make_golden import FEATURE_ENTRIES  # noqa: E402
+from make_golden import probe_images  # noqa: E402
 
 
 @pytest.fixture
@@ -76,13 +82,44 @@ def test_list_has_table_fields():
     assert zoo.list(filter="fashion") == [] or all("fashion" in r["dataset"] for r in zoo.list(filter="fashion"))
 
 
-def test_mnist_ebm_loads_and_matches_golden_samples():
-    model = zoo.load("mnist_ebm")
+@pytest.mark.parametrize("name", EBM_ENTRIES)
+def test_ebm_entry_loads_and_matches_golden_samples(name):
+    model = zoo.load(name)
     assert model.chain.steps >= 50
     samples = model.sample(2, seed=0, steps=10)
-    golden = np.load(ROOT / "tests" / "golden" / "mnist_ebm_sample_seed0_k10.npy")
+    golden = np.load(ROOT / "tests" / "golden" / f"{name}_sample_seed0_k10.npy")
     # Ten chain steps from a fixed seed; CPUs may differ in the last float bits.
     np.testing.assert_allclose(samples, golden, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", EBM_ENTRIES)
+def test_ebm_card_reports_quality_reconstruction_and_budget(name):
+    """Each EBM entry records FD/KID of 5,000 samples under eval_zoo's protocol against the held-out split,
+    held-out reconstruction MSE and the training budget, and its card shows the same numbers."""
+    from eval_zoo import PROTOCOL
+
+    meta = zoo.info(name)
+    quality = meta["sample_quality"]
+    assert quality["protocol"] == PROTOCOL and quality["n_samples"] == 5000
+    assert quality["feature_network"] == metrics.FEATURE_NETWORKS[meta["dataset"]["name"]][0]
+    assert quality["n_reference"] == {"celeba": 1000, "cifar10": 5000}.get(meta["dataset"]["name"], 10000)
+    training = meta["training"]
+    assert training["iterations"] > 0 and training["wall_time_s"] > 0 and training["hardware"].startswith("CPU")
+    card = (registry.resolve(name) / "README.md").read_text()
+    for number in (f"{quality['fd']:.2f}", f"{1e3 * quality['kid']:.2f}", f"{meta['metrics']['recon_mse_test']:.4f}",
+                   f"| {training['iterations']} |", f"K={meta['chain']['steps']}", training["hardware"]):
+        assert number in card, (name, number)
+    for figure in ("samples", "chain", "interpolation", "nearest", "reconstruction"):
+        assert f"({figure}.png)" in card and (registry.resolve(name) / f"{figure}.png").is_file()
+
+
+@pytest.mark.parametrize("name", FEATURE_ENTRIES)
+def test_feature_network_entry_matches_golden_features(name):
+    model = zoo.load(name)
+    assert zoo.info(name)["family"] == "FeatureNet"
+    features = np.asarray(model(probe_images(model.input_shape[1:])))
+    np.testing.assert_allclose(features, np.load(ROOT / "tests" / "golden" / f"{name}_probe.npy"), rtol=1e-4,
+                               atol=1e-4)
 
 
 def test_wheel_ships_the_zoo(tmp_path):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+from eval_zoo import measure as measure_sample_quality
 from machine import cpu_model
 
 from keras_shortrun import data
@@ -66,6 +67,7 @@ def train(entry, run_dir, iterations, data_path=None):
     r = RECIPES[entry]
     x, _ = data.load(r["dataset"], "train", path=data_path)
     model = build(entry)
+    record_hardware(run_dir)
     fit_resumable(
         model, x, run_dir, iterations, batch_size=r["batch_size"],
         iterations_per_epoch=r["iterations_per_epoch"], learning_rate=r["learning_rate"],
@@ -75,8 +77,26 @@ def train(entry, run_dir, iterations, data_path=None):
 
 
 def hardware():
-    """A one-line description of this machine's CPU."""
-    return f"CPU: {cpu_model()}, {os.cpu_count()} cores, {keras.backend.backend()} backend"
+    """A one-line description of the CPU cores this process may run on."""
+    usable, total = len(os.sched_getaffinity(0)), os.cpu_count()
+    cores = f"{total} cores" if usable == total else f"{usable} of its {total} cores"
+    return f"CPU: {cpu_model()}, {cores}, {keras.backend.backend()} backend"
+
+
+def record_hardware(run_dir):
+    """Adds this process's ``hardware()`` to ``run_dir/hardware.json`` (one line per distinct machine that
+    trained the run; a resumed run on other hardware adds a line)."""
+    path = Path(run_dir) / "hardware.json"
+    seen = json.loads(path.read_text()) if path.is_file() else []
+    if hardware() not in seen:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(seen + [hardware()]))
+
+
+def training_hardware(run_dir):
+    """The hardware that trained a run, as recorded by ``record_hardware`` (else this machine's)."""
+    path = Path(run_dir) / "hardware.json"
+    return "; ".join(json.loads(path.read_text())) if path.is_file() else hardware()
 
 
 def last_epoch(run_dir):
@@ -148,7 +168,7 @@ def export_entry(entry, run_dir, entry_dir, data_path=None, recon_images=1000, r
         "training": {
             "iterations": iterations, "batch_size": r["batch_size"], "optimizer": "Adam",
             "learning_rate": r["learning_rate"], "beta_1": r["beta_1"], "data_noise": 0.03,
-            "hardware": hardware(), "wall_time_s": round(float(row["wall_time_s"]), 1),
+            "hardware": training_hardware(run_dir), "wall_time_s": round(float(row["wall_time_s"]), 1),
             "command": f"python tools/train_ebm.py {entry} train --iterations {iterations}",
             "final_energy_data": float(row["energy_data"]),
             "final_energy_sample": float(row["energy_sample"]),
@@ -168,7 +188,7 @@ def export_entry(entry, run_dir, entry_dir, data_path=None, recon_images=1000, r
             "recon_images": int(len(x_test)), "recon_iterations": recon_iterations, "recon_optimizer": "Adam lr 0.1",
             "recon_wall_time_s": round(recon_seconds, 1),
             "command": f"python tools/train_ebm.py {entry} export --epoch {epoch} --recon-images {recon_images} "
-                       f"--recon-iterations {recon_iterations}",
+                       f"--recon-iterations {recon_iterations} --convergence-images {convergence_images}",
         },
         "keras_version": keras.__version__,
     }
@@ -181,14 +201,18 @@ def export_entry(entry, run_dir, entry_dir, data_path=None, recon_images=1000, r
 
 
 def measure_quality(model, dataset, nearest_png, n_samples=5000, data_path=None):
-    """FD/KID of ``n_samples`` chain samples (seed 100) against the held-out split on the dataset's feature
-    network (``metrics.sample_quality``); writes the nearest-training-neighbour grid of 8 samples."""
-    x_heldout, _ = data.load(dataset, "test", path=data_path)
-    start = time.time()
-    samples = model.sample(n_samples, seed=100)
-    quality = metrics.sample_quality(metrics.feature_network(dataset), x_heldout, samples)
-    quality["wall_time_s"] = round(time.time() - start, 1)
+    """FD/KID of ``n_samples`` chain samples against the held-out split under ``eval_zoo.PROTOCOL`` (so that
+    ``tools/eval_zoo.py`` reads the row from the metadata); writes the nearest-training-neighbour grid of 8
+    samples."""
+    quality, samples = measure_sample_quality(model, "ShortRunEBM", dataset, n_samples, data_path)
     x_train, _ = data.load(dataset, "train", path=data_path)
+    x_heldout, _ = data.load(dataset, "test", path=data_path)
+    count = min(1000, len(samples), len(x_heldout))
+    quality["nearest_train_rms"] = {
+        "images": count,
+        "samples_median": float(np.median(metrics.nearest_distances(samples[:count], x_train))),
+        "heldout_median": float(np.median(metrics.nearest_distances(x_heldout[:count], x_train))),
+    }
     neighbours = metrics.nearest_neighbours(samples[:8], x_train, k=7)
     rows = np.concatenate([samples[:8, None], x_train[neighbours]], axis=1)
     save_grid(nearest_png, rows.reshape((-1,) + samples.shape[1:]), columns=8, scale=2)
@@ -196,7 +220,7 @@ def measure_quality(model, dataset, nearest_png, n_samples=5000, data_path=None)
 
 
 def refresh_quality(entry, entry_dir, n_samples=5000, data_path=None):
-    """Measures an exported entry's sample quality again (e.g. one exported before FD/KID existed) and
+    """Measures an exported entry's sample quality again (e.g. after a change of the metric protocol) and
     rewrites its metadata, card and nearest-neighbour grid in place; the verified files are not touched."""
     entry_dir = Path(entry_dir)
     model = load_entry(entry_dir)
@@ -211,6 +235,14 @@ def refresh_quality(entry, entry_dir, n_samples=5000, data_path=None):
     for name in ("nearest.png", "metadata.json", "README.md"):
         os.replace((entry_dir / name).with_suffix(".tmp" + Path(name).suffix), entry_dir / name)
     return quality
+
+
+def rewrite_card(entry_dir):
+    """Renders an exported entry's card again from its metadata (after a change of the card template)."""
+    entry_dir = Path(entry_dir)
+    tmp = entry_dir / "README.tmp.md"
+    tmp.write_text(render_card(read_metadata(entry_dir), load_entry(entry_dir)))
+    os.replace(tmp, entry_dir / "README.md")
 
 
 def render_card(metadata, model):
@@ -241,6 +273,9 @@ def flat_card_fields(metadata, model):
         fd=m["fd"], kid=1e3 * m["kid"], kid_std=1e3 * metadata["sample_quality"]["kid_std"],
         n_samples=metadata["sample_quality"]["n_samples"], n_reference=metadata["sample_quality"]["n_reference"],
         feature_network=metadata["sample_quality"]["feature_network"], channels=model.data_shape[-1],
+        nn_images=metadata["sample_quality"]["nearest_train_rms"]["images"],
+        nn_samples=metadata["sample_quality"]["nearest_train_rms"]["samples_median"],
+        nn_heldout=metadata["sample_quality"]["nearest_train_rms"]["heldout_median"],
         budget_note=BUDGET_NOTES[metadata["name"]],
     )
 
@@ -248,11 +283,15 @@ def flat_card_fields(metadata, model):
 BUDGET_NOTES = {
     "mnist_ebm": "nf=16 and K=50 keep one update near 3 s on 2 CPU cores. Expect recognisable but imperfect digits.",
     "fashion_mnist_ebm": "nf=16, K=50 and Adam 2e-4 keep one update near 3 s on one CPU core.",
-    "cifar10_ebm": "nf=16, K=50 and Adam 2e-4 on one CPU core. The CIFAR-10 subset's images are JPEG-compressed "
-                   "(see shared/data/README.md), so the model also learns JPEG block artefacts.",
+    "cifar10_ebm": "nf=16, K=50 and Adam 2e-4 on one CPU core, side by side with the celeba_ebm run on the other "
+                   "core (and, part of the time, with other jobs). The CIFAR-10 subset's images are "
+                   "JPEG-compressed (see shared/data/README.md), so the model also learns JPEG block artefacts.",
     "celeba_ebm": "No GPU was lent to this project's sessions, so this is the largest model CPU time allowed: "
-                  "nf=16 (paper: 64), K=50 (paper: 100), batch 32 and Adam 2e-4 on one CPU core, about 7 s per "
-                  "update. Expect face-like images with the right layout and colours, not paper-quality faces.",
+                  "64x64 with the paper-1 layout but nf=16 (paper: 64), K=50 (paper: 100), batch 32 and "
+                  "Adam 2e-4, on one CPU core of its own (about 6.5 s per update), side by side with the "
+                  "cifar10_ebm run. Expect a face's layout (a head framed by hair) and colours, some clear faces and "
+                  "heavy pixel speckle, not paper-quality faces; the reconstruction numbers use few images and "
+                  "iterations for the same reason.",
 }
 
 
@@ -280,6 +319,10 @@ x = model.sample(64, seed=0)          # (64, {resolution}, {resolution}, {channe
 
 ## Nearest training images (first column: a sample; then its 7 nearest training images, pixel L2)
 ![nearest](nearest.png)
+
+Median RMS pixel distance to the nearest of the training images, first {nn_images:,} of each set: samples
+{nn_samples:.3f}, held-out real images {nn_heldout:.3f}. Samples that copied training images would sit far
+closer to the training set than unseen real images do.
 
 ## Reconstruction of held-out images (pairs: original, reconstruction)
 ![reconstruction](reconstruction.png)
@@ -310,9 +353,9 @@ CPU cores, so the table uses {recon_iterations}, and the {conv_images}-image row
 This is a **CPU budget** entry: the paper trains for 200k updates with K=100 on GPUs. {budget_note}
 
 Deviations from paper 1's `train_cifar10_minimal.py`, and why: the chain state is clamped to [-1, 1] after every
-step. A first run without the clamp (and Adam lr 2e-4) diverged after about 350 updates: the chain ran off to
-huge pixel values in a checkerboard pattern and the energies grew to 1e10. With the clamp and the paper's
-lr 1e-4 the run stayed stable (final mean energies: data {e_data:.3g}, samples {e_sample:.3g}).
+step. A first mnist_ebm run without the clamp (and Adam lr 2e-4) diverged after about 350 updates: the chain ran
+off to huge pixel values in a checkerboard pattern and the energies grew to 1e10. With the clamp this run, at
+Adam lr {lr}, stayed stable (final mean energies: data {e_data:.3g}, samples {e_sample:.3g}).
 
 ## Reproduce
 ```

@@ -1,8 +1,9 @@
 """Regenerates the golden files that tests/test_zoo.py compares the zoo entries against.
 
-    python tools/make_golden.py    # after re-exporting an entry
+    python tools/make_golden.py [ENTRY ...]    # after (re-)exporting entries; default: every golden file
 """
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +13,23 @@ from keras_shortrun import zoo
 GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "golden"
 
 
+EBM_ENTRIES = ("mnist_ebm", "fashion_mnist_ebm", "cifar10_ebm", "celeba_ebm")
+FEATURE_ENTRIES = ("celeba_features", "cifar10_features")
+
+
+def probe_images(shape, n=2):
+    """``n`` fixed images ``(n, *shape)`` in ``[-1, 1]`` (smooth ramps, no randomness)."""
+    ramp = np.linspace(-1.0, 1.0, int(np.prod(shape)), dtype=np.float32).reshape(shape)
+    return np.stack([ramp * (1 - 2 * (i % 2)) * (0.5 + 0.5 / (i + 1)) for i in range(n)])
+
+
 def golden_outputs():
-    """{file name: array}: seeded outputs of each entry (mnist_ebm: 10 chain steps; LVMs: an inferred image;
-    classifiers: 8-chain probabilities of their own samples)."""
-    outputs = {"mnist_ebm_sample_seed0_k10.npy": zoo.load("mnist_ebm").sample(2, seed=0, steps=10)}
+    """{file name: array}: seeded outputs of each entry (EBMs: 10 chain steps; LVMs: an inferred image;
+    classifiers: 8-chain probabilities of their own samples; feature networks: features of fixed images)."""
+    outputs = {f"{name}_sample_seed0_k10.npy": zoo.load(name).sample(2, seed=0, steps=10) for name in EBM_ENTRIES}
+    for name in FEATURE_ENTRIES:
+        model = zoo.load(name)
+        outputs[f"{name}_probe.npy"] = np.asarray(model(probe_images(model.input_shape[1:])))
     for name in ("mnist_lvm", "celeba_lvm"):
         model = zoo.load(name)
         images = model.synthesize(2, seed=0)
@@ -28,6 +42,9 @@ def golden_outputs():
 
 
 if __name__ == "__main__":
+    # python tools/make_golden.py [ENTRY ...]: rewrites the golden files of the named entries (default: all).
+    entries = sys.argv[1:]
     for filename, array in golden_outputs().items():
-        np.save(GOLDEN / filename, array)
-        print(f"wrote {GOLDEN / filename}")
+        if not entries or any(filename.startswith(f"{name}_") for name in entries):
+            np.save(GOLDEN / filename, array)
+            print(f"wrote {GOLDEN / filename}")

@@ -3,6 +3,7 @@
     python tools/train_ebm.py mnist_ebm train [--iterations N]   # resumes from runs/<entry>
     python tools/train_ebm.py mnist_ebm export [--epoch E]       # writes zoo/<entry>
     python tools/train_ebm.py mnist_ebm quality [--samples N]    # re-measures FD/KID of zoo/<entry> in place
+    python tools/train_ebm.py mnist_ebm card                     # renders zoo/<entry>/README.md again
 
 Entries: mnist_ebm, fashion_mnist_ebm, cifar10_ebm, celeba_ebm. Each entry's card
 states what was run and measured (iterations, hardware, wall time).
@@ -18,12 +19,13 @@ sys.path.insert(0, str(ROOT / "tools"))
 from ebm_recipe import RECIPES  # noqa: E402
 from ebm_recipe import export_entry  # noqa: E402
 from ebm_recipe import refresh_quality  # noqa: E402
+from ebm_recipe import rewrite_card  # noqa: E402
 from ebm_recipe import train  # noqa: E402
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("entry", choices=sorted(RECIPES))
-    parser.add_argument("action", choices=("train", "export", "quality"))
+    parser.add_argument("action", choices=("train", "export", "quality", "card"))
     parser.add_argument("--iterations", type=int, default=None, help="total updates (default: the recipe's)")
     parser.add_argument("--run-dir", default=None, help="default: runs/<entry>")
     parser.add_argument("--entry-dir", default=None, help="default: zoo/<entry>")
@@ -31,15 +33,19 @@ if __name__ == "__main__":
     parser.add_argument("--epoch", type=int, default=None, help="snapshot to export (default: the last)")
     parser.add_argument("--recon-images", type=int, default=1000)
     parser.add_argument("--recon-iterations", type=int, default=200)
+    parser.add_argument("--convergence-images", type=int, default=16,
+                        help="held-out images also reconstructed with 200 iterations")
     parser.add_argument("--samples", type=int, default=5000, help="samples for FD/KID")
     args = parser.parse_args()
     run_dir = args.run_dir or str(ROOT / "runs" / args.entry)
     if args.action == "train":
         train(args.entry, run_dir, args.iterations or RECIPES[args.entry]["iterations"], args.data_path)
+    elif args.action == "card":
+        rewrite_card(args.entry_dir or str(ROOT / "zoo" / args.entry))
     elif args.action == "quality":
         print(refresh_quality(args.entry, args.entry_dir or str(ROOT / "zoo" / args.entry), args.samples,
                               args.data_path))
     else:
         export_entry(args.entry, run_dir, args.entry_dir or str(ROOT / "zoo" / args.entry), args.data_path,
                      recon_images=args.recon_images, recon_iterations=args.recon_iterations, epoch=args.epoch,
-                     quality_samples=args.samples)
+                     convergence_images=args.convergence_images, quality_samples=args.samples)

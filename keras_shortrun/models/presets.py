@@ -22,6 +22,21 @@ SHORT_RUN_EBM_PRESETS = {
             "model.weights.h5": "178cea882722000388f4b13ae2a153c2a2a25cc6139ae3fdc34d9c9ffbff198c",
         },
     },
+    "cifar10_ebm": {
+        "description": "Short-run EBM (paper-1 ConvNet, nf=16, K=50, clamped) on the JPEG CIFAR-10 subset 32x32, "
+                       "CPU budget.",
+        "sha256": {
+            "config.json": "to be pinned by tools/pin_zoo_hashes.py",
+            "model.weights.h5": "to be pinned by tools/pin_zoo_hashes.py",
+        },
+    },
+    "celeba_ebm": {
+        "description": "Short-run EBM (paper-1 ConvNet, nf=16, K=50, clamped) on CelebA 64x64, CPU budget.",
+        "sha256": {
+            "config.json": "to be pinned by tools/pin_zoo_hashes.py",
+            "model.weights.h5": "to be pinned by tools/pin_zoo_hashes.py",
+        },
+    },
 }
 
 register_presets("ShortRunEBM", SHORT_RUN_EBM_PRESETS)
@@ -134,6 +149,13 @@ FEATURE_NET_PRESETS = {
         "sha256": {
             "config.json": "6b59f4b9f50cb36b09f4ab887e1cda7191d654b563bf2ab0004b9d7060cd7fd8",
             "model.weights.h5": "d31dd73b84b45c936e9f465b731ed68c7f8318bd919048ad4c78c84e4c39389a",
+        },
+    },
+    "cifar10_features": {
+        "description": "Feature network of the CIFAR-10 FD/KID: a supervised ConvNet, 352-d (not Inception).",
+        "sha256": {
+            "config.json": "a6506dd4c4adfee94a5f0fb57f61809912dd5da59554d137131ff03cad152dcd",
+            "model.weights.h5": "f11e26fc4dbb6e608557e3bb08c10ee9647b56ea0f26517f0c8b33210a9c22a7",
         },
     },
 }

@@ -1,0 +1,160 @@
+"""Export artifacts of one model: its ONNX graphs and a ``manifest.json`` with parity and timings.
+
+``export_entry(model, out_dir)`` writes ``out_dir/<graph>.onnx`` for every graph
+of the model's family (noise as inputs, so the graphs are deterministic) and
+``out_dir/manifest.json``::
+
+    {"entry": ..., "family": ..., "opset": 17, "keras_shortrun": "0.1.0",
+     "check": {"batch": 2, "seed": 0, "tolerance": 0.0001},
+     "graphs": {"sampler": {"file": "sampler.onnx", "sha256": ..., "bytes": ...,
+                            "steps": 50, "noise": "input", "chains": null,
+                            "inputs": [{"name": "z0", "shape": [null, 28, 28, 1], "distribution": ...}, ...],
+                            "outputs": [...], "max_abs_error": 1.2e-07,
+                            "timing": {"batch": 16, "repeats": 5, "tensorflow_s": ..., "onnxruntime_s": ...,
+                                       "onnxruntime_over_tensorflow": ...}}, ...}}
+
+``max_abs_error`` is max |ONNX - Keras| on ``check_inputs`` (every input drawn
+with the seed); ``verify_manifest`` recomputes it from the model and the file.
+"""
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from keras_shortrun import __version__
+from keras_shortrun.export.graphs import FAMILIES
+from keras_shortrun.export.graphs import build_graph
+from keras_shortrun.export.tensorflow import CHECK_BATCH
+from keras_shortrun.export.tensorflow import CHECK_SEED
+from keras_shortrun.export.tensorflow import DEFAULT_OPSET
+from keras_shortrun.export.tensorflow import TOLERANCE
+from keras_shortrun.export.tensorflow import check_inputs
+from keras_shortrun.export.tensorflow import onnx_parity
+from keras_shortrun.export.tensorflow import tensorflow_runner
+from keras_shortrun.export.tensorflow import to_onnx
+from keras_shortrun.hashing import sha256_file
+from keras_shortrun.validation import check_positive_int
+
+MANIFEST = "manifest.json"
+GRAPH_KEYS = ("steps", "noise", "chains", "inputs", "outputs")  # what verify_manifest rebuilds from the model
+
+
+def median_seconds(call, repeats):
+    """Median wall time of ``call()`` over ``repeats`` runs, after one warm-up run (compilation, caches)."""
+    call()
+    times = []
+    for _ in range(check_positive_int(repeats, "repeats")):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def onnxruntime_session(path, providers=("CPUExecutionProvider",), optimization="all", threads=0):
+    """An onnxruntime session with a graph-optimisation level (``"disable"``, ``"basic"``, ``"extended"``,
+    ``"all"``) and ``threads`` intra-op threads (0: onnxruntime's default)."""
+    import onnxruntime
+
+    levels = {
+        "disable": onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    if optimization not in levels:
+        raise ValueError(f"optimization must be one of {sorted(levels)}, got {optimization!r}.")
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = levels[optimization]
+    options.intra_op_num_threads = int(threads)
+    return onnxruntime.InferenceSession(str(path), options, providers=list(providers))
+
+
+def time_graph(graph, path, batch, repeats, optimizations=("all",), threads=0):
+    """Median seconds of one call on ``batch`` inputs: TensorFlow (the exported function) and onnxruntime
+    (``path``) at each optimisation level. Returns ``{"tensorflow_s": ..., "onnxruntime_<level>_s": ...}``."""
+    inputs = check_inputs(graph, batch=batch)
+    tensorflow = tensorflow_runner(graph)
+    timings = {"tensorflow_s": median_seconds(lambda: tensorflow(inputs), repeats)}
+    for level in optimizations:
+        session = onnxruntime_session(path, optimization=level, threads=threads)
+        timings[f"onnxruntime_{level}_s"] = median_seconds(lambda s=session: s.run(None, inputs), repeats)
+    return timings
+
+
+def export_entry(model, out_dir, entry=None, opset=DEFAULT_OPSET, timing_batch=16, repeats=5, extra=None):
+    """Writes every graph of ``model`` as ``out_dir/<graph>.onnx`` and ``out_dir/manifest.json`` (see the
+    module docstring; ``extra``: more top-level fields, e.g. the machine the timings come from); returns
+    the manifest."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    family = type(model).__name__
+    graphs = {}
+    for name in FAMILIES[type(model)]:
+        path = out_dir / f"{name}.onnx"
+        exported = to_onnx(model, path, graph=name, opset=opset)
+        timing = time_graph(build_graph(model, name), path, timing_batch, repeats)
+        graphs[name] = {
+            "file": path.name,
+            "sha256": sha256_file(path),
+            "bytes": path.stat().st_size,
+            **{key: exported[key] for key in GRAPH_KEYS},
+            "max_abs_error": exported["max_abs_error"],
+            "timing": {
+                "batch": timing_batch,
+                "repeats": repeats,
+                "tensorflow_s": timing["tensorflow_s"],
+                "onnxruntime_s": timing["onnxruntime_all_s"],
+                "onnxruntime_over_tensorflow": timing["onnxruntime_all_s"] / timing["tensorflow_s"],
+            },
+        }
+    manifest = {
+        "entry": entry or out_dir.name,
+        "family": family,
+        "opset": opset,
+        "keras_shortrun": __version__,
+        "check": {"batch": CHECK_BATCH, "seed": CHECK_SEED, "tolerance": TOLERANCE},
+        **(extra or {}),
+        "graphs": graphs,
+    }
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def verify_manifest(model, out_dir, atol=1e-6):
+    """Checks ``out_dir``'s artifacts against its manifest and ``model``: every file's sha256, the ONNX
+    checker, that onnxruntime loads it, that the graph's inputs, outputs and K are what ``model`` builds
+    now, and that max |ONNX - Keras| on the check input, recomputed, is within ``TOLERANCE`` and within
+    ``atol`` of the recorded value. Returns the recomputed errors ``{graph: error}``; raises
+    ``ValueError`` naming the first discrepancy."""
+    import onnx
+
+    out_dir = Path(out_dir)
+    manifest = json.loads((out_dir / MANIFEST).read_text())
+    if manifest["family"] != type(model).__name__:
+        raise ValueError(f"{out_dir}: the manifest is for a {manifest['family']}, the model is a "
+                         f"{type(model).__name__}.")
+    if sorted(manifest["graphs"]) != sorted(FAMILIES[type(model)]):
+        raise ValueError(f"{out_dir}: the manifest lists graphs {sorted(manifest['graphs'])}, a "
+                         f"{manifest['family']} has {sorted(FAMILIES[type(model)])}.")
+    errors = {}
+    for name, recorded in manifest["graphs"].items():
+        path = out_dir / recorded["file"]
+        if not path.is_file():
+            raise ValueError(f"{path} is missing.")
+        if sha256_file(path) != recorded["sha256"]:
+            raise ValueError(f"{path} has sha256 {sha256_file(path)}, the manifest records {recorded['sha256']}.")
+        onnx.checker.check_model(str(path))
+        graph = build_graph(model, name, chains=recorded["chains"])
+        rebuilt = {key: graph.metadata()[key] for key in GRAPH_KEYS}
+        if rebuilt != {key: recorded[key] for key in GRAPH_KEYS}:
+            raise ValueError(f"{path}: the manifest's graph description {[recorded[k] for k in GRAPH_KEYS]} differs "
+                             f"from the model's {list(rebuilt.values())}.")
+        error = onnx_parity(graph, path, check_inputs(graph, manifest["check"]["batch"], manifest["check"]["seed"]))
+        if not error <= TOLERANCE or not np.isclose(error, recorded["max_abs_error"], rtol=0, atol=atol):
+            raise ValueError(f"{path}: max |ONNX - Keras| is {error:.3g} now, the manifest records "
+                             f"{recorded['max_abs_error']:.3g} (tolerance {TOLERANCE}).")
+        errors[name] = error
+    return errors

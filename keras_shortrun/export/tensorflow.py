@@ -1,0 +1,204 @@
+"""SavedModel and ONNX writers (TensorFlow backend; ONNX through tf2onnx): the only backend-specific export code.
+
+The graph is traced as a ``tf.function`` with batch-dynamic, named inputs; the
+chain stays a while loop (an ONNX ``Loop``: one body for any K). Internal noise
+is ``tf.random.normal`` of a shape that holds the dynamic batch size, so neither
+TensorFlow nor tf2onnx can fold it into a constant; it becomes ONNX
+``RandomNormalLike`` (DESIGN §5).
+"""
+
+import contextlib
+import json
+import logging
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from keras_shortrun import __version__
+from keras_shortrun.export.graphs import build_graph
+from keras_shortrun.serving import DATA
+from keras_shortrun.serving import METADATA_KEY
+from keras_shortrun.serving import UNIFORM
+from keras_shortrun.serving import draw_inputs
+
+SUPPORTED_OPSETS = tuple(range(13, 19))  # tf2onnx 1.17 writes opsets up to 18; the handlers need 13
+DEFAULT_OPSET = 17
+TOLERANCE = 1e-4  # max |ONNX - Keras| that to_onnx accepts on its check input
+CHECK_BATCH, CHECK_SEED = 2, 0
+METADATA_FILE = "keras_shortrun.json"  # the SavedModel's copy of the graph's description
+
+
+class ExportError(RuntimeError):
+    """An exported graph does not convert, load or match the Keras model."""
+
+
+def _tensorflow():
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(
+            f"Export traces the model with TensorFlow, but the Keras backend is {keras.backend.backend()!r}. "
+            f"Run with KERAS_BACKEND=tensorflow (TensorFlow installed); .keras and .weights.h5 files and zoo "
+            f"entries load on either backend."
+        )
+    import tensorflow as tf
+
+    return tf
+
+
+def traced_function(graph):
+    """``(fn, input_signature)``: the graph as a TensorFlow function of its inputs (in order) returning a
+    dict of outputs, and ``tf.TensorSpec``s ``(None, *shape)`` named like the inputs."""
+    tf = _tensorflow()
+    names = [t.name for t in graph.inputs]
+    signature = [tf.TensorSpec((None,) + tuple(t.shape), tf.float32, name=t.name) for t in graph.inputs]
+
+    def fn(*tensors):
+        return graph.fn(dict(zip(names, tensors)), tf.random.normal)
+
+    return fn, signature
+
+
+def tensorflow_runner(graph):
+    """A TensorFlow function of the graph (the one ``to_saved_model`` writes and ``to_onnx`` converts):
+    numpy inputs by name -> numpy outputs by name."""
+    tf = _tensorflow()
+    fn, signature = traced_function(graph)
+    function = tf.function(fn, input_signature=signature)
+
+    def run(arrays):
+        outputs = function(*[tf.constant(arrays[spec.name]) for spec in signature])
+        return {name: value.numpy() for name, value in outputs.items()}
+
+    return run
+
+
+def to_saved_model(model, path, graph=None, steps=None, noise="input", chains=None):
+    """Writes graph ``graph`` of ``model`` (see ``keras_shortrun.export.graphs``) as a TensorFlow SavedModel.
+
+    ``tf.saved_model.load(path).signatures["serving_default"](**inputs)`` returns the outputs by name
+    (``.serve(*inputs)`` takes them in order); ``path/keras_shortrun.json`` describes them. Returns that
+    description (a dict).
+    """
+    graph = build_graph(model, graph, steps=steps, noise=noise, chains=chains)
+    fn, signature = traced_function(graph)
+    archive = keras.export.ExportArchive()
+    archive.add_endpoint("serve", fn, input_signature=signature)
+    archive.write_out(str(path), verbose=False)
+    metadata = dict(graph.metadata(), format="saved_model", keras_shortrun=__version__)
+    (Path(path) / METADATA_FILE).write_text(json.dumps(metadata, indent=1))
+    return metadata
+
+
+@contextlib.contextmanager
+def _quiet(name, level=logging.CRITICAL):
+    """Silences a logger (tf2onnx reports unsupported ops as errors; ``to_onnx`` raises on them itself)."""
+    logger = logging.getLogger(name)
+    previous = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+def _all_nodes(graph):
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            if attribute.g.node:
+                yield from _all_nodes(attribute.g)
+
+
+def _convert(graph, opset):
+    """The graph as an ONNX ``ModelProto`` with its inputs and outputs named and the batch axis ``"batch"``."""
+    import onnx
+    import tf2onnx
+
+    from keras_shortrun.export import tf2onnx_handlers  # noqa: F401  (registers the gradient-op handlers)
+
+    fn, signature = traced_function(graph)
+    function = _tensorflow().function(fn, input_signature=signature)
+    with _quiet("tf2onnx"):
+        proto, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=opset)
+    unsupported = sorted({n.op_type for n in _all_nodes(proto.graph) if not onnx.defs.has(n.op_type, n.domain)})
+    if unsupported:
+        raise ExportError(f"tf2onnx left TensorFlow ops {unsupported} in the {graph.graph!r} graph: no ONNX "
+                          f"runtime can run it. Add handlers for them in keras_shortrun/export/tf2onnx_handlers.py.")
+    for kind, values, expected in (("inputs", proto.graph.input, graph.inputs),
+                                   ("outputs", proto.graph.output, graph.outputs)):
+        if [v.name for v in values] != [t.name for t in expected]:
+            raise ExportError(f"tf2onnx named the {kind} {[v.name for v in values]}, expected "
+                              f"{[t.name for t in expected]}.")
+        for value in values:
+            batch = value.type.tensor_type.shape.dim[0]
+            batch.Clear()
+            batch.dim_param = "batch"
+    for node in _all_nodes(proto.graph):
+        if node.op_type == "RandomNormalLike":  # no fixed seed: every session draws its own stream
+            kept = [a for a in node.attribute if a.name != "seed"]
+            del node.attribute[:]
+            node.attribute.extend(kept)
+    metadata = dict(graph.metadata(), opset=opset, keras_shortrun=__version__)
+    onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(metadata)})
+    onnx.checker.check_model(proto)
+    return proto, metadata
+
+
+def check_inputs(graph, batch=CHECK_BATCH, seed=CHECK_SEED):
+    """The fixed inputs that parity is measured on: every input drawn from its distribution with ``seed``
+    (images, ``"data"`` inputs, from ``Uniform(-1, 1)`` too)."""
+    specs = [dict(t.as_dict(), distribution=UNIFORM if t.distribution == DATA else t.distribution)
+             for t in graph.inputs]
+    return draw_inputs(specs, batch, np.random.default_rng(seed))
+
+
+def onnx_parity(graph, path, inputs, providers=("CPUExecutionProvider",)):
+    """Max |ONNX - Keras| over every output of ``graph`` (``noise="input"``) on ``inputs``."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=list(providers))
+    expected = graph.run_keras(inputs)
+    actual = dict(zip([o.name for o in session.get_outputs()], session.run(None, inputs)))
+    return max(float(np.max(np.abs(actual[name] - value))) for name, value in expected.items())
+
+
+def to_onnx(model, path, graph=None, steps=None, opset=DEFAULT_OPSET, noise="input", chains=None, check=True):
+    """Writes graph ``graph`` of ``model`` (see ``keras_shortrun.export.graphs``) as an ONNX file.
+
+    Args:
+        model: a ``ShortRunEBM``, ``MultiLayerLVM``, ``VAE`` or ``GenerativeClassifier``.
+        path: the ``.onnx`` file to write.
+        graph: the graph (default: the family's first: ``sampler``, ``generator``, ``classifier``).
+        steps: K, fixed in the graph (default: the model's).
+        opset: ONNX opset, one of ``SUPPORTED_OPSETS``.
+        noise: ``"input"`` (deterministic) or ``"internal"`` (``RandomNormalLike``: fresh noise each call).
+        chains: chains averaged by the ``classifier`` graph (default: the model's ``prediction_chains``).
+        check: run the file in onnxruntime on ``check_inputs`` and, with ``noise="input"``, compare it with
+            the Keras model there (raises ``ExportError`` beyond ``TOLERANCE``).
+
+    Returns:
+        The graph's description (as stored in the file's ``keras_shortrun`` metadata), with ``path`` and,
+        when checked with input noise, ``max_abs_error``.
+    """
+    if opset not in SUPPORTED_OPSETS:
+        raise ValueError(f"opset must be one of {SUPPORTED_OPSETS} (tf2onnx 1.17, handlers need 13+), got {opset!r}.")
+    import onnx
+
+    graph = build_graph(model, graph, steps=steps, noise=noise, chains=chains)
+    proto, metadata = _convert(graph, opset)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, str(path))
+    metadata = dict(metadata, path=str(path))
+    if check:
+        if graph.noise == "input":
+            error = onnx_parity(graph, path, check_inputs(graph))
+            if not error <= TOLERANCE:
+                raise ExportError(f"{path}: max |ONNX - Keras| = {error:.3g} > {TOLERANCE} on the check input.")
+            metadata["max_abs_error"] = error
+        else:
+            import onnxruntime
+
+            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            if not all(np.all(np.isfinite(out)) for out in session.run(None, check_inputs(graph))):
+                raise ExportError(f"{path} gives non-finite outputs on the check input.")
+    return metadata
