@@ -288,7 +288,7 @@ BUDGET_NOTES = {
                    "JPEG-compressed (see shared/data/README.md), so the model also learns JPEG block artefacts.",
     "celeba_ebm": "No GPU was lent to this project's sessions, so this is the largest model CPU time allowed: "
                   "64x64 with the paper-1 layout but nf=16 (paper: 64), K=50 (paper: 100), batch 32 and "
-                  "Adam 2e-4, on one CPU core of its own (about 6.5 s per update), side by side with the "
+                  "Adam 2e-4, on one CPU core of its own (about 7 s per update), side by side with the "
                   "cifar10_ebm run. Expect a face's layout (a head framed by hair) and colours, some clear faces and "
                   "heavy pixel speckle, not paper-quality faces; the reconstruction numbers use few images and "
                   "iterations for the same reason.",

@@ -26,15 +26,15 @@ SHORT_RUN_EBM_PRESETS = {
         "description": "Short-run EBM (paper-1 ConvNet, nf=16, K=50, clamped) on the JPEG CIFAR-10 subset 32x32, "
                        "CPU budget.",
         "sha256": {
-            "config.json": "to be pinned by tools/pin_zoo_hashes.py",
-            "model.weights.h5": "to be pinned by tools/pin_zoo_hashes.py",
+            "config.json": "b5c32a9013ba518483256322d28bb379c5356f7c958e8cb273835a69548825e8",
+            "model.weights.h5": "da00b4d59460bebd700ad270c226deec4bccb9ad38b5b1f19b37c28eed237c32",
         },
     },
     "celeba_ebm": {
         "description": "Short-run EBM (paper-1 ConvNet, nf=16, K=50, clamped) on CelebA 64x64, CPU budget.",
         "sha256": {
-            "config.json": "to be pinned by tools/pin_zoo_hashes.py",
-            "model.weights.h5": "to be pinned by tools/pin_zoo_hashes.py",
+            "config.json": "d01ac13aedd5402e0aaea7f2a12c697f5c163ac3f9e82472597f3b489f5fd61b",
+            "model.weights.h5": "9c487724ee1c4d40071b8e69290c53e5be4e0451e009f02cbb5aa7e0284a8e54",
         },
     },
 }
