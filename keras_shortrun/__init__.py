@@ -1,5 +1,11 @@
-"""keras_shortrun: short-run MCMC generative models for Keras 3."""
+"""keras_shortrun: short-run MCMC generative models for Keras 3.
 
+Importing the package loads neither Keras nor TensorFlow: the public names below
+are imported on first use, so that ``keras_shortrun.serving`` (numpy,
+onnxruntime, Pillow) runs where TensorFlow is not installed.
+"""
+
+import importlib
 import os
 
 __version__ = "0.1.0"
@@ -12,10 +18,27 @@ if os.environ.get("KERAS_BACKEND", "tensorflow") not in _SUPPORTED_BACKENDS:
         f"(default) or KERAS_BACKEND=jax."
     )
 
-from keras_shortrun import attacks  # noqa: E402
-from keras_shortrun import backend  # noqa: E402  (raises for other configured backends)
-from keras_shortrun import zoo  # noqa: E402
-from keras_shortrun.layers import LangevinChain  # noqa: E402
-from keras_shortrun.models import ShortRunEBM  # noqa: E402
+_LAZY = {  # public name -> (module, attribute or None for the module itself)
+    "attacks": ("keras_shortrun.attacks", None),
+    "backend": ("keras_shortrun.backend", None),  # raises for other configured backends
+    "zoo": ("keras_shortrun.zoo", None),
+    "LangevinChain": ("keras_shortrun.layers", "LangevinChain"),
+    "ShortRunEBM": ("keras_shortrun.models", "ShortRunEBM"),
+}
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'keras_shortrun' has no attribute {name!r}")
+    module_name, attribute = _LAZY[name]
+    module = importlib.import_module(module_name)
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = ["LangevinChain", "ShortRunEBM", "__version__", "attacks", "backend", "zoo"]

@@ -42,15 +42,19 @@ MANIFEST = "manifest.json"
 GRAPH_KEYS = ("steps", "noise", "chains", "inputs", "outputs")  # what verify_manifest rebuilds from the model
 
 
-def median_seconds(call, repeats):
-    """Median wall time of ``call()`` over ``repeats`` runs, after one warm-up run (compilation, caches)."""
-    call()
-    times = []
-    for _ in range(check_positive_int(repeats, "repeats")):
-        start = time.perf_counter()
+def side_by_side_seconds(calls, repeats):
+    """Median wall time of each of ``calls`` (``{name: callable}``) over ``repeats`` rounds, after one
+    warm-up call each (compilation, caches); every round calls each once, in turn, so that a slow spell of
+    the machine falls on all of them alike. Returns ``{name: seconds}``."""
+    times = {name: [] for name in calls}
+    for call in calls.values():
         call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    for _ in range(check_positive_int(repeats, "repeats")):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def onnxruntime_session(path, providers=("CPUExecutionProvider",), optimization="all", threads=0):
@@ -72,16 +76,17 @@ def onnxruntime_session(path, providers=("CPUExecutionProvider",), optimization=
     return onnxruntime.InferenceSession(str(path), options, providers=list(providers))
 
 
-def time_graph(graph, path, batch, repeats, optimizations=("all",), threads=0):
-    """Median seconds of one call on ``batch`` inputs: TensorFlow (the exported function) and onnxruntime
-    (``path``) at each optimisation level. Returns ``{"tensorflow_s": ..., "onnxruntime_<level>_s": ...}``."""
+def time_graph(graph, paths, batch, repeats, optimizations=("all",), threads=0):
+    """Median seconds of one call on ``batch`` inputs, side by side: TensorFlow (the exported function) and
+    onnxruntime on each ONNX file of ``paths`` (``{label: path}``) at each optimisation level. Returns
+    ``{"tensorflow_s": ..., "onnxruntime_<label>_<level>_s": ...}``."""
     inputs = check_inputs(graph, batch=batch)
-    tensorflow = tensorflow_runner(graph)
-    timings = {"tensorflow_s": median_seconds(lambda: tensorflow(inputs), repeats)}
-    for level in optimizations:
-        session = onnxruntime_session(path, optimization=level, threads=threads)
-        timings[f"onnxruntime_{level}_s"] = median_seconds(lambda s=session: s.run(None, inputs), repeats)
-    return timings
+    calls = {"tensorflow_s": lambda run=tensorflow_runner(graph): run(inputs)}
+    for label, path in paths.items():
+        for level in optimizations:
+            session = onnxruntime_session(path, optimization=level, threads=threads)
+            calls[f"onnxruntime_{label}_{level}_s"] = lambda s=session: s.run(None, inputs)
+    return side_by_side_seconds(calls, repeats)
 
 
 def export_entry(model, out_dir, entry=None, opset=DEFAULT_OPSET, timing_batch=16, repeats=5, extra=None):
@@ -95,7 +100,7 @@ def export_entry(model, out_dir, entry=None, opset=DEFAULT_OPSET, timing_batch=1
     for name in FAMILIES[type(model)]:
         path = out_dir / f"{name}.onnx"
         exported = to_onnx(model, path, graph=name, opset=opset)
-        timing = time_graph(build_graph(model, name), path, timing_batch, repeats)
+        timing = time_graph(build_graph(model, name), {"file": path}, timing_batch, repeats)
         graphs[name] = {
             "file": path.name,
             "sha256": sha256_file(path),
@@ -106,8 +111,8 @@ def export_entry(model, out_dir, entry=None, opset=DEFAULT_OPSET, timing_batch=1
                 "batch": timing_batch,
                 "repeats": repeats,
                 "tensorflow_s": timing["tensorflow_s"],
-                "onnxruntime_s": timing["onnxruntime_all_s"],
-                "onnxruntime_over_tensorflow": timing["onnxruntime_all_s"] / timing["tensorflow_s"],
+                "onnxruntime_s": timing["onnxruntime_file_all_s"],
+                "onnxruntime_over_tensorflow": timing["onnxruntime_file_all_s"] / timing["tensorflow_s"],
             },
         }
     manifest = {

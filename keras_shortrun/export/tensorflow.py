@@ -10,12 +10,14 @@ TensorFlow nor tf2onnx can fold it into a constant; it becomes ONNX
 import contextlib
 import json
 import logging
+import os
 from pathlib import Path
 
 import keras
 import numpy as np
 
 from keras_shortrun import __version__
+from keras_shortrun.export import onnx_passes
 from keras_shortrun.export.graphs import build_graph
 from keras_shortrun.serving import DATA
 from keras_shortrun.serving import METADATA_KEY
@@ -109,8 +111,9 @@ def _all_nodes(graph):
                 yield from _all_nodes(attribute.g)
 
 
-def _convert(graph, opset):
-    """The graph as an ONNX ``ModelProto`` with its inputs and outputs named and the batch axis ``"batch"``."""
+def _convert(graph, opset, optimize=True):
+    """The graph as an ONNX ``ModelProto`` with its inputs and outputs named and the batch axis ``"batch"``,
+    rewritten by ``onnx_passes.optimize`` unless ``optimize`` is false."""
     import onnx
     import tf2onnx
 
@@ -138,7 +141,8 @@ def _convert(graph, opset):
             kept = [a for a in node.attribute if a.name != "seed"]
             del node.attribute[:]
             node.attribute.extend(kept)
-    metadata = dict(graph.metadata(), opset=opset, keras_shortrun=__version__)
+    rewrites = onnx_passes.optimize(proto) if optimize else {}
+    metadata = dict(graph.metadata(), opset=opset, keras_shortrun=__version__, rewrites=rewrites)
     onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(metadata)})
     onnx.checker.check_model(proto)
     return proto, metadata
@@ -162,7 +166,24 @@ def onnx_parity(graph, path, inputs, providers=("CPUExecutionProvider",)):
     return max(float(np.max(np.abs(actual[name] - value))) for name, value in expected.items())
 
 
-def to_onnx(model, path, graph=None, steps=None, opset=DEFAULT_OPSET, noise="input", chains=None, check=True):
+def _check(graph, staged, path):
+    """Runs the staged file in onnxruntime on ``check_inputs``: with input noise, max |ONNX - Keras| must
+    be within ``TOLERANCE`` (returns ``{"max_abs_error": ...}``); with internal noise, outputs finite."""
+    if graph.noise == "input":
+        error = onnx_parity(graph, staged, check_inputs(graph))
+        if not error <= TOLERANCE:
+            raise ExportError(f"{path}: max |ONNX - Keras| = {error:.3g} > {TOLERANCE} on the check input.")
+        return {"max_abs_error": error}
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(staged), providers=["CPUExecutionProvider"])
+    if not all(np.all(np.isfinite(out)) for out in session.run(None, check_inputs(graph))):
+        raise ExportError(f"{path} gives non-finite outputs on the check input.")
+    return {}
+
+
+def to_onnx(model, path, graph=None, steps=None, opset=DEFAULT_OPSET, noise="input", chains=None, check=True,
+            optimize=True):
     """Writes graph ``graph`` of ``model`` (see ``keras_shortrun.export.graphs``) as an ONNX file.
 
     Args:
@@ -175,6 +196,8 @@ def to_onnx(model, path, graph=None, steps=None, opset=DEFAULT_OPSET, noise="inp
         chains: chains averaged by the ``classifier`` graph (default: the model's ``prediction_chains``).
         check: run the file in onnxruntime on ``check_inputs`` and, with ``noise="input"``, compare it with
             the Keras model there (raises ``ExportError`` beyond ``TOLERANCE``).
+        optimize: apply ``keras_shortrun.export.onnx_passes`` (loop invariants hoisted, stride-1
+            ConvTranspose as Conv); ``False`` writes tf2onnx's graph as it is (for comparison).
 
     Returns:
         The graph's description (as stored in the file's ``keras_shortrun`` metadata), with ``path`` and,
@@ -185,20 +208,16 @@ def to_onnx(model, path, graph=None, steps=None, opset=DEFAULT_OPSET, noise="inp
     import onnx
 
     graph = build_graph(model, graph, steps=steps, noise=noise, chains=chains)
-    proto, metadata = _convert(graph, opset)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(proto, str(path))
-    metadata = dict(metadata, path=str(path))
-    if check:
-        if graph.noise == "input":
-            error = onnx_parity(graph, path, check_inputs(graph))
-            if not error <= TOLERANCE:
-                raise ExportError(f"{path}: max |ONNX - Keras| = {error:.3g} > {TOLERANCE} on the check input.")
-            metadata["max_abs_error"] = error
-        else:
-            import onnxruntime
-
-            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            if not all(np.all(np.isfinite(out)) for out in session.run(None, check_inputs(graph))):
-                raise ExportError(f"{path} gives non-finite outputs on the check input.")
+    proto, metadata = _convert(graph, opset, optimize)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staged = path.with_name(f".{path.name}.partial")  # renamed over ``path`` only once it has passed the check
+    onnx.save(proto, str(staged))
+    try:
+        if check:
+            metadata.update(_check(graph, staged, path))
+        os.replace(staged, path)
+    finally:
+        staged.unlink(missing_ok=True)
+    metadata["path"] = str(path)
     return metadata
