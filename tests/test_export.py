@@ -538,15 +538,15 @@ sys.meta_path.insert(0, Block())
 
 def test_serving_works_where_tensorflow_cannot_be_imported(exported, tmp_path):
     """The sampler and ``keras-shortrun serve-onnx`` need numpy, onnxruntime and Pillow only."""
-    png, cli_png = tmp_path / "grid.png", tmp_path / "cli.png"
+    png, cli_png, path = tmp_path / "grid.png", tmp_path / "cli.png", str(exported["sampler"]["path"])
     out = run_python(BLOCK_TENSORFLOW + (
         "import sys\n"
         "from keras_shortrun.serving import OnnxSampler\n"
         "from keras_shortrun import cli\n"
-        f"sampler = OnnxSampler({str(exported['sampler']['path'])!r})\n"
+        f"sampler = OnnxSampler({path!r})\n"
         f"samples = sampler.save_grid({str(png)!r}, n=4, seed=0)\n"
         "print(samples.shape, sampler.provider)\n"
-        f"assert cli.main(['serve-onnx', {str(exported['sampler']['path'])!r}, '-n', '4', '-o', {str(cli_png)!r}]) == 0\n"
+        f"assert cli.main(['serve-onnx', {path!r}, '-n', '4', '-o', {str(cli_png)!r}]) == 0\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'jax', 'tf2onnx')))\n"
     ))
     lines = out.splitlines()

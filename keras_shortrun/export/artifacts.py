@@ -81,7 +81,8 @@ def time_graph(graph, paths, batch, repeats, optimizations=("all",), threads=0):
     onnxruntime on each ONNX file of ``paths`` (``{label: path}``) at each optimisation level. Returns
     ``{"tensorflow_s": ..., "onnxruntime_<label>_<level>_s": ...}``."""
     inputs = check_inputs(graph, batch=batch)
-    calls = {"tensorflow_s": lambda run=tensorflow_runner(graph): run(inputs)}
+    tensorflow = tensorflow_runner(graph)
+    calls = {"tensorflow_s": lambda: tensorflow(inputs)}
     for label, path in paths.items():
         for level in optimizations:
             session = onnxruntime_session(path, optimization=level, threads=threads)
