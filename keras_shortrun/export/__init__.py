@@ -26,7 +26,9 @@ from keras_shortrun.export.tensorflow import SUPPORTED_OPSETS
 from keras_shortrun.export.tensorflow import TOLERANCE
 from keras_shortrun.export.tensorflow import ExportError
 from keras_shortrun.export.tensorflow import check_inputs
+from keras_shortrun.export.tensorflow import keras_sensitivity
 from keras_shortrun.export.tensorflow import onnx_parity
+from keras_shortrun.export.tensorflow import parity_report
 from keras_shortrun.export.tensorflow import to_onnx
 from keras_shortrun.export.tensorflow import to_saved_model
 
@@ -43,7 +45,9 @@ __all__ = [
     "build_graph",
     "check_inputs",
     "export_entry",
+    "keras_sensitivity",
     "onnx_parity",
+    "parity_report",
     "to_onnx",
     "to_saved_model",
     "verify_manifest",

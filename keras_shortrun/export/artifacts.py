@@ -9,12 +9,14 @@ of the model's family (noise as inputs, so the graphs are deterministic) and
      "graphs": {"sampler": {"file": "sampler.onnx", "sha256": ..., "bytes": ...,
                             "steps": 50, "noise": "input", "chains": null,
                             "inputs": [{"name": "z0", "shape": [null, 28, 28, 1], "distribution": ...}, ...],
-                            "outputs": [...], "max_abs_error": 1.2e-07,
+                            "outputs": [...], "rewrites": {...}, "max_abs_error": 1.2e-07,
                             "timing": {"batch": 16, "repeats": 5, "tensorflow_s": ..., "onnxruntime_s": ...,
                                        "onnxruntime_over_tensorflow": ...}}, ...}}
 
 ``max_abs_error`` is max |ONNX - Keras| on ``check_inputs`` (every input drawn
 with the seed); ``verify_manifest`` recomputes it from the model and the file.
+Chains that amplify float32 rounding also record ``keras_rounding_sensitivity`` and
+``one_step_max_abs_error`` (``keras_shortrun.export.tensorflow.parity_report``).
 """
 
 import json
@@ -31,8 +33,9 @@ from keras_shortrun.export.tensorflow import CHECK_BATCH
 from keras_shortrun.export.tensorflow import CHECK_SEED
 from keras_shortrun.export.tensorflow import DEFAULT_OPSET
 from keras_shortrun.export.tensorflow import TOLERANCE
+from keras_shortrun.export.tensorflow import ExportError
 from keras_shortrun.export.tensorflow import check_inputs
-from keras_shortrun.export.tensorflow import onnx_parity
+from keras_shortrun.export.tensorflow import parity_report
 from keras_shortrun.export.tensorflow import tensorflow_runner
 from keras_shortrun.export.tensorflow import to_onnx
 from keras_shortrun.hashing import sha256_file
@@ -40,6 +43,7 @@ from keras_shortrun.validation import check_positive_int
 
 MANIFEST = "manifest.json"
 GRAPH_KEYS = ("steps", "noise", "chains", "inputs", "outputs")  # what verify_manifest rebuilds from the model
+PARITY_KEYS = ("max_abs_error", "keras_rounding_sensitivity", "one_step_max_abs_error")  # parity_report's
 
 
 def side_by_side_seconds(calls, repeats):
@@ -107,7 +111,8 @@ def export_entry(model, out_dir, entry=None, opset=DEFAULT_OPSET, timing_batch=1
             "sha256": sha256_file(path),
             "bytes": path.stat().st_size,
             **{key: exported[key] for key in GRAPH_KEYS},
-            "max_abs_error": exported["max_abs_error"],
+            "rewrites": exported["rewrites"],
+            **{key: exported[key] for key in PARITY_KEYS if key in exported},
             "timing": {
                 "batch": timing_batch,
                 "repeats": repeats,
@@ -132,13 +137,16 @@ def export_entry(model, out_dir, entry=None, opset=DEFAULT_OPSET, timing_batch=1
 def verify_manifest(model, out_dir, atol=1e-6):
     """Checks ``out_dir``'s artifacts against its manifest and ``model``: every file's sha256, the ONNX
     checker, that onnxruntime loads it, that the graph's inputs, outputs and K are what ``model`` builds
-    now, and that max |ONNX - Keras| on the check input, recomputed, is within ``TOLERANCE`` and within
-    ``atol`` of the recorded value. Returns the recomputed errors ``{graph: error}``; raises
+    now, and that the file passes ``parity_report`` again (for a graph within ``TOLERANCE``, also within
+    ``atol`` of the recorded error). Returns the recomputed errors ``{graph: error}``; raises
     ``ValueError`` naming the first discrepancy."""
     import onnx
 
     out_dir = Path(out_dir)
     manifest = json.loads((out_dir / MANIFEST).read_text())
+    if manifest["check"] != {"batch": CHECK_BATCH, "seed": CHECK_SEED, "tolerance": TOLERANCE}:
+        raise ValueError(f"{out_dir}: the manifest was checked on {manifest['check']}, this version checks on "
+                         f"batch {CHECK_BATCH}, seed {CHECK_SEED}, tolerance {TOLERANCE}: export it again.")
     if manifest["family"] != type(model).__name__:
         raise ValueError(f"{out_dir}: the manifest is for a {manifest['family']}, the model is a "
                          f"{type(model).__name__}.")
@@ -158,9 +166,14 @@ def verify_manifest(model, out_dir, atol=1e-6):
         if rebuilt != {key: recorded[key] for key in GRAPH_KEYS}:
             raise ValueError(f"{path}: the manifest's graph description {[recorded[k] for k in GRAPH_KEYS]} differs "
                              f"from the model's {list(rebuilt.values())}.")
-        error = onnx_parity(graph, path, check_inputs(graph, manifest["check"]["batch"], manifest["check"]["seed"]))
-        if not error <= TOLERANCE or not np.isclose(error, recorded["max_abs_error"], rtol=0, atol=atol):
+        try:
+            report = parity_report(graph, path, opset=manifest["opset"])
+        except ExportError as error:
+            raise ValueError(str(error)) from None
+        error = report["max_abs_error"]
+        if "keras_rounding_sensitivity" not in recorded and not np.isclose(error, recorded["max_abs_error"], rtol=0,
+                                                                      atol=atol):
             raise ValueError(f"{path}: max |ONNX - Keras| is {error:.3g} now, the manifest records "
-                             f"{recorded['max_abs_error']:.3g} (tolerance {TOLERANCE}).")
+                             f"{recorded['max_abs_error']:.3g}.")
         errors[name] = error
     return errors
