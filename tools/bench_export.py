@@ -14,10 +14,14 @@ call, each round calling every runtime once in turn. onnxruntime runs at its
 ``all`` optimisation level (``--optimizations`` adds levels for the rewritten
 graph). Ratios are ORT / TF: below 1, onnxruntime is faster. ``--threads`` sets
 onnxruntime's intra-op threads (0: its default); TensorFlow's follow
-``TF_NUM_INTRAOP_THREADS``.
+``TF_NUM_INTRAOP_THREADS``. ``--profile N`` also prints, per entry, the N
+operator types that take most of onnxruntime's kernel time in the rewritten
+graph (one profiled call).
 """
 
 import argparse
+import collections
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -40,13 +44,15 @@ def main(argv=None):
     parser.add_argument("--optimizations", nargs="+", choices=LEVELS, default=["all"],
                         help="onnxruntime levels for the rewritten graph")
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: default)")
+    parser.add_argument("--profile", type=int, default=0, help="print the N costliest operator types per entry")
     args = parser.parse_args(argv)
 
     from keras_shortrun import export
     from keras_shortrun import zoo
+    from keras_shortrun.export import check_inputs
     from keras_shortrun.export.artifacts import time_graph
 
-    rows = []
+    rows, profiles = [], []
     for item in args.entries:
         entry, _, graph_name = item.partition(":")
         model = zoo.load(entry)
@@ -57,6 +63,9 @@ def main(argv=None):
                 export.to_onnx(model, path, graph=graph.graph, steps=args.steps, optimize=label == "ours")
             timings = time_graph(graph, paths, args.batch, args.repeats, sorted(set(args.optimizations) | {"all"}),
                                  args.threads)
+            if args.profile:
+                profiles.append((item, operator_times(paths["ours"], check_inputs(graph, batch=args.batch),
+                                                      args.threads, tmp)))
         tf_ms = timings["tensorflow_s"] * 1e3
         row = [Path(entry).name, graph.graph, graph.steps or "", args.batch, f"{tf_ms:.1f}"]
         for label, level in [("tf2onnx", "all")] + [("ours", level) for level in args.optimizations]:
@@ -68,7 +77,32 @@ def main(argv=None):
         header += [f"ORT, rewritten ({level}) ms", "ORT/TF"]
     print(f"{cpu_model()}; onnxruntime threads: {args.threads or 'default'}; medians of {args.repeats} rounds")
     print_table(header, rows)
+    for item, seconds in profiles:
+        total = sum(seconds.values())
+        print(f"\n{item}, rewritten graph: onnxruntime kernel time by operator (one call, {total * 1e3:.0f} ms)")
+        print_table(["operator", "ms", "share"], [[op, f"{t * 1e3:.1f}", f"{t / total:.1%}"]
+                                                 for op, t in seconds.most_common(args.profile)])
     return 0
+
+
+def operator_times(path, inputs, threads, folder):
+    """Seconds of onnxruntime kernel time per operator type over one profiled call (after a warm-up call),
+    nodes inside the chain's ``Loop`` counted and the ``Loop`` itself not."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.enable_profiling = True
+    options.profile_file_prefix = str(Path(folder) / "profile")
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session.run(None, inputs)
+    session.run(None, inputs)
+    events = json.loads(Path(session.end_profiling()).read_text())
+    seconds = collections.Counter()
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["args"]["op_name"] != "Loop":
+            seconds[event["args"]["op_name"]] += event["dur"] / 2e6  # microseconds over the two calls
+    return seconds
 
 
 if __name__ == "__main__":

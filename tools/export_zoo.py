@@ -3,6 +3,7 @@
     python tools/export_zoo.py                                  # every entry of an exportable family
     python tools/export_zoo.py --entries mnist_ebm celeba_lvm   # some (names or entry folders)
     python tools/export_zoo.py --verify                         # check existing exports against their manifests
+    python tools/export_zoo.py --table                          # the README table, from the manifests
 
 The manifest (``keras_shortrun.export.artifacts``) records per graph K, the
 opset, the inputs and outputs with shapes, the file's sha256, max |ONNX - Keras|
@@ -14,6 +15,7 @@ them on demand.
 """
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -39,12 +41,19 @@ def main(argv=None):
     parser.add_argument("--timing-batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per runtime (median)")
     parser.add_argument("--verify", action="store_true", help="verify existing exports instead of writing")
+    parser.add_argument("--table", action="store_true", help="print the table of existing manifests")
     args = parser.parse_args(argv)
+    rows = []
+    if args.table:
+        for entry in args.entries or exportable_entries():
+            manifest = json.loads((Path(args.out) / Path(entry).name / "manifest.json").read_text())
+            rows.extend(manifest_rows(manifest))
+        print_table(HEADER, rows)
+        return 0
 
     from keras_shortrun import export
     from keras_shortrun import zoo
 
-    rows = []
     for entry in args.entries or exportable_entries():
         name, model = Path(entry).name, zoo.load(entry)
         out_dir = Path(args.out) / name
@@ -56,15 +65,26 @@ def main(argv=None):
             model, out_dir, entry=name, opset=args.opset or export.DEFAULT_OPSET, timing_batch=args.timing_batch,
             repeats=args.repeats, extra={"machine": cpu_model()},
         )
-        for graph, info in manifest["graphs"].items():
-            timing = info["timing"]
-            rows.append([name, graph, info["steps"] or "", f"{info['bytes'] / 1e6:.2f}", f"{info['max_abs_error']:.2g}",
-                         f"{timing['tensorflow_s'] * 1e3:.1f}", f"{timing['onnxruntime_s'] * 1e3:.1f}",
-                         f"{timing['onnxruntime_over_tensorflow']:.2f}"])
-    header = (["entry", "graph", "max |ONNX - Keras|", "status"] if args.verify else
-              ["entry", "graph", "K", "MB", "max |ONNX - Keras|", "TF ms", "ORT ms", "ORT / TF"])
-    print_table(header, rows)
+        rows.extend(manifest_rows(manifest))
+    print_table(["entry", "graph", "max |ONNX - Keras|", "status"] if args.verify else HEADER, rows)
     return 0
+
+
+HEADER = ["entry", "graph", "K", "MB", "max |ONNX - Keras|", "one step", "Keras under rounding", "TF ms", "ORT ms",
+          "ORT / TF"]
+
+
+def manifest_rows(manifest):
+    """One table row per graph of a manifest (columns ``HEADER``; the chaotic-chain numbers where recorded)."""
+    rows = []
+    for graph, info in manifest["graphs"].items():
+        timing = info["timing"]
+        chaos = [f"{info[key]:.2g}" if key in info else "" for key in ("one_step_max_abs_error",
+                                                                         "keras_rounding_sensitivity")]
+        rows.append([manifest["entry"], graph, info["steps"] or "", f"{info['bytes'] / 1e6:.2f}",
+                     f"{info['max_abs_error']:.2g}", *chaos, f"{timing['tensorflow_s'] * 1e3:.1f}",
+                     f"{timing['onnxruntime_s'] * 1e3:.1f}", f"{timing['onnxruntime_over_tensorflow']:.2f}"])
+    return rows
 
 
 def print_table(header, rows):
