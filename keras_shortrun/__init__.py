@@ -6,16 +6,32 @@ onnxruntime, Pillow) runs where TensorFlow is not installed.
 """
 
 import importlib
+import json
 import os
 
 __version__ = "0.1.0"
 
 _SUPPORTED_BACKENDS = ("tensorflow", "jax")
-if os.environ.get("KERAS_BACKEND", "tensorflow") not in _SUPPORTED_BACKENDS:
+
+
+def _configured_backend():
+    """The Keras backend as Keras will choose it (``$KERAS_BACKEND``, else ``backend`` in
+    ``$KERAS_HOME/keras.json`` or ``~/.keras/keras.json``, else TensorFlow), read without importing Keras."""
+    if "KERAS_BACKEND" in os.environ:
+        return os.environ["KERAS_BACKEND"], "KERAS_BACKEND"
+    config = os.path.join(os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras"), "keras.json")
+    try:
+        with open(config) as f:
+            return json.load(f).get("backend", "tensorflow"), config
+    except (OSError, ValueError, AttributeError):
+        return "tensorflow", "the default"
+
+
+_backend, _source = _configured_backend()
+if _backend not in _SUPPORTED_BACKENDS:
     raise ImportError(
-        f"keras_shortrun supports the Keras backends {_SUPPORTED_BACKENDS}, but "
-        f"KERAS_BACKEND={os.environ['KERAS_BACKEND']!r}. Set KERAS_BACKEND=tensorflow "
-        f"(default) or KERAS_BACKEND=jax."
+        f"keras_shortrun supports the Keras backends {_SUPPORTED_BACKENDS}, but Keras is configured with "
+        f"{_backend!r} (from {_source}). Set KERAS_BACKEND=tensorflow (default) or KERAS_BACKEND=jax."
     )
 
 _LAZY = {  # public name -> (module, attribute or None for the module itself)
