@@ -15,12 +15,16 @@ Everything here has one implementation per supported Keras backend
 - ``compile_method(owner, fn)``: a compiled version of ``fn`` that reads the
   owner's variables (``tf.function`` on TensorFlow, ``jax.jit`` with the
   variables as arguments on JAX).
+- ``trace_count()``: how many times compiled functions were traced in this
+  process (a call with shapes seen before must not add to it).
 - ``TrainStepMixin``: ``train_step``/``test_step`` glue for models that define
   ``prepare_batch`` (the gradient-free part, e.g. MCMC) and
   ``compute_training_loss``.
 """
 
 import keras
+
+from keras_shortrun.backend.common import trace_count
 
 BACKEND = keras.backend.backend()
 
@@ -56,5 +60,6 @@ __all__ = [
     "fold_in",
     "fori_loop",
     "stateless_normal",
+    "trace_count",
     "value_and_grad",
 ]

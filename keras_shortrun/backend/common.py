@@ -1,6 +1,29 @@
-"""Backend-neutral helpers shared by the per-backend train-step glue."""
+"""Backend-neutral helpers shared by the per-backend glue."""
+
+import collections
+import functools
 
 import keras
+
+TRACES = collections.Counter()  # qualified name of a compiled function -> times it was traced
+
+
+def counting_traces(fn):
+    """``fn`` that adds one to ``TRACES[fn.__qualname__]`` each time it runs as Python, which inside
+    ``tf.function`` or ``jax.jit`` happens only when the compiler traces it (a new trace, not a call)."""
+    name = getattr(fn, "__qualname__", repr(fn))
+
+    @functools.wraps(fn)
+    def traced(*args, **kwargs):
+        TRACES[name] += 1
+        return fn(*args, **kwargs)
+
+    return traced
+
+
+def trace_count():
+    """How many times the functions compiled by ``compile_method`` have been traced in this process."""
+    return sum(TRACES.values())
 
 
 def unpack_inputs(data):

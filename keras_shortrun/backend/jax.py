@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import keras
 
 from keras_shortrun.backend.common import check_training_loss
+from keras_shortrun.backend.common import counting_traces
 from keras_shortrun.backend.common import unpack_inputs
 
 
@@ -75,9 +76,10 @@ def compile_method(owner, fn):
     written back after each call.
     """
     variables = list(owner.variables)
+    counted = counting_traces(fn)
 
     def pure(values, *args):
-        return _run_stateless(variables, values, lambda: fn(*args))
+        return _run_stateless(variables, values, lambda: counted(*args))
 
     jitted = jax.jit(pure)
 

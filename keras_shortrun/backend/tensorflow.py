@@ -5,6 +5,7 @@ import functools
 import tensorflow as tf
 
 from keras_shortrun.backend.common import check_training_loss
+from keras_shortrun.backend.common import counting_traces
 from keras_shortrun.backend.common import unpack_inputs
 
 
@@ -68,7 +69,7 @@ def compile_method(owner, fn):
     it is used on GPUs only, as Keras's own ``jit_compile="auto"`` does.
     """
     del owner  # tf.function reads the owner's variables by reference.
-    return tf.function(fn, jit_compile=_has_accelerator(), reduce_retracing=True)
+    return tf.function(counting_traces(fn), jit_compile=_has_accelerator(), reduce_retracing=True)
 
 
 class TrainStepMixin:

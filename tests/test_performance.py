@@ -1,0 +1,51 @@
+"""Compiled chains are traced once per set of shapes: a second call with the same shapes reuses the trace,
+on TensorFlow and on JAX (``backend.trace_count`` counts traces of everything ``compile_method`` compiled)."""
+
+import pytest
+from conftest import run_python
+
+SCRIPT = """
+import numpy as np
+from keras_shortrun import backend
+from keras_shortrun.models import (GenerativeClassifier, ConvTransposeGenerator, MultiLayerLVM, ShortRunEBM,
+                                   TopDownGenerator, mlp_head, posterior_chain, thesis_chain)
+
+ebm = ShortRunEBM.with_convnet(image_size=8, channels=1, filters=4, steps=3, seed=0)
+lvm = MultiLayerLVM(TopDownGenerator([2, 3], image_size=8, channels=1, width=4), chain=posterior_chain(2, 3), seed=0)
+classifier = GenerativeClassifier(ConvTransposeGenerator(latent_dim=4, channels=1, widths=(4, 4, 4)),
+                                  mlp_head(4, 3, hidden=(5,)), 3, chain=thesis_chain(steps=2), prediction_chains=2,
+                                  seed=0)
+x8 = np.random.default_rng(0).uniform(-1, 1, (4, 8, 8, 1)).astype("float32")
+x28 = np.random.default_rng(1).uniform(-1, 1, (4, 28, 28, 1)).astype("float32")
+uses = {
+    "ebm.sample": lambda seed: ebm.sample(4, seed=seed),
+    "ebm.sample unseeded": lambda seed: ebm.sample(4),
+    "ebm.generate with noise": lambda seed: ebm.generate(x8, noise=ebm.draw_noise(4, seed=seed)),
+    "ebm.sample trajectory": lambda seed: ebm.sample(4, seed=seed, trajectory_every=1),
+    "lvm.reconstruct": lambda seed: lvm.reconstruct(x8, seed=seed),
+    "lvm.synthesize": lambda seed: lvm.synthesize(4, seed=seed),
+    "classifier.predict_proba": lambda seed: classifier.predict_proba(x28, seed=seed),
+}
+for name, use in uses.items():
+    use(0)
+    before = backend.trace_count()
+    use(1)
+    use(2)
+    print(name, before > 0, backend.trace_count() - before)
+before = backend.trace_count()
+ebm.sample(5, seed=0)
+print("ebm.sample new batch size", True, backend.trace_count() - before)
+"""
+
+
+def _retraces(backend):
+    lines = run_python(SCRIPT, backend=backend).strip().splitlines()
+    return {line.rsplit(" ", 2)[0]: (line.rsplit(" ", 2)[1], int(line.rsplit(" ", 2)[2])) for line in lines}
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_same_shapes_never_trace_twice(backend):
+    result = _retraces(backend)
+    assert result.pop("ebm.sample new batch size")[1] >= 1  # the counter sees a trace where there must be one
+    assert len(result) == 7 and all(traced == "True" for traced, _ in result.values()), result
+    assert {name: again for name, (_, again) in result.items() if again} == {}
