@@ -1,8 +1,13 @@
 """Compiled chains are traced once per set of shapes: a second call with the same shapes reuses the trace,
 on TensorFlow and on JAX (``backend.trace_count`` counts traces of everything ``compile_method`` compiled)."""
 
+import sys
+
 import pytest
+from conftest import ROOT
 from conftest import run_python
+
+sys.path.insert(0, str(ROOT / "tools"))
 
 SCRIPT = """
 import numpy as np
@@ -49,3 +54,29 @@ def test_same_shapes_never_trace_twice(backend):
     assert result.pop("ebm.sample new batch size")[1] >= 1  # the counter sees a trace where there must be one
     assert len(result) == 7 and all(traced == "True" for traced, _ in result.values()), result
     assert {name: again for name, (_, again) in result.items() if again} == {}
+
+
+def test_chain_step_flops_counts_forward_and_input_gradient():
+    import bench_chain
+
+    layers = [{"kernel": 3, "stride": 1, "pad": (1, 1), "filters": 8}, {"kernel": 4, "stride": 2, "pad": (1, 1),
+                                                                        "filters": 16}]
+    macs = 8 * 8 * 9 * 3 * 8 + 4 * 4 * 16 * 8 * 16  # 8x8 maps of 8 channels from 3, then 4x4 maps of 16 from 8
+    assert bench_chain.chain_step_flops(layers, image_size=8, channels=3, batch=5) == 4 * macs * 5
+
+
+def test_bench_chain_prints_a_row_per_backend():
+    out = run_python(
+        "import sys\n"
+        "sys.argv = ['bench_chain.py', '--image-size', '8', '--filters', '4', '--batch', '2', '--steps', '2',\n"
+        "            '--repeats', '1', '--backends', 'tensorflow,jax', '--no-torch']\n"
+        "sys.path.insert(0, 'tools')\n"
+        "import bench_chain\n"
+        "bench_chain.main()\n"
+    )
+    rows = [line for line in out.splitlines() if line.startswith("| 8x8x1")]
+    assert [row.split("|")[3].strip() for row in rows] == ["tensorflow", "jax"]
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert float(cells[7]) > 0 and cells[8] == "n/a" and float(cells[10].split()[0]) > 0 and "%" in cells[10]
+    assert "float32 matmul rate of this machine" in out

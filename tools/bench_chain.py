@@ -2,6 +2,7 @@
 
     python tools/bench_chain.py                      # 28x28x1, filters 32, batch 64, K 20, TF and JAX
     python tools/bench_chain.py --filters 8 --steps 5 --repeats 2   # smoke test
+    python tools/bench_chain.py --grid --steps 5 --repeats 3        # the zoo architectures x batch 1, 64, 256
 
 For one energy net (``EnergyConvNet``, the same weights everywhere), batch and K:
 (a) ms per step of ``ShortRunEBM.generate`` (the compiled chain), timed after a
@@ -13,6 +14,10 @@ eager PyTorch loop (``enijkamp/short_run``, ``train_cifar10_minimal.py``)
 on the same network. Each backend runs in its own subprocess; this one
 process prints the table. Medians over ``--repeats`` (min in parentheses).
 (c) needs PyTorch: ``pip install torch==2.13.0`` (the ``bench`` extra); ``--no-torch`` skips it.
+``--grid`` runs every net of ``GRID`` at every batch of ``--batches``. Every
+row shows the achieved GFLOP/s of (a) (forward and input gradient, 2 x 2 x
+multiply-adds of the convolutions per image) against the machine's float32
+matmul rate measured in the same run (numpy, 2048 x 2048).
 """
 
 import argparse
@@ -30,6 +35,12 @@ from machine import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT_PREFIX = "BENCH_RESULT "
+GRID = (  # the zoo's energy architectures: (image size, channels, filters)
+    (28, 1, 32),  # MNIST / Fashion-MNIST at the paper's width class
+    (32, 3, 64),  # CIFAR-10, paper 1's nf=64
+    (32, 3, 128),  # CIFAR-10, paper 1's nf=128
+    (64, 3, 64),  # CelebA 64x64
+)
 
 
 def timed_ms(fn, repeats, per):
@@ -197,6 +208,28 @@ def torch_worker(args):
     }
 
 
+def chain_step_flops(layers, image_size, channels, batch):
+    """FLOPs of one Langevin step: the energy's forward pass and its gradient w.r.t. the input, taken as
+    2 x (2 FLOPs per multiply-add) x the convolutions' multiply-adds, times the batch."""
+    macs, size, width = 0, image_size, channels
+    for layer in layers:
+        size = (size + sum(layer["pad"]) - layer["kernel"]) // layer["stride"] + 1
+        macs += size * size * layer["kernel"] ** 2 * width * layer["filters"]
+        width = layer["filters"]
+    return 4 * macs * batch
+
+
+def matmul_peak_gflops(size=2048, repeats=5):
+    """The machine's float32 matmul rate (numpy's BLAS, all cores), best of ``repeats``: the reference that
+    the chain's achieved GFLOP/s is compared with."""
+    import numpy as np
+
+    a, b = (np.random.default_rng(i).standard_normal((size, size), dtype="float32") for i in range(2))
+    a @ b
+    best = min(timed_ms(lambda: a @ b, repeats, 1))
+    return 2 * size**3 / (best / 1e3) / 1e9
+
+
 # Driver ----------------------------------------------------------------------
 def run_worker(kind, args, shared, writes_net=False):
     """Runs one worker in a fresh interpreter; returns its result dict, or an error string."""
@@ -220,66 +253,80 @@ def summary(values):
     return f"{statistics.median(values):.2f} ({min(values):.2f})"
 
 
-def report(args, results):
-    """Prints the markdown table of (a), (b), (c) and their ratios, and the machine."""
-    import numpy as np
-
-    keras_rows = [k for k in args.backends if isinstance(results.get(k), dict)]
+def config_rows(args, results, layers, peak):
+    """Table rows of one net and batch: one per Keras backend, with (a), (b), (c), their ratios and (a)'s
+    achieved GFLOP/s (and share of ``peak``)."""
     eager = results.get("torch") if isinstance(results.get("torch"), dict) else None
-    spec = args.shared / "layers.json"
-    layers = json.loads(spec.read_text())["layers"] if spec.is_file() else []
-    widths = "-".join(str(layer["filters"]) for layer in layers[:-1])
-    print(
-        f"\n## Langevin step: EnergyConvNet {args.image_size}x{args.image_size}x{args.channels}, "
-        f"filters {args.filters} ({widths}), batch {args.batch}, K={args.steps}, {args.repeats} repeats\n"
-    )
-    print("ms: median over repeats (min). (a) ShortRunEBM.generate, per step; (b) one compiled forward+backward")
-    print("of the energy w.r.t. x; (c) the paper's eager PyTorch loop, per step.\n")
-    print("| backend | (a) chain ms/step | first call s | ≈ compile s | (b) floor ms | a/b | (c) torch ms/step | c/a |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     eager_median = statistics.median(eager["eager_ms"]) if eager else None
-    for kind in keras_rows:
+    widths = "-".join(str(layer["filters"]) for layer in layers[:-1])
+    flops = chain_step_flops(layers, args.image_size, args.channels, args.batch) if layers else None
+    rows = []
+    for kind in [k for k in args.backends if isinstance(results.get(k), dict)]:
         r = results[kind]
         a, b = statistics.median(r["chain_ms"]), statistics.median(r["floor_ms"])
-        c_over_a = f"{eager_median / a:.2f}" if eager else "n/a"
-        print(
-            f"| {kind} | {summary(r['chain_ms'])} | {r['chain_first_s']:.2f} | "
-            f"{r['chain_first_s'] - args.steps * a / 1e3:.2f} | {summary(r['floor_ms'])} | "
-            f"{a / b:.2f} | {summary(eager['eager_ms']) if eager else 'n/a'} | {c_over_a} |"
-        )
-    for result in results.values():
-        if isinstance(result, str):
-            print(f"\n{result}")
-    print("\nFirst call = trace + compile + one chain run (TF: tf.function; JAX: jax.jit of lax.scan);")
-    print("compile ≈ first call - K x (a).")
+        gflops = flops / (a / 1e3) / 1e9 if flops else None
+        rows.append([
+            f"{args.image_size}x{args.image_size}x{args.channels} ({widths})", args.batch, kind,
+            summary(r["chain_ms"]), f"{r['chain_first_s']:.2f}", f"{r['chain_first_s'] - args.steps * a / 1e3:.2f}",
+            summary(r["floor_ms"]), f"{a / b:.2f}", summary(eager["eager_ms"]) if eager else "n/a",
+            f"{eager_median / a:.2f}" if eager else "n/a",
+            f"{gflops:.1f} ({gflops / peak:.0%})" if gflops and peak else "n/a",
+        ])
+    return rows
+
+
+def notes(args, results):
+    """Lines on failures, the PyTorch net's padding, and the weights' parity between the runtimes."""
+    lines = [result for result in results.values() if isinstance(result, str)]
+    eager = results.get("torch") if isinstance(results.get("torch"), dict) else None
     if eager:
-        print(f"PyTorch first (warm-up) loop: {eager['eager_first_s']:.2f} s.")
         padded = [m for m in eager["modules"] if m.startswith("ZeroPad2d")]
         if padded:
-            print(
-                f"PyTorch net differs from the paper's nn.Conv2d(k, s, p=1) only where Keras 'same' pads "
-                f"asymmetrically: {', '.join(padded)} then Conv2d(padding=0) (p=1 would give a smaller map)."
-            )
+            lines.append(f"PyTorch net pads explicitly where Keras 'same' pads asymmetrically ({len(padded)} layers).")
     writer = args.backends[0]
+    keras_rows = [k for k in args.backends if isinstance(results.get(k), dict)]
     parity = {k: results[k]["parity"] for k in keras_rows + (["torch"] if eager else []) if k != writer}
     if parity:
-        print(
-            f"Same net everywhere (weights from the {writer} run), max |diff| vs {writer} of energy / dE/dx "
-            "on 4 images: "
-            + "; ".join(f"{k} {p['energy']:.1e} / {p['grad']:.1e}" for k, p in parity.items())
-        )
+        lines.append(f"Same net everywhere (weights from the {writer} run), max |diff| vs {writer} of energy / dE/dx "
+                     "on 4 images: " + "; ".join(f"{k} {p['energy']:.1e} / {p['grad']:.1e}" for k, p in parity.items()))
+    return lines
+
+
+def report(args, runs, peak):
+    """Prints one markdown table over every (net, batch) of ``runs`` (``[(args, results, layers)]``), then
+    the notes, the machine, versions and threads."""
+    import numpy as np
+
+    print(f"\n## Langevin step: EnergyConvNet, K={args.steps}, {args.repeats} repeats\n")
+    print("ms: median over repeats (min). (a) ShortRunEBM.generate, per step; (b) one compiled forward+backward")
+    print("of the energy w.r.t. x; (c) the paper's eager PyTorch loop, per step. First call = trace + compile +")
+    print("one chain run; compile ≈ first call - K x (a).\n")
+    header = ["net", "batch", "backend", "(a) chain ms/step", "first call s", "≈ compile s", "(b) floor ms", "a/b",
+              "(c) torch ms/step", "c/a", "(a) GFLOP/s (of matmul peak)"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + " --- |" * len(header))
+    for config_args, results, layers in runs:
+        for row in config_rows(config_args, results, layers, peak):
+            print("| " + " | ".join(str(cell) for cell in row) + " |")
+    print()
+    for config_args, results, _ in runs:
+        for line in notes(config_args, results):
+            print(f"- {config_args.image_size}px nf={config_args.filters} batch {config_args.batch}: {line}")
+    if peak:
+        print(f"float32 matmul rate of this machine (numpy, 2048x2048, best of 5): {peak:.1f} GFLOP/s.")
     versions = {"python": platform.python_version(), "numpy": np.__version__}
-    threads = []
-    for result in results.values():
-        if isinstance(result, dict):
-            versions.update(result["versions"])
-            threads.append(result["threads"])
+    threads = set()
+    for _, results, _ in runs:
+        for result in results.values():
+            if isinstance(result, dict):
+                versions.update(result["versions"])
+                threads.add(result["threads"])
     print(
-        f"\nMachine: {cpu_model()}, {os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable), "
+        f"Machine: {cpu_model()}, {os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable), "
         f"{platform.system()} {platform.release()}."
     )
     print("Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".")
-    print("Threads: " + "; ".join(threads) + ".")
+    print("Threads: " + "; ".join(sorted(threads)) + ".")
     print(f"Load average (1 min) before the run: {args.load_before:.2f}.")
     if args.load_before > 0.5:
         print(
@@ -301,6 +348,8 @@ def main():
                         "one's random weights are loaded by the others")
     parser.add_argument("--no-torch", action="store_true", help="skip (c)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--grid", action="store_true", help="every net of GRID at every batch of --batches")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 64, 256], help="batches of --grid")
     parser.add_argument("--worker", choices=("tensorflow", "jax", "torch"), help=argparse.SUPPRESS)
     parser.add_argument("--shared", help=argparse.SUPPRESS)
     parser.add_argument("--writes-net", action="store_true", help=argparse.SUPPRESS)
@@ -313,12 +362,24 @@ def main():
     if not args.backends or not set(args.backends) <= {"tensorflow", "jax"}:
         parser.error(f"--backends takes tensorflow and/or jax, got {args.backends}")
     args.load_before = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory() as shared:
-        args.shared = Path(shared)
-        results = {kind: run_worker(kind, args, args.shared, i == 0) for i, kind in enumerate(args.backends)}
-        if not args.no_torch and isinstance(results[args.backends[0]], dict):
-            results["torch"] = run_worker("torch", args, args.shared)
-        report(args, results)
+    configs = ([dict(image_size=i, channels=c, filters=f, batch=b) for i, c, f in GRID for b in args.batches]
+               if args.grid else [dict(image_size=args.image_size, channels=args.channels, filters=args.filters,
+                                       batch=args.batch)])
+    peak = matmul_peak_gflops()
+    runs = []
+    for config in configs:
+        config_args = argparse.Namespace(**{**vars(args), **config})
+        with tempfile.TemporaryDirectory() as shared:
+            config_args.shared = Path(shared)
+            results = {kind: run_worker(kind, config_args, config_args.shared, i == 0)
+                       for i, kind in enumerate(args.backends)}
+            if not args.no_torch and isinstance(results[args.backends[0]], dict):
+                results["torch"] = run_worker("torch", config_args, config_args.shared)
+            spec = config_args.shared / "layers.json"
+            layers = json.loads(spec.read_text())["layers"] if spec.is_file() else []
+        runs.append((config_args, results, layers))
+        print(f"done: {config}", file=sys.stderr, flush=True)
+    report(args, runs, peak)
 
 
 if __name__ == "__main__":
