@@ -174,7 +174,7 @@ def _static_shapes(model):
 
 def conv_transpose_as_conv(model):
     """Rewrites, in place and in every subgraph, each ``ConvTranspose`` that ``_convertible`` accepts as a
-    ``Conv`` (onnxruntime's Conv kernels, NCHWc among them, are about twice as fast); returns how many."""
+    ``Conv`` (onnxruntime's Conv kernels, NCHWc among them, are up to twice as fast); returns how many."""
     shapes = _static_shapes(model)
 
     def rewrite(graph):
