@@ -200,8 +200,8 @@ def test_a_chain_that_amplifies_rounding_is_judged_by_its_one_step_graph(ebm, ex
     from keras_shortrun.export import tensorflow as exporter
 
     exact = exporter.onnx_parity
-    monkeypatch.setattr(exporter, "onnx_parity", lambda g, *a: exact(g, *a) + (0.01 if g.steps > 1 else 0.0))
-    monkeypatch.setattr(exporter, "keras_sensitivity", lambda graph, inputs: sensitivity)
+    monkeypatch.setattr(exporter, "onnx_parity", lambda g, *a, **k: exact(g, *a, **k) + (0.01 if g.steps > 1 else 0.0))
+    monkeypatch.setattr(exporter, "keras_sensitivity", lambda graph, inputs, **k: sensitivity)
     graph = export.build_graph(ebm)
     if passes:
         report = export.parity_report(graph, exported["sampler"]["path"])
