@@ -270,7 +270,7 @@ def config_rows(args, results, layers, peak):
             summary(r["chain_ms"]), f"{r['chain_first_s']:.2f}", f"{r['chain_first_s'] - args.steps * a / 1e3:.2f}",
             summary(r["floor_ms"]), f"{a / b:.2f}", summary(eager["eager_ms"]) if eager else "n/a",
             f"{eager_median / a:.2f}" if eager else "n/a",
-            f"{gflops:.1f} ({gflops / peak:.0%})" if gflops and peak else "n/a",
+            f"{gflops:.3g} ({gflops / peak:.0%})" if gflops and peak else "n/a",
         ])
     return rows
 
