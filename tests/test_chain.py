@@ -339,6 +339,8 @@ def test_invalid_chain_settings_are_rejected():
         LangevinChain(noise_scale=float("nan"))
     with pytest.raises(ValueError, match="parametrization"):
         LangevinChain(parametrization="exp")
+    with pytest.raises(ValueError, match="unroll"):
+        LangevinChain(unroll="yes")
     with pytest.raises(ValueError, match="trajectory_every"):
         LangevinChain(steps=2)(np.zeros((1, 2), "float32"), potential=lambda x: ops.sum(x, axis=1),
                                trajectory_every=0)
@@ -382,6 +384,9 @@ smooth = lambda x: energy(ops.tanh(x))
 out = {{}}
 out["exact"] = np.asarray(exact(z, potential=smooth, noise=noise))
 out["paper"] = np.asarray(paper(z, potential=energy, noise=noise))
+assert paper._unrolled(10)  # "auto" unrolls short chains on JAX; check the scan gives the same numbers
+scan = LangevinChain(steps=10, step_size=2.0**0.5, noise_scale=0.01, unroll=False)
+out["paper_scan"] = np.asarray(scan(z, potential=energy, noise=noise))
 def loss(raw, start):
     with keras.StatelessScope(state_mapping=[(exact.raw_step_size, raw)]):
         return jnp.sum(r * exact(start, potential=smooth, noise=noise))
@@ -416,7 +421,8 @@ print(keras.backend.backend())
     assert np.abs(ours["paper"] - z).max() > 0.1
     # BPTT w.r.t. z is not the trivial r (measured: 5e-3 of max|r|, ~50x the gradient tolerance below).
     assert np.abs(ours["g_z"] - r).max() > 2e-3 * np.abs(r).max()
-    for key in ("exact", "paper", "generate"):
+    ours["paper_scan"] = ours["paper"]
+    for key in ("exact", "paper", "paper_scan", "generate"):
         # Same weights and noise, float32 on both sides: differences are convolution rounding only, 1e-5.
         np.testing.assert_allclose(theirs[key], ours[key], rtol=0, atol=1e-5, err_msg=key)
     # BPTT gradients: sums over 192 outputs of O(1) terms in float32; 1e-4 relative to the largest entry
@@ -424,6 +430,28 @@ print(keras.backend.backend())
     for key in ("g_raw", "g_z"):
         scale = np.abs(ours[key]).max()
         np.testing.assert_allclose(theirs[key], ours[key], rtol=0, atol=1e-4 * scale, err_msg=key)
+
+
+@pytest.mark.parametrize("steps, trajectory_every", [(6, None), (7, 3)])
+def test_unrolled_chain_matches_the_loop_with_bptt(steps, trajectory_every):
+    """``unroll=True`` traces the same updates in sequence: same states, trajectory and BPTT gradients."""
+    energy = EnergyMLP(dim=3, hidden=(16,))
+    energy.build((None, 3))
+    z = tf.constant(np.random.RandomState(2).randn(4, 3).astype("float32"))
+    seed = np.array([3, 4], "int32")
+    outputs = {}
+    for unroll in (False, True):
+        chain = LangevinChain(steps=steps, step_size=0.4, learn_step_size=True, bptt=True, unroll=unroll)
+        with tf.GradientTape() as tape:
+            tape.watch(z)
+            result = chain(z, potential=lambda x: energy(ops.tanh(x)), seed=seed, trajectory_every=trajectory_every)
+            final = result[0] if trajectory_every else result
+            loss = ops.sum(final**2)
+        outputs[unroll] = [_np(t) for t in tape.gradient(loss, [z, chain.raw_step_size])]
+        outputs[unroll] += [_np(final)] + ([_np(result[1])] if trajectory_every else [])
+    assert np.abs(outputs[False][2] - _np(z)).max() > 0.1  # the chain moved
+    for looped, unrolled in zip(outputs[False], outputs[True]):
+        np.testing.assert_allclose(unrolled, looped, rtol=1e-5, atol=1e-6)
 
 
 def test_noise_streams_of_neighbouring_seeds_do_not_overlap():

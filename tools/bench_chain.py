@@ -3,6 +3,7 @@
     python tools/bench_chain.py                      # 28x28x1, filters 32, batch 64, K 20, TF and JAX
     python tools/bench_chain.py --filters 8 --steps 5 --repeats 2   # smoke test
     python tools/bench_chain.py --grid --steps 5 --repeats 3        # the zoo architectures x batch 1, 64, 256
+    python tools/bench_chain.py --grid --compare-loop --json runs.json   # + the other loop form; save for plots
 
 For one energy net (``EnergyConvNet``, the same weights everywhere), batch and K:
 (a) ms per step of ``ShortRunEBM.generate`` (the compiled chain), timed after a
@@ -17,7 +18,10 @@ process prints the table. Medians over ``--repeats`` (min in parentheses).
 ``--grid`` runs every net of ``GRID`` at every batch of ``--batches``. Every
 row shows the achieved GFLOP/s of (a) (forward and input gradient, 2 x 2 x
 multiply-adds of the convolutions per image) against the machine's float32
-matmul rate measured in the same run (numpy, 2048 x 2048).
+matmul rate measured in the same run (numpy, 2048 x 2048). ``--compare-loop``
+also times (a') the chain in the other loop form (``LangevinChain(unroll=...)``:
+unrolled where the default is a loop op, and the reverse) on the same weights.
+``--json`` writes every measurement (``tools/plot_scaling.py`` draws them).
 """
 
 import argparse
@@ -73,6 +77,7 @@ def keras_worker(args):
     import keras
 
     from keras_shortrun import backend
+    from keras_shortrun.layers import LangevinChain
     from keras_shortrun.models import ShortRunEBM
 
     keras.utils.set_random_seed(args.seed)
@@ -93,6 +98,16 @@ def keras_worker(args):
     model.generate(z, seed=args.seed, batch_size=args.batch)
     chain_first_s = time.perf_counter() - first
     chain_ms = timed_ms(lambda: model.generate(z, seed=args.seed, batch_size=args.batch), args.repeats, args.steps)
+    other_loop = {}
+    if args.compare_loop:
+        unrolled = not model.chain._unrolled(args.steps)
+        chain = LangevinChain.from_config({**model.chain.get_config(), "unroll": unrolled})
+        other = ShortRunEBM(energy, model.data_shape, chain=chain, seed=args.seed)
+        first = time.perf_counter()
+        other.generate(z, seed=args.seed, batch_size=args.batch)
+        other_loop = {"unrolled": unrolled, "first_s": time.perf_counter() - first,
+                      "ms": timed_ms(lambda: other.generate(z, seed=args.seed, batch_size=args.batch),
+                                     args.repeats, args.steps)}
 
     gradient = backend.compile_method(model, lambda x: backend.value_and_grad(energy, x))
     x = keras.ops.convert_to_tensor(z)
@@ -121,7 +136,8 @@ def keras_worker(args):
         versions.update(jax=jax.__version__, jaxlib=jaxlib.__version__)
         threads = f"JAX/XLA default pool ({jax.devices()[0].device_kind}, {jax.device_count()} device)"
     return {
-        "chain_first_s": chain_first_s, "chain_ms": chain_ms, "floor_ms": floor_ms,
+        "chain_first_s": chain_first_s, "chain_ms": chain_ms, "floor_ms": floor_ms, "other_loop": other_loop,
+        "unrolled": bool(model.chain._unrolled(args.steps)),
         "parity": parity, "versions": versions, "threads": threads,
     }
 
@@ -237,6 +253,7 @@ def run_worker(kind, args, shared, writes_net=False):
     command += ["--writes-net"] if writes_net else []
     for flag in ("image_size", "channels", "filters", "batch", "steps", "repeats", "threads", "seed"):
         command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    command += ["--compare-loop"] if args.compare_loop and kind != "torch" else []
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     if kind != "torch":
@@ -265,13 +282,19 @@ def config_rows(args, results, layers, peak):
         r = results[kind]
         a, b = statistics.median(r["chain_ms"]), statistics.median(r["floor_ms"])
         gflops = flops / (a / 1e3) / 1e9 if flops else None
-        rows.append([
-            f"{args.image_size}x{args.image_size}x{args.channels} ({widths})", args.batch, kind,
+        loop = "unrolled" if r["unrolled"] else "loop op"
+        row = [
+            f"{args.image_size}x{args.image_size}x{args.channels} ({widths})", args.batch, f"{kind} ({loop})",
             summary(r["chain_ms"]), f"{r['chain_first_s']:.2f}", f"{r['chain_first_s'] - args.steps * a / 1e3:.2f}",
             summary(r["floor_ms"]), f"{a / b:.2f}", summary(eager["eager_ms"]) if eager else "n/a",
             f"{eager_median / a:.2f}" if eager else "n/a",
             f"{gflops:.3g} ({gflops / peak:.0%})" if gflops and peak else "n/a",
-        ])
+        ]
+        if args.compare_loop:
+            other = r["other_loop"]
+            row += [f"{summary(other['ms'])} {'unrolled' if other['unrolled'] else 'loop op'}",
+                    f"{statistics.median(other['ms']) / a:.2f}"]
+        rows.append(row)
     return rows
 
 
@@ -300,9 +323,12 @@ def report(args, runs, peak):
     print(f"\n## Langevin step: EnergyConvNet, K={args.steps}, {args.repeats} repeats\n")
     print("ms: median over repeats (min). (a) ShortRunEBM.generate, per step; (b) one compiled forward+backward")
     print("of the energy w.r.t. x; (c) the paper's eager PyTorch loop, per step. First call = trace + compile +")
-    print("one chain run; compile ≈ first call - K x (a).\n")
+    print("one chain run; compile ≈ first call - K x (a). The backend column names (a)'s loop form (the")
+    print("library default); (a') with --compare-loop is the other one.\n")
     header = ["net", "batch", "backend", "(a) chain ms/step", "first call s", "≈ compile s", "(b) floor ms", "a/b",
               "(c) torch ms/step", "c/a", "(a) GFLOP/s (of matmul peak)"]
+    if args.compare_loop:
+        header += ["(a') other loop form ms/step", "a'/a"]
     print("| " + " | ".join(header) + " |")
     print("|" + " --- |" * len(header))
     for config_args, results, layers in runs:
@@ -350,6 +376,8 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--grid", action="store_true", help="every net of GRID at every batch of --batches")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64, 256], help="batches of --grid")
+    parser.add_argument("--compare-loop", action="store_true", help="also time (a') the other loop form")
+    parser.add_argument("--json", type=Path, help="write every measurement here")
     parser.add_argument("--worker", choices=("tensorflow", "jax", "torch"), help=argparse.SUPPRESS)
     parser.add_argument("--shared", help=argparse.SUPPRESS)
     parser.add_argument("--writes-net", action="store_true", help=argparse.SUPPRESS)
@@ -380,6 +408,12 @@ def main():
         runs.append((config_args, results, layers))
         print(f"done: {config}", file=sys.stderr, flush=True)
     report(args, runs, peak)
+    if args.json:
+        args.json.write_text(json.dumps({
+            "peak_gflops": peak, "steps": args.steps, "machine": cpu_model(),
+            "runs": [{"image_size": a.image_size, "channels": a.channels, "filters": a.filters, "batch": a.batch,
+                      "results": results, "layers": layers} for a, results, layers in runs],
+        }, indent=1))
 
 
 if __name__ == "__main__":

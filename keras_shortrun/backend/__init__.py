@@ -8,7 +8,8 @@ Everything here has one implementation per supported Keras backend
   the gradient of its sum w.r.t. ``x`` (an input, not a weight).
 - ``batch_hessian(fn, x)``: per-sample Hessians ``(B, D, D)`` of ``fn`` w.r.t. ``x (B, D)``
   (the exact log-determinant of the chain's Jacobian needs them).
-- ``fori_loop(steps, body, state)``: a K-step loop that stays differentiable.
+- ``fori_loop(steps, body, state, unroll=False)``: a K-step loop that stays differentiable;
+  ``unroll`` traces the K bodies one after another instead of a loop op.
 - ``stateless_normal(shape, seed, dtype)``: Gaussian noise from a ``(2,)`` seed
   tensor, usable inside compiled loops; ``fold_in(seed, k)`` derives the
   independent seed of step ``k``.
@@ -27,6 +28,9 @@ import keras
 from keras_shortrun.backend.common import trace_count
 
 BACKEND = keras.backend.backend()
+# Chains of at most this many steps are unrolled on JAX by default: on CPU, XLA runs a Langevin step inside a
+# scan 1.3-2x slower than the same step unrolled (tools/bench_chain.py --unroll), at the price of a longer compile.
+AUTO_UNROLL_MAX_STEPS = {"jax": 128}.get(BACKEND, 0)
 
 if BACKEND == "tensorflow":
     from keras_shortrun.backend.tensorflow import TrainStepMixin
@@ -53,6 +57,7 @@ else:
     )
 
 __all__ = [
+    "AUTO_UNROLL_MAX_STEPS",
     "BACKEND",
     "TrainStepMixin",
     "batch_hessian",

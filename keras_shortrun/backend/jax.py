@@ -37,17 +37,17 @@ def batch_hessian(fn, x):
     return jnp.transpose(columns, (1, 2, 0))
 
 
-def fori_loop(steps, body, state):
+def fori_loop(steps, body, state, unroll=False):
     """Runs ``state = body(k, state)`` for ``k = 0 .. steps-1`` (``steps`` a Python int).
 
     A ``lax.scan`` rather than ``lax.fori_loop`` so that reverse-mode
-    differentiation (BPTT) works.
+    differentiation (BPTT) works; ``unroll`` unrolls it fully.
     """
 
     def scan_body(carry, k):
         return body(k, carry), None
 
-    return jax.lax.scan(scan_body, state, jnp.arange(steps))[0]
+    return jax.lax.scan(scan_body, state, jnp.arange(steps), unroll=bool(unroll))[0]
 
 
 def fold_in(seed, data):

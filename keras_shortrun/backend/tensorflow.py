@@ -33,8 +33,12 @@ def batch_hessian(fn, x):
     return outer.batch_jacobian(grad, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
-def fori_loop(steps, body, state):
-    """Runs ``state = body(k, state)`` for ``k = 0 .. steps-1`` as a while loop."""
+def fori_loop(steps, body, state, unroll=False):
+    """Runs ``state = body(k, state)`` for ``k = 0 .. steps-1`` as a while loop, or ``unroll``-ed in Python."""
+    if unroll:
+        for k in range(steps):
+            state = body(tf.constant(k), state)
+        return state
     return tf.while_loop(
         lambda k, _: k < steps,
         lambda k, s: (k + 1, body(k, s)),

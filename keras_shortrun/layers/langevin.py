@@ -47,6 +47,10 @@ class LangevinChain(keras.layers.Layer):
             (e.g. ``(-1, 1)``, the data range). Off by default, as in paper 1's
             code; it keeps a young EBM's chain from running off to infinity.
         seed: integer seed of the layer's noise generator.
+        unroll: ``"auto"``, ``True`` or ``False``: trace the K updates one after
+            another instead of as a loop op. Same numbers, a longer compile, and
+            on JAX a faster step (XLA's CPU loop runs a step 1.3-2x slower);
+            ``"auto"`` unrolls on JAX up to ``backend.AUTO_UNROLL_MAX_STEPS``.
 
     Call arguments:
         x0: start state, a tensor ``(B, ...)`` or a list of tensors (groups).
@@ -73,6 +77,7 @@ class LangevinChain(keras.layers.Layer):
         bptt=False,
         clip=None,
         seed=None,
+        unroll="auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -96,6 +101,9 @@ class LangevinChain(keras.layers.Layer):
         if clip is not None and not (len(clip) == 2 and clip[0] < clip[1]):
             raise ValueError(f"clip must be None or (low, high) with low < high, got {clip!r}.")
         self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
+        if unroll not in ("auto", True, False):
+            raise ValueError(f'unroll must be "auto", True or False, got {unroll!r}.')
+        self.unroll = unroll
         self.seed = seed
         self.num_groups = len(step_sizes)
         raw = [math.log(s) if parametrization == "log" else _inverse_softplus(s) for s in step_sizes]
@@ -129,10 +137,11 @@ class LangevinChain(keras.layers.Layer):
             states = [ops.stop_gradient(x) for x in states]
         sizes = self._step_sizes(step_size, bptt, states[0].dtype)
         bounds = self._segments(trajectory_every, steps)
+        unroll = self._unrolled(steps)
         trajectory = [[x] for x in states]
         for start, stop in bounds:
             segment_noise = None if noise is None else [n[:, start:stop] for n in noise]
-            states = self._run(states, unwrap_potential, start, stop, segment_noise, seed, bptt, sizes)
+            states = self._run(states, unwrap_potential, start, stop, segment_noise, seed, bptt, sizes, unroll)
             for path, x in zip(trajectory, states):
                 path.append(x)
         result = states[0] if single else states
@@ -220,7 +229,7 @@ class LangevinChain(keras.layers.Layer):
             updated.append(x if self.clip is None else ops.clip(x, *self.clip))
         return updated
 
-    def _run(self, states, potential, start, stop, noise, seed, bptt, step_size):
+    def _run(self, states, potential, start, stop, noise, seed, bptt, step_size, unroll):
         sizes = ops.unstack(step_size, num=self.num_groups)
 
         def body(k, current):
@@ -228,7 +237,13 @@ class LangevinChain(keras.layers.Layer):
             eps = [self._eps(noise, seed, g, k, start, x) for g, x in enumerate(current)]
             return self._update(current, grads, sizes, eps, bptt)
 
-        return backend.fori_loop(stop - start, body, states)
+        return backend.fori_loop(stop - start, body, states, unroll=unroll)
+
+    def _unrolled(self, steps):
+        """Whether a chain of ``steps`` updates is unrolled (see ``unroll``)."""
+        if self.unroll == "auto":
+            return steps <= backend.AUTO_UNROLL_MAX_STEPS
+        return self.unroll
 
     def log_det_covariance(self, x0, potential, noise=None, seed=None, step_size=None, propagate_noise=True):
         """Runs the chain (with BPTT) and the log-determinant of its output covariance, linearised.
@@ -304,6 +319,7 @@ class LangevinChain(keras.layers.Layer):
             bptt=self.bptt,
             clip=None if self.clip is None else list(self.clip),
             seed=self.seed,
+            unroll=self.unroll,
         )
         return config
 
