@@ -10,6 +10,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up
 
 import numpy as np
 
+from keras_shortrun.errors import TrainingDiverged
+
 
 def _print_table(rows, columns):
     """Prints ``rows`` (dicts) as aligned text; ``columns`` maps row keys to headers."""
@@ -270,7 +272,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, TrainingDiverged) as error:
         print(f"keras-shortrun: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -21,6 +21,7 @@ creating its session, so every sampler draws its own.
 """
 
 import json
+import os
 import secrets
 import threading
 
@@ -102,7 +103,13 @@ class OnnxSampler:
         self.path = str(path)
         with _SESSION_LOCK:  # the seed is read when the session's random kernels are created
             onnxruntime.set_seed(secrets.randbits(31))
-            self.session = onnxruntime.InferenceSession(self.path, providers=select_providers(providers))
+            chosen = select_providers(providers)
+            if not os.path.isfile(self.path):
+                raise FileNotFoundError(f"No ONNX file at {self.path}.")
+            try:
+                self.session = onnxruntime.InferenceSession(self.path, providers=chosen)
+            except Exception as error:  # onnxruntime's own classes (InvalidProtobuf, ...) derive from Exception
+                raise ValueError(f"{self.path} is not a readable ONNX graph ({error}).") from error
         self.provider = self.session.get_providers()[0]
         self.metadata = read_metadata(self.session, self.path)
         given = [t["name"] for t in self.metadata["inputs"] if t["distribution"] == DATA]

@@ -16,6 +16,8 @@ Everything here has one implementation per supported Keras backend
 - ``compile_method(owner, fn)``: a compiled version of ``fn`` that reads the
   owner's variables (``tf.function`` on TensorFlow, ``jax.jit`` with the
   variables as arguments on JAX).
+- ``sync_training_state(model)``: inside ``fit``, make the model's variables current and
+  writable by a callback (JAX's trainer carries them outside the variables between steps).
 - ``trace_count()``: how many times compiled functions were traced in this
   process (a call with shapes seen before must not add to it).
 - ``TrainStepMixin``: ``train_step``/``test_step`` glue for models that define
@@ -39,6 +41,7 @@ if BACKEND == "tensorflow":
     from keras_shortrun.backend.tensorflow import fold_in
     from keras_shortrun.backend.tensorflow import fori_loop
     from keras_shortrun.backend.tensorflow import stateless_normal
+    from keras_shortrun.backend.tensorflow import sync_training_state
     from keras_shortrun.backend.tensorflow import value_and_grad
 elif BACKEND == "jax":
     from keras_shortrun.backend.jax import TrainStepMixin
@@ -47,6 +50,7 @@ elif BACKEND == "jax":
     from keras_shortrun.backend.jax import fold_in
     from keras_shortrun.backend.jax import fori_loop
     from keras_shortrun.backend.jax import stateless_normal
+    from keras_shortrun.backend.jax import sync_training_state
     from keras_shortrun.backend.jax import value_and_grad
 else:
     raise ImportError(
@@ -65,6 +69,7 @@ __all__ = [
     "fold_in",
     "fori_loop",
     "stateless_normal",
+    "sync_training_state",
     "trace_count",
     "value_and_grad",
 ]

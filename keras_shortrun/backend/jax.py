@@ -93,6 +93,12 @@ def compile_method(owner, fn):
     return call
 
 
+def sync_training_state(model):
+    """Writes the state that ``fit`` carries between steps back into ``model``'s variables, and makes the
+    next step read them again (so that a callback can assign weights mid-epoch)."""
+    model.jax_state_sync()
+
+
 class TrainStepMixin:
     """Stateless ``train_step``/``test_step`` (see the TensorFlow twin for the contract)."""
 

@@ -76,6 +76,11 @@ def compile_method(owner, fn):
     return tf.function(counting_traces(fn), jit_compile=_has_accelerator(), reduce_retracing=True)
 
 
+def sync_training_state(model):
+    """Nothing to do: TensorFlow's ``fit`` updates the variables in place (see the JAX twin)."""
+    del model
+
+
 class TrainStepMixin:
     """``train_step``/``test_step`` for models with a two-phase objective.
 

@@ -163,6 +163,13 @@ def onnx_parity(graph, path, inputs, providers=("CPUExecutionProvider",), expect
     import onnxruntime
 
     session = onnxruntime.InferenceSession(path if isinstance(path, bytes) else str(path), providers=list(providers))
+    found = [(t.name, [d if isinstance(d, int) else None for d in t.shape[1:]])
+             for t in session.get_inputs() + session.get_outputs()]
+    wanted = [(t.name, list(t.shape)) for t in graph.inputs + graph.outputs]
+    if found != wanted:
+        name = "the serialized graph" if isinstance(path, bytes) else str(path)
+        raise ExportError(f"{name} is not the {graph.family} {graph.graph!r} graph of this model: its inputs and "
+                          f"outputs (name, shape after the batch axis) are {found}, this model's are {wanted}.")
     expected = graph.run_keras(inputs) if expected is None else expected
     actual = dict(zip([o.name for o in session.get_outputs()], session.run(None, inputs)))
     return max(float(np.max(np.abs(actual[name] - value))) for name, value in expected.items())

@@ -11,6 +11,8 @@ from keras_shortrun.optim import adam_step
 from keras_shortrun.validation import check_images
 from keras_shortrun.validation import check_positive_int
 
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+
 
 def paper_chain(steps=100, seed=None, clip=None):
     """The paper-1 chain: ``x += df/dx + 0.01 eps`` (``s = sqrt(2)``, ``tau = 0.01``), optionally clamped."""
@@ -61,6 +63,23 @@ class ShortRunEBM(backend.TrainStepMixin, keras.Model):
         energy = EnergyConvNet(image_size=image_size, channels=channels, filters=filters, name="energy")
         chain = paper_chain(steps, seed, clip)
         return cls(energy, (image_size, image_size, channels), chain=chain, seed=seed, **kwargs)
+
+    def with_compute_dtype(self, dtype):
+        """A copy of this model whose energy computes in ``dtype``: ``"float32"``, ``"bfloat16"`` or ``"float16"``.
+
+        The weights stay float32 (Keras's ``mixed_*`` policies), and so do the chain's state, noise and
+        update: only ``E(x)`` and ``dE/dx`` are computed in low precision. Meant for sampling on GPUs (tensor
+        cores); ``tools/eval_precision.py`` measures what it does to the samples.
+        """
+        if dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}.")
+        policy = "float32" if dtype == "float32" else f"mixed_{dtype}"
+        energy = type(self.energy).from_config({**self.energy.get_config(), "dtype": policy})
+        energy.build((None,) + self.data_shape)
+        energy.set_weights(self.energy.get_weights())
+        chain = LangevinChain.from_config(self.chain.get_config())
+        chain.set_weights(self.chain.get_weights())
+        return type(self)(energy, self.data_shape, chain=chain, data_noise=self.data_noise, seed=self.seed)
 
     def build(self, input_shape):
         if not self.energy.built:  # deserialised layers arrive built

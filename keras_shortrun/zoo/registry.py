@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from keras_shortrun.hashing import sha256_file
 
@@ -104,14 +105,34 @@ def load(name_or_dir):
 
     Every file is checked against its sha256 first; there is no way to skip the check.
     """
+    from keras_shortrun import __version__
+
     directory = resolve(name_or_dir)
     metadata = read_metadata(directory)
     spec = _all_presets().get(str(name_or_dir))
     verify(directory, metadata, pinned=None if spec is None else spec.get("sha256", {}))
+    written_by = metadata.get("keras_shortrun_version")
+    if written_by and _version_tuple(written_by) > _version_tuple(__version__):
+        raise ValueError(
+            f"Zoo entry {directory} was written by keras_shortrun {written_by}, newer than this "
+            f"keras_shortrun {__version__}: upgrade keras_shortrun to load it."
+        )
     with open(directory / CONFIG_FILE) as f:
-        model = keras.saving.deserialize_keras_object(json.load(f))
+        config = json.load(f)
+    try:
+        model = keras.saving.deserialize_keras_object(config)
+    except (TypeError, ValueError, KeyError) as error:
+        raise ValueError(
+            f"{directory / CONFIG_FILE} describes a model this keras_shortrun {__version__} cannot build "
+            f"({type(error).__name__}: {error}); it may come from another version of keras_shortrun."
+        ) from error
     model.load_weights(directory / WEIGHTS_FILE)
     return model
+
+
+def _version_tuple(version):
+    """``"0.10.2"`` -> ``(0, 10, 2)``; non-numeric parts (``rc1``) count as 0."""
+    return tuple(int(part) if part.isdigit() else 0 for part in str(version).split("."))
 
 
 def save_entry(model, directory, metadata, extra_files=()):
@@ -122,7 +143,13 @@ def save_entry(model, directory, metadata, extra_files=()):
     model's weights are stored (no optimizer state), from a copy rebuilt from
     the written config, so the entry is known to load.
     """
+    from keras_shortrun import __version__
+
     directory = Path(directory)
+    broken = [v.path for v in model.weights if not np.all(np.isfinite(keras.ops.convert_to_numpy(v)))]
+    if broken:
+        raise ValueError(f"Refusing to save a zoo entry with NaN or infinite weights: {broken[:3]}"
+                         f"{' ...' if len(broken) > 3 else ''}. Roll back to a finite checkpoint first.")
     reserved = set(VERIFIED_FILES) | {METADATA_FILE}
     clashing = [str(p) for p in extra_files if Path(p).name in reserved]
     if clashing:
@@ -143,6 +170,7 @@ def save_entry(model, directory, metadata, extra_files=()):
             shutil.copy(extra, staging / Path(extra).name)
         metadata = dict(metadata)
         metadata.setdefault("family", type(model).__name__)
+        metadata["keras_shortrun_version"] = __version__
         metadata["params"] = int(model.count_params())
         metadata["files"] = {
             name: {"sha256": sha256_file(staging / name), "bytes": (staging / name).stat().st_size}
