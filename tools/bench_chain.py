@@ -15,6 +15,10 @@ eager PyTorch loop (``enijkamp/short_run``, ``train_cifar10_minimal.py``)
 on the same network. Each backend runs in its own subprocess; this one
 process prints the table. Medians over ``--repeats`` (min in parentheses).
 (c) needs PyTorch: ``pip install torch==2.13.0`` (the ``bench`` extra); ``--no-torch`` skips it.
+``--torch-compile`` adds (d): the same update as one ``torch.compile``-d step
+function. PyTorch runs on CUDA when it sees a GPU; JAX runs on its default
+device, and on a GPU its row's share is of the device's own float32 matmul
+rate (``jnp.dot`` of 8192 x 8192), measured in the JAX worker.
 ``--grid`` runs every net of ``GRID`` at every batch of ``--batches``. Every
 row shows the achieved GFLOP/s of (a) (forward and input gradient, 2 x 2 x
 multiply-adds of the convolutions per image) against the machine's float32
@@ -125,7 +129,7 @@ def keras_worker(args):
             "energy": float(np.abs(keras.ops.convert_to_numpy(values) - saved["energy_check"]).max()),
             "grad": float(np.abs(keras.ops.convert_to_numpy(grads) - saved["grad_check"]).max()),
         }
-    versions = {"keras": keras.__version__}
+    versions, device_peak = {"keras": keras.__version__}, None
     if backend_name == "tensorflow":
         versions["tensorflow"] = tf.__version__
         threads = f"TF intra-op {tf.config.threading.get_intra_op_parallelism_threads()}"
@@ -135,7 +139,10 @@ def keras_worker(args):
 
         versions.update(jax=jax.__version__, jaxlib=jaxlib.__version__)
         threads = f"JAX/XLA default pool ({jax.devices()[0].device_kind}, {jax.device_count()} device)"
+        if jax.devices()[0].platform == "gpu":
+            device_peak = jax_matmul_gflops()
     return {
+        "device_peak_gflops": device_peak,
         "chain_first_s": chain_first_s, "chain_ms": chain_ms, "floor_ms": floor_ms, "other_loop": other_loop,
         "unrolled": bool(model.chain._unrolled(args.steps)),
         "parity": parity, "versions": versions, "threads": threads,
@@ -174,6 +181,7 @@ def torch_worker(args):
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     shared = Path(args.shared)
     spec = json.loads((shared / "layers.json").read_text())
     modules, channels = [], args.channels
@@ -187,41 +195,64 @@ def torch_worker(args):
         if i < len(spec["layers"]) - 1:
             modules.append(nn.LeakyReLU(spec["slope"]))
         channels = layer["filters"]
-    net = nn.Sequential(*modules)
+    net = nn.Sequential(*modules).to(device)
     with np.load(shared / "net.npz") as saved:
         convs = [m for m in net if isinstance(m, nn.Conv2d)]
         with torch.no_grad():
             for i, conv in enumerate(convs):
                 conv.weight.copy_(torch.from_numpy(saved[f"w{2 * i}"].transpose(3, 2, 0, 1)))  # HWIO -> OIHW
                 conv.bias.copy_(torch.from_numpy(saved[f"w{2 * i + 1}"]))
-        x_check = torch.from_numpy(saved["x_check"].transpose(0, 3, 1, 2).copy()).requires_grad_(True)
+        x_check = torch.from_numpy(saved["x_check"].transpose(0, 3, 1, 2).copy()).to(device).requires_grad_(True)
         values = net(x_check).squeeze()
         (grads,) = torch.autograd.grad(values.sum(), [x_check])
         parity = {
-            "energy": float(np.abs(values.detach().numpy() - saved["energy_check"]).max()),
-            "grad": float(np.abs(grads.numpy().transpose(0, 2, 3, 1) - saved["grad_check"]).max()),
+            "energy": float(np.abs(values.detach().cpu().numpy() - saved["energy_check"]).max()),
+            "grad": float(np.abs(grads.cpu().numpy().transpose(0, 2, 3, 1) - saved["grad_check"]).max()),
         }
 
     def f(x):
         return net(x).squeeze()
 
+    shape = (args.batch, args.channels, args.image_size, args.image_size)
+
     def sample_q():  # as in train_cifar10_minimal.py
-        x_k = torch.FloatTensor(args.batch, args.channels, args.image_size, args.image_size).uniform_(-1, 1)
+        x_k = torch.empty(shape, device=device).uniform_(-1, 1)
         x_k.requires_grad_(True)
         for _ in range(args.steps):
             f_prime = torch.autograd.grad(f(x_k).sum(), [x_k], retain_graph=True)[0]
             x_k.data += f_prime + 1e-2 * torch.randn_like(x_k)
         return x_k.detach()
 
-    first = time.perf_counter()
-    sample_q()
-    eager_first_s = time.perf_counter() - first
-    eager_ms = timed_ms(sample_q, args.repeats, args.steps)
-    return {
-        "eager_first_s": eager_first_s, "eager_ms": eager_ms, "parity": parity,
-        "versions": {"torch": torch.__version__}, "threads": f"torch {torch.get_num_threads()}",
-        "modules": [str(m) for m in net],
-    }
+    def step(x_k):  # one update, for torch.compile
+        x_k = x_k.detach().requires_grad_(True)
+        f_prime = torch.autograd.grad(f(x_k).sum(), [x_k])[0]
+        return (x_k + f_prime + 1e-2 * torch.randn_like(x_k)).detach()
+
+    compiled_step = torch.compile(step)
+
+    def sample_compiled():
+        x_k = torch.empty(shape, device=device).uniform_(-1, 1)
+        for _ in range(args.steps):
+            x_k = compiled_step(x_k)
+        return x_k
+
+    result = {"parity": parity, "versions": {"torch": torch.__version__}, "modules": [str(m) for m in net],
+              "threads": f"torch {torch.get_num_threads()} ({device.type})"}
+    for name, run in (("eager", sample_q), ("compiled", sample_compiled)):
+        if name == "compiled" and not args.torch_compile:
+            continue
+        first = time.perf_counter()
+        run()
+        synchronize(torch, device)
+        result[f"{name}_first_s"] = time.perf_counter() - first
+        result[f"{name}_ms"] = timed_ms(lambda: (run(), synchronize(torch, device)), args.repeats, args.steps)  # noqa: B023
+    return result
+
+
+def synchronize(torch, device):
+    """Waits for the device's queued work (CUDA runs asynchronously); nothing to do on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def chain_step_flops(layers, image_size, channels, batch):
@@ -233,6 +264,18 @@ def chain_step_flops(layers, image_size, channels, batch):
         macs += size * size * layer["kernel"] ** 2 * width * layer["filters"]
         width = layer["filters"]
     return 4 * macs * batch
+
+
+def jax_matmul_gflops(size=8192, repeats=5):
+    """float32 matmul rate of JAX's default device (the accelerator's reference peak), best of ``repeats``."""
+    import jax
+    import jax.numpy as jnp
+
+    a, b = (jax.random.normal(jax.random.PRNGKey(i), (size, size), "float32") for i in range(2))
+    matmul = jax.jit(jnp.dot)
+    matmul(a, b).block_until_ready()
+    best = min(timed_ms(lambda: matmul(a, b).block_until_ready(), repeats, 1))
+    return 2 * size**3 / (best / 1e3) / 1e9
 
 
 def matmul_peak_gflops(size=2048, repeats=5):
@@ -254,6 +297,7 @@ def run_worker(kind, args, shared, writes_net=False):
     for flag in ("image_size", "channels", "filters", "batch", "steps", "repeats", "threads", "seed"):
         command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     command += ["--compare-loop"] if args.compare_loop and kind != "torch" else []
+    command += ["--torch-compile"] if args.torch_compile and kind == "torch" else []
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     if kind != "torch":
@@ -282,14 +326,19 @@ def config_rows(args, results, layers, peak):
         r = results[kind]
         a, b = statistics.median(r["chain_ms"]), statistics.median(r["floor_ms"])
         gflops = flops / (a / 1e3) / 1e9 if flops else None
+        row_peak = r.get("device_peak_gflops") or peak
         loop = "unrolled" if r["unrolled"] else "loop op"
         row = [
             f"{args.image_size}x{args.image_size}x{args.channels} ({widths})", args.batch, f"{kind} ({loop})",
             summary(r["chain_ms"]), f"{r['chain_first_s']:.2f}", f"{r['chain_first_s'] - args.steps * a / 1e3:.2f}",
             summary(r["floor_ms"]), f"{a / b:.2f}", summary(eager["eager_ms"]) if eager else "n/a",
             f"{eager_median / a:.2f}" if eager else "n/a",
-            f"{gflops:.3g} ({gflops / peak:.0%})" if gflops and peak else "n/a",
+            f"{gflops:.3g} ({gflops / row_peak:.0%})" if gflops and row_peak else "n/a",
         ]
+        if args.torch_compile:
+            compiled = eager and eager.get("compiled_ms")
+            row += [summary(compiled) if compiled else "n/a",
+                    f"{statistics.median(compiled) / a:.2f}" if compiled else "n/a"]
         if args.compare_loop:
             other = r["other_loop"]
             row += [f"{summary(other['ms'])} {'unrolled' if other['unrolled'] else 'loop op'}",
@@ -327,6 +376,8 @@ def report(args, runs, peak):
     print("library default); (a') with --compare-loop is the other one.\n")
     header = ["net", "batch", "backend", "(a) chain ms/step", "first call s", "≈ compile s", "(b) floor ms", "a/b",
               "(c) torch ms/step", "c/a", "(a) GFLOP/s (of matmul peak)"]
+    if args.torch_compile:
+        header += ["(d) torch.compile ms/step", "d/a"]
     if args.compare_loop:
         header += ["(a') other loop form ms/step", "a'/a"]
     print("| " + " | ".join(header) + " |")
@@ -377,6 +428,8 @@ def main():
     parser.add_argument("--grid", action="store_true", help="every net of GRID at every batch of --batches")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64, 256], help="batches of --grid")
     parser.add_argument("--compare-loop", action="store_true", help="also time (a') the other loop form")
+    parser.add_argument("--torch-compile", action="store_true",
+                        help="also time (d): the PyTorch step under torch.compile (PyTorch runs on CUDA when present)")
     parser.add_argument("--json", type=Path, help="write every measurement here")
     parser.add_argument("--worker", choices=("tensorflow", "jax", "torch"), help=argparse.SUPPRESS)
     parser.add_argument("--shared", help=argparse.SUPPRESS)

@@ -1,5 +1,6 @@
 """TensorFlow implementations of the backend functions (see ``__init__``)."""
 
+import contextlib
 import functools
 
 import tensorflow as tf
@@ -81,6 +82,38 @@ def sync_training_state(model):
     del model
 
 
+def _replicas_in_sync():
+    context = tf.distribute.get_replica_context()
+    return 1 if context is None else context.num_replicas_in_sync
+
+
+@contextlib.contextmanager
+def _distinct_replica_seeds(model, replicas):
+    """With several ``tf.distribute`` replicas, every ``SeedGenerator`` of ``model`` hands out seeds with the
+    replica's index folded in while the step is traced, so that the replicas draw different chain starts and
+    noise (Keras gives every replica the same seeds). Nothing changes with one replica."""
+    if replicas == 1:
+        yield
+        return
+    replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+    generators = [g for layer in model._flatten_layers() for g in layer._seed_generators]
+
+    def folded(generator):
+        def next_seed(ordered=True):
+            seed = type(generator).next(generator, ordered)
+            return tf.cast(fold_in(seed, replica), seed.dtype)
+
+        return next_seed
+
+    for generator in generators:
+        generator.next = folded(generator)
+    try:
+        yield
+    finally:
+        for generator in generators:
+            del generator.next
+
+
 class TrainStepMixin:
     """``train_step``/``test_step`` for models with a two-phase objective.
 
@@ -94,12 +127,17 @@ class TrainStepMixin:
 
     def train_step(self, data):
         x, y = unpack_inputs(data)
-        aux = self.prepare_batch(x)
+        replicas = _replicas_in_sync()
+        with _distinct_replica_seeds(self, replicas):
+            aux = self.prepare_batch(x)
         with tf.GradientTape() as tape:
             loss, logs = self.compute_training_loss(x, y, aux, training=True)
             check_training_loss(self, logs)
+            # The optimizer sums the replicas' gradients: scale each replica's so that the sum is the gradient of
+            # the global batch's mean loss (as Keras's own train_step does).
+            scaled_loss = loss / replicas
         variables = self.trainable_variables
-        grads = tape.gradient(loss, variables)
+        grads = tape.gradient(scaled_loss, variables)
         self.optimizer.apply_gradients(zip(grads, variables))
         return self._update_trackers(dict(logs, loss=loss))
 

@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import keras
@@ -86,9 +87,21 @@ def to_saved_model(model, path, graph=None, steps=None, noise="input", chains=No
     fn, signature = traced_function(graph)
     archive = keras.export.ExportArchive()
     archive.add_endpoint("serve", fn, input_signature=signature)
-    archive.write_out(str(path), verbose=False)
-    metadata = dict(graph.metadata(), format="saved_model", keras_shortrun=__version__)
-    (Path(path) / METADATA_FILE).write_text(json.dumps(metadata, indent=1))
+    path = Path(path)
+    staged = path.with_name(f".{path.name}.partial")  # a complete folder replaces ``path``, or nothing does
+    shutil.rmtree(staged, ignore_errors=True)
+    try:
+        archive.write_out(str(staged), verbose=False)
+        metadata = dict(graph.metadata(), format="saved_model", keras_shortrun=__version__)
+        (staged / METADATA_FILE).write_text(json.dumps(metadata, indent=1))
+        previous = path.with_name(f".{path.name}.old")
+        shutil.rmtree(previous, ignore_errors=True)
+        if path.exists():
+            path.rename(previous)  # folders cannot be replaced in one step: move the old one aside first
+        os.replace(staged, path)
+        shutil.rmtree(previous, ignore_errors=True)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
     return metadata
 
 
