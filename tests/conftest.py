@@ -26,3 +26,27 @@ def shared_data():
     if not (SHARED_DATA / "mnist.npz").is_file():
         pytest.skip(f"real datasets not available at {SHARED_DATA}")
     return SHARED_DATA
+
+
+def _half_written(root):
+    """Staging files and folders that an interrupted atomic write would leave in the checkout."""
+    skip = {".git", ".venv", "runs", "__pycache__", ".pytest_cache", ".ruff_cache"}
+    found = []
+    for path in root.iterdir():
+        if path.name in skip:
+            continue
+        if ".partial" in path.name or path.name.endswith(".old"):
+            found.append(path)
+        if path.is_dir():
+            found += _half_written(path)
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_half_written_files_left_behind():
+    """Fails the session if any test left a staging file or folder (``*.partial*``, ``*.old``) in the
+    checkout: every writer in the library writes to a temporary name and renames it into place."""
+    before = set(_half_written(ROOT))
+    yield
+    left = sorted(set(_half_written(ROOT)) - before)
+    assert not left, f"half-written files left behind: {left}"

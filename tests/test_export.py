@@ -625,7 +625,9 @@ def test_bench_export_prints_tensorflow_and_onnxruntime_side_by_side(tiny_entry,
     assert row[:4] == ["tiny_ebm", "chain", "3", "2"]
     tf_ms = float(row[4])
     for ms, ratio in ((row[5], row[6]), (row[7], row[8]), (row[9], row[10])):
-        assert float(ratio) == pytest.approx(float(ms) / tf_ms, rel=0.1, abs=0.02)
+        # ms are printed to 0.1 and ratios to 0.01 (from unrounded times): allow for that rounding.
+        bound = 0.005 + 0.05 * (1 + float(ratio)) / tf_ms
+        assert abs(float(ratio) - float(ms) / tf_ms) <= bound, (ms, ratio, tf_ms)
 
 
 def test_cli_exports_and_serves(tiny_entry, tmp_path, capsys):

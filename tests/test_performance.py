@@ -69,14 +69,16 @@ def test_bench_chain_prints_a_row_per_backend():
     out = run_python(
         "import sys\n"
         "sys.argv = ['bench_chain.py', '--image-size', '8', '--filters', '4', '--batch', '2', '--steps', '2',\n"
-        "            '--repeats', '1', '--backends', 'tensorflow,jax', '--no-torch']\n"
+        "            '--repeats', '1', '--backends', 'tensorflow,jax', '--no-torch', '--compare-loop']\n"
         "sys.path.insert(0, 'tools')\n"
         "import bench_chain\n"
         "bench_chain.main()\n"
     )
     rows = [line for line in out.splitlines() if line.startswith("| 8x8x1")]
-    assert [row.split("|")[3].strip() for row in rows] == ["tensorflow", "jax"]
-    for row in rows:
+    # The default loop form of each backend (2 steps: JAX unrolls), then (a') the other form.
+    assert [row.split("|")[3].strip() for row in rows] == ["tensorflow (loop op)", "jax (unrolled)"]
+    for row, other in zip(rows, ("unrolled", "loop op")):
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert float(cells[7]) > 0 and cells[8] == "n/a" and float(cells[10].split()[0]) > 0 and "%" in cells[10]
+        assert cells[11].endswith(other) and float(cells[12]) > 0
     assert "float32 matmul rate of this machine" in out

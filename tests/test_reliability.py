@@ -19,10 +19,18 @@ from conftest import run_python
 from keras_shortrun import data
 from keras_shortrun import zoo
 from keras_shortrun.errors import TrainingDiverged
+from keras_shortrun.export import ExportError
+from keras_shortrun.export import build_graph
+from keras_shortrun.export import check_inputs
+from keras_shortrun.export import onnx_parity
 from keras_shortrun.layers import LangevinChain
+from keras_shortrun.models import ConvTransposeGenerator
+from keras_shortrun.models import GenerativeClassifier
 from keras_shortrun.models import MultiLayerLVM
 from keras_shortrun.models import ShortRunEBM
 from keras_shortrun.models import TopDownGenerator
+from keras_shortrun.models import mlp_head
+from keras_shortrun.models import thesis_chain
 from keras_shortrun.serving import OnnxSampler
 from keras_shortrun.training import DivergenceGuard
 from keras_shortrun.training import fit_resumable
@@ -40,6 +48,12 @@ def tiny_ebm():
 def tiny_lvm():
     generator = TopDownGenerator((4, 2), image_size=8, channels=1, width=4, name="generator")
     return MultiLayerLVM(generator, sigma=0.3, seed=0)
+
+
+def tiny_classifier(stage="head"):
+    generator = ConvTransposeGenerator(6, 1, (4, 4, 2), name="generator")
+    return GenerativeClassifier(generator, mlp_head(6, 3, (5,)), 3, sigma=0.5, chain=thesis_chain(steps=2),
+                                stage=stage)
 
 
 def images(shape=(2, 8, 8, 1), value=0.5):
@@ -112,6 +126,14 @@ CASES = [
      ValueError, "shape"),
     ("LVM", "uint8 pixels to reconstruct", lambda t: tiny_lvm().reconstruct(np.full((2, 8, 8, 1), 255, "uint8")),
      ValueError, "to_model_range"),
+    ("classifier", "label outside the classes", lambda t: tiny_classifier().fit(
+        images((2, 28, 28, 1)), np.array([0, 3])), ValueError, r"must lie in \[0, 3\) or be -1"),
+    ("classifier", "one-hot labels", lambda t: tiny_classifier().fit(images((2, 28, 28, 1)), np.eye(3)[[0, 1]]),
+     ValueError, "one-hot"),
+    ("classifier", "labels and images of different lengths", lambda t: tiny_classifier().fit(
+        images((2, 28, 28, 1)), np.array([0, 1, 2])), ValueError, "2 images but y has 3 labels"),
+    ("classifier", "head stage without any label", lambda t: tiny_classifier().fit(
+        images((2, 28, 28, 1)), np.array([-1, -1])), ValueError, "learns from labels"),
     ("zoo", "unknown entry name (typo)", lambda t: zoo.load("mnist_ebmm"), ValueError, "Did you mean 'mnist_ebm'"),
     ("zoo", "tampered weights file", lambda t: zoo.load(entry_with(t, lambda d: flip_byte(d / "model.weights.h5"))),
      zoo.ZooIntegrityError, "modified or corrupted"),
@@ -130,6 +152,9 @@ CASES = [
     ("serving", "ONNX file missing", lambda t: OnnxSampler(t / "missing.onnx"), FileNotFoundError, "No ONNX file"),
     ("serving", "a graph that is not a sampler", lambda t: OnnxSampler(ROOT / "export/mnist_lvm/inference.onnx"),
      ValueError, "not a sampler"),
+    ("export", "ONNX file of another model checked against this one", lambda t: onnx_parity(
+        build_graph(tiny_ebm(), "sampler"), ROOT / "export/mnist_ebm/sampler.onnx",
+        check_inputs(build_graph(tiny_ebm(), "sampler"))), ExportError, "is not the ShortRunEBM 'sampler' graph"),
     ("serving", "n = 0 samples", lambda t: OnnxSampler(ROOT / "export/mnist_ebm/sampler.onnx").sample(0),
      ValueError, "n must be a positive integer"),
     ("data", "unknown dataset", lambda t: data.load("mnsit"), ValueError, "Unknown dataset"),
