@@ -82,3 +82,20 @@ def test_bench_chain_prints_a_row_per_backend():
         assert float(cells[7]) > 0 and cells[8] == "n/a" and float(cells[10].split()[0]) > 0 and "%" in cells[10]
         assert cells[11].endswith(other) and float(cells[12]) > 0
     assert "float32 matmul rate of this machine" in out
+
+
+def test_bench_fit_prints_pipeline_and_fit_rates():
+    out = run_python(
+        "import sys\n"
+        "sys.argv = ['bench_fit.py', '--steps', '2', '--train-steps', '2', '--filters', '4',\n"
+        "            '--pipeline-batches', '5', '--backends', 'tensorflow']\n"
+        "sys.path.insert(0, 'tools')\n"
+        "import bench_fit\n"
+        "bench_fit.main()\n"
+    )
+    row = next(line for line in out.splitlines() if line.startswith("| tensorflow"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    pipeline, fit, numpy_fit = float(cells[1]), float(cells[2].split()[0]), float(cells[3].split()[0])
+    assert pipeline > 0 and fit > 0 and numpy_fit > 0
+    assert float(cells[4]) == pytest.approx(pipeline / fit, rel=0.05, abs=1)  # p/t, printed rounded
+    assert float(cells[6]) > 0  # the first batch's time

@@ -33,16 +33,15 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from machine import RESULT_PREFIX
 from machine import cpu_model
+from machine import run_worker_process
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULT_PREFIX = "BENCH_RESULT "
 GRID = (  # the zoo's energy architectures: (image size, channels, filters)
     (28, 1, 32),  # MNIST / Fashion-MNIST at the paper's width class
     (32, 3, 64),  # CIFAR-10, paper 1's nf=64
@@ -292,22 +291,12 @@ def matmul_peak_gflops(size=2048, repeats=5):
 # Driver ----------------------------------------------------------------------
 def run_worker(kind, args, shared, writes_net=False):
     """Runs one worker in a fresh interpreter; returns its result dict, or an error string."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--shared", str(shared)]
-    command += ["--writes-net"] if writes_net else []
+    arguments = ["--worker", kind, "--shared", str(shared)] + (["--writes-net"] if writes_net else [])
     for flag in ("image_size", "channels", "filters", "batch", "steps", "repeats", "threads", "seed"):
-        command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-    command += ["--compare-loop"] if args.compare_loop and kind != "torch" else []
-    command += ["--torch-compile"] if args.torch_compile and kind == "torch" else []
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    if kind != "torch":
-        env["KERAS_BACKEND"] = kind
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
-    for line in done.stdout.splitlines():
-        if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX):])
-    tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-    return f"{kind} worker failed (exit {done.returncode}): {tail}"
+        arguments += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    arguments += ["--compare-loop"] if args.compare_loop and kind != "torch" else []
+    arguments += ["--torch-compile"] if args.torch_compile and kind == "torch" else []
+    return run_worker_process(Path(__file__).resolve(), arguments, kind, backend=None if kind == "torch" else kind)
 
 
 def summary(values):

@@ -17,15 +17,12 @@ import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+from machine import RESULT_PREFIX
 from machine import cpu_model
-
-ROOT = Path(__file__).resolve().parents[1]
-RESULT_PREFIX = "BENCH_RESULT "
+from machine import run_worker_process
 
 
 def worker(args):
@@ -83,17 +80,10 @@ def worker(args):
 
 
 def run_worker(backend, args):
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker"]
+    arguments = ["--worker"]
     for flag in ("filters", "batch", "steps", "train_steps", "pipeline_batches"):
-        command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
-    for line in done.stdout.splitlines():
-        if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX):])
-    tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-    return f"{backend} worker failed (exit {done.returncode}): {tail}"
+        arguments += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    return run_worker_process(Path(__file__).resolve(), arguments, backend, backend=backend)
 
 
 def main():
