@@ -3,6 +3,8 @@ on TensorFlow and on JAX (``backend.trace_count`` counts traces of everything ``
 
 import sys
 
+import keras
+import numpy as np
 import pytest
 from conftest import ROOT
 from conftest import run_python
@@ -99,3 +101,28 @@ def test_bench_fit_prints_pipeline_and_fit_rates():
     assert pipeline > 0 and fit > 0 and numpy_fit > 0
     assert float(cells[4]) == pytest.approx(pipeline / fit, rel=0.05, abs=1)  # p/t, printed rounded
     assert float(cells[6]) > 0  # the first batch's time
+
+
+def test_tensorflow_xla_on_cpu_unrolls_and_matches_the_default(tmp_path):
+    """``KERAS_SHORTRUN_TF_XLA=1``: compiled methods go through XLA, "auto" unrolls, and the chain gives the
+    default path's numbers (same weights and noise; differences are convolution rounding)."""
+    from keras_shortrun.models import ShortRunEBM
+
+    keras.utils.set_random_seed(0)
+    model = ShortRunEBM.with_convnet(image_size=8, channels=1, filters=4, steps=5, seed=0)
+    z = model.initial_state(3, seed=1)
+    noise = model.draw_noise(3, seed=2)
+    np.savez(tmp_path / "in.npz", z=z, noise=noise, **{f"w{i}": w for i, w in enumerate(model.get_weights())})
+    code = f"""
+import numpy as np
+from keras_shortrun import backend
+from keras_shortrun.models import ShortRunEBM
+data = np.load({str(tmp_path / "in.npz")!r})
+model = ShortRunEBM.with_convnet(image_size=8, channels=1, filters=4, steps=5, seed=0)
+model.set_weights([data[f"w{{i}}"] for i in range(len(model.weights))])
+assert backend.compiles_with_xla() and model.chain._unrolled(5)
+np.save({str(tmp_path / "xla.npy")!r}, model.generate(data["z"], noise=data["noise"]))
+"""
+    run_python(code, env={"KERAS_SHORTRUN_TF_XLA": "1"})
+    assert not model.chain._unrolled(5)  # the default TF path: a while loop, no XLA on this CPU
+    np.testing.assert_allclose(np.load(tmp_path / "xla.npy"), model.generate(z, noise=noise), rtol=0, atol=1e-5)

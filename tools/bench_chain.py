@@ -42,6 +42,11 @@ from machine import RESULT_PREFIX
 from machine import cpu_model
 from machine import run_worker_process
 
+KERAS_RUNTIMES = {  # name: (KERAS_BACKEND, extra environment)
+    "tensorflow": ("tensorflow", {}),
+    "tensorflow-xla": ("tensorflow", {"KERAS_SHORTRUN_TF_XLA": "1"}),  # XLA on the CPU too (opt-in)
+    "jax": ("jax", {}),
+}
 GRID = (  # the zoo's energy architectures: (image size, channels, filters)
     (28, 1, 32),  # MNIST / Fashion-MNIST at the paper's width class
     (32, 3, 64),  # CIFAR-10, paper 1's nf=64
@@ -296,7 +301,10 @@ def run_worker(kind, args, shared, writes_net=False):
         arguments += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     arguments += ["--compare-loop"] if args.compare_loop and kind != "torch" else []
     arguments += ["--torch-compile"] if args.torch_compile and kind == "torch" else []
-    return run_worker_process(Path(__file__).resolve(), arguments, kind, backend=None if kind == "torch" else kind)
+    if kind == "torch":
+        return run_worker_process(Path(__file__).resolve(), arguments, kind)
+    backend, env = KERAS_RUNTIMES[kind]
+    return run_worker_process(Path(__file__).resolve(), arguments, kind, backend=backend, env=env)
 
 
 def summary(values):
@@ -410,8 +418,8 @@ def main():
     parser.add_argument("--steps", type=int, default=20, help="K, Langevin steps per chain")
     parser.add_argument("--repeats", type=int, default=10, help="timed chains (after one warm-up)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="TF intra-op and torch")
-    parser.add_argument("--backends", default="tensorflow,jax", help="Keras backends, comma-separated; the first "
-                        "one's random weights are loaded by the others")
+    parser.add_argument("--backends", default="tensorflow,jax", help="Keras backends, comma-separated "
+                        f"({', '.join(KERAS_RUNTIMES)}); the first one's random weights are loaded by the others")
     parser.add_argument("--no-torch", action="store_true", help="skip (c)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--grid", action="store_true", help="every net of GRID at every batch of --batches")
@@ -420,7 +428,7 @@ def main():
     parser.add_argument("--torch-compile", action="store_true",
                         help="also time (d): the PyTorch step under torch.compile (PyTorch runs on CUDA when present)")
     parser.add_argument("--json", type=Path, help="write every measurement here")
-    parser.add_argument("--worker", choices=("tensorflow", "jax", "torch"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=(*KERAS_RUNTIMES, "torch"), help=argparse.SUPPRESS)
     parser.add_argument("--shared", help=argparse.SUPPRESS)
     parser.add_argument("--writes-net", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -429,8 +437,8 @@ def main():
         print(RESULT_PREFIX + json.dumps(result), flush=True)
         return
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    if not args.backends or not set(args.backends) <= {"tensorflow", "jax"}:
-        parser.error(f"--backends takes tensorflow and/or jax, got {args.backends}")
+    if not args.backends or not set(args.backends) <= set(KERAS_RUNTIMES):
+        parser.error(f"--backends takes some of {KERAS_RUNTIMES}, got {args.backends}")
     args.load_before = os.getloadavg()[0]
     configs = ([dict(image_size=i, channels=c, filters=f, batch=b) for i, c, f in GRID for b in args.batches]
                if args.grid else [dict(image_size=args.image_size, channels=args.channels, filters=args.filters,

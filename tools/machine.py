@@ -22,10 +22,10 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
-def run_worker_process(script, arguments, name, backend=None):
-    """Runs ``script arguments`` in a fresh interpreter (``KERAS_BACKEND=backend`` if given) and returns the
-    JSON dict it printed after ``RESULT_PREFIX``, or a one-line error naming ``name``."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+def run_worker_process(script, arguments, name, backend=None, env=None):
+    """Runs ``script arguments`` in a fresh interpreter (``KERAS_BACKEND=backend`` if given, plus ``env``) and
+    returns the JSON dict it printed after ``RESULT_PREFIX``, or a one-line error naming ``name``."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     if backend:
         env["KERAS_BACKEND"] = backend

@@ -13,6 +13,8 @@ Everything here has one implementation per supported Keras backend
 - ``stateless_normal(shape, seed, dtype)``: Gaussian noise from a ``(2,)`` seed
   tensor, usable inside compiled loops; ``fold_in(seed, k)`` derives the
   independent seed of step ``k``.
+- ``compiles_with_xla()``: whether compiled methods go through XLA (always on JAX; on TensorFlow
+  with an accelerator, or ``KERAS_SHORTRUN_TF_XLA=1``); ``auto_unroll(steps)`` follows from it.
 - ``compile_method(owner, fn)``: a compiled version of ``fn`` that reads the
   owner's variables (``tf.function`` on TensorFlow, ``jax.jit`` with the
   variables as arguments on JAX).
@@ -30,14 +32,16 @@ import keras
 from keras_shortrun.backend.common import trace_count
 
 BACKEND = keras.backend.backend()
-# Chains of at most this many steps are unrolled on JAX by default: on CPU, XLA runs a Langevin step inside a
-# scan 1.3-2x slower than the same step unrolled (tools/bench_chain.py --unroll), at the price of a longer compile.
-AUTO_UNROLL_MAX_STEPS = {"jax": 128}.get(BACKEND, 0)
+# Chains of at most this many steps are unrolled by default where XLA compiles them: on CPU, XLA runs a Langevin
+# step inside its loop op 1.1-2.8x slower than the same step unrolled (tools/bench_chain.py --compare-loop), at
+# the price of a longer compile.
+AUTO_UNROLL_MAX_STEPS = 128
 
 if BACKEND == "tensorflow":
     from keras_shortrun.backend.tensorflow import TrainStepMixin
     from keras_shortrun.backend.tensorflow import batch_hessian
     from keras_shortrun.backend.tensorflow import compile_method
+    from keras_shortrun.backend.tensorflow import compiles_with_xla
     from keras_shortrun.backend.tensorflow import fold_in
     from keras_shortrun.backend.tensorflow import fori_loop
     from keras_shortrun.backend.tensorflow import stateless_normal
@@ -47,6 +51,7 @@ elif BACKEND == "jax":
     from keras_shortrun.backend.jax import TrainStepMixin
     from keras_shortrun.backend.jax import batch_hessian
     from keras_shortrun.backend.jax import compile_method
+    from keras_shortrun.backend.jax import compiles_with_xla
     from keras_shortrun.backend.jax import fold_in
     from keras_shortrun.backend.jax import fori_loop
     from keras_shortrun.backend.jax import stateless_normal
@@ -60,12 +65,21 @@ else:
         f"importing keras."
     )
 
+
+
+def auto_unroll(steps):
+    """Whether ``LangevinChain(unroll="auto")`` unrolls a chain of ``steps`` updates."""
+    return compiles_with_xla() and steps <= AUTO_UNROLL_MAX_STEPS
+
+
 __all__ = [
     "AUTO_UNROLL_MAX_STEPS",
     "BACKEND",
     "TrainStepMixin",
+    "auto_unroll",
     "batch_hessian",
     "compile_method",
+    "compiles_with_xla",
     "fold_in",
     "fori_loop",
     "stateless_normal",

@@ -9,6 +9,11 @@ from keras_shortrun.backend.common import counting_traces
 from keras_shortrun.backend.common import unpack_inputs
 
 
+def compiles_with_xla():
+    """Always: ``jax.jit`` is XLA."""
+    return True
+
+
 def value_and_grad(fn, x):
     """Returns ``fn(x)`` (shape ``(B,)``) and ``d sum(fn(x)) / dx``; composable with ``jax.grad``."""
 

@@ -2,6 +2,7 @@
 
 import contextlib
 import functools
+import os
 
 import tensorflow as tf
 
@@ -62,19 +63,27 @@ def stateless_normal(shape, seed, dtype):
     return tf.random.stateless_normal(shape, seed=_as_seed(seed), dtype=dtype)
 
 
+XLA_ON_CPU_ENV = "KERAS_SHORTRUN_TF_XLA"
+
+
 @functools.cache
-def _has_accelerator():
-    return any(d.device_type != "CPU" for d in tf.config.list_physical_devices())
+def compiles_with_xla():
+    """Whether ``compile_method`` uses XLA: where an accelerator is present (as Keras's ``jit_compile="auto"``),
+    and on the CPU when ``KERAS_SHORTRUN_TF_XLA=1``.
+
+    On CPU, XLA's while loop runs a chain step slower than TensorFlow's (DESIGN §2), but XLA on the unrolled
+    chain (which ``LangevinChain(unroll="auto")`` then chooses) measured 1.6x faster than the default, at a longer
+    compile (README, "Speed of the chain"). Opt-in until the whole suite has run under it.
+    """
+    return os.environ.get(XLA_ON_CPU_ENV) == "1" or any(
+        d.device_type != "CPU" for d in tf.config.list_physical_devices()
+    )
 
 
 def compile_method(owner, fn):
-    """``tf.function`` of ``fn``; XLA only where an accelerator is present.
-
-    Measured on CPU (DESIGN §2): XLA is slower than the plain while loop, so
-    it is used on GPUs only, as Keras's own ``jit_compile="auto"`` does.
-    """
+    """``tf.function`` of ``fn``, XLA-compiled where ``compiles_with_xla()``."""
     del owner  # tf.function reads the owner's variables by reference.
-    return tf.function(counting_traces(fn), jit_compile=_has_accelerator(), reduce_retracing=True)
+    return tf.function(counting_traces(fn), jit_compile=compiles_with_xla(), reduce_retracing=True)
 
 
 def sync_training_state(model):
