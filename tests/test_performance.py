@@ -74,7 +74,8 @@ def test_bench_chain_prints_a_row_per_backend():
         "            '--repeats', '1', '--backends', 'tensorflow,jax', '--no-torch', '--compare-loop']\n"
         "sys.path.insert(0, 'tools')\n"
         "import bench_chain\n"
-        "bench_chain.main()\n"
+        "bench_chain.main()\n",
+        env={"KERAS_SHORTRUN_TF_XLA": "0"},  # the default loop forms, whatever the test run's environment
     )
     rows = [line for line in out.splitlines() if line.startswith("| 8x8x1")]
     # The default loop form of each backend (2 steps: JAX unrolls), then (a') the other form.
@@ -105,24 +106,23 @@ def test_bench_fit_prints_pipeline_and_fit_rates():
 
 def test_tensorflow_xla_on_cpu_unrolls_and_matches_the_default(tmp_path):
     """``KERAS_SHORTRUN_TF_XLA=1``: compiled methods go through XLA, "auto" unrolls, and the chain gives the
-    default path's numbers (same weights and noise; differences are convolution rounding)."""
+    default path's numbers (same weights and noise; differences are convolution rounding). Both paths run in
+    fresh processes, so the test means the same whatever the environment of the test run."""
     from keras_shortrun.models import ShortRunEBM
 
     keras.utils.set_random_seed(0)
     model = ShortRunEBM.with_convnet(image_size=8, channels=1, filters=4, steps=5, seed=0)
-    z = model.initial_state(3, seed=1)
-    noise = model.draw_noise(3, seed=2)
-    np.savez(tmp_path / "in.npz", z=z, noise=noise, **{f"w{i}": w for i, w in enumerate(model.get_weights())})
-    code = f"""
+    np.savez(tmp_path / "in.npz", z=model.initial_state(3, seed=1), noise=model.draw_noise(3, seed=2),
+             **{f"w{i}": w for i, w in enumerate(model.get_weights())})
+    for flag, unrolled in (("1", True), ("0", False)):  # "0": the default TF path, a while loop without XLA
+        run_python(f"""
 import numpy as np
 from keras_shortrun import backend
 from keras_shortrun.models import ShortRunEBM
 data = np.load({str(tmp_path / "in.npz")!r})
 model = ShortRunEBM.with_convnet(image_size=8, channels=1, filters=4, steps=5, seed=0)
 model.set_weights([data[f"w{{i}}"] for i in range(len(model.weights))])
-assert backend.compiles_with_xla() and model.chain._unrolled(5)
-np.save({str(tmp_path / "xla.npy")!r}, model.generate(data["z"], noise=data["noise"]))
-"""
-    run_python(code, env={"KERAS_SHORTRUN_TF_XLA": "1"})
-    assert not model.chain._unrolled(5)  # the default TF path: a while loop, no XLA on this CPU
-    np.testing.assert_allclose(np.load(tmp_path / "xla.npy"), model.generate(z, noise=noise), rtol=0, atol=1e-5)
+assert backend.compiles_with_xla() == model.chain._unrolled(5) == {unrolled}
+np.save({str(tmp_path / f"xla{flag}.npy")!r}, model.generate(data["z"], noise=data["noise"]))
+""", env={"KERAS_SHORTRUN_TF_XLA": flag})
+    np.testing.assert_allclose(np.load(tmp_path / "xla1.npy"), np.load(tmp_path / "xla0.npy"), rtol=0, atol=1e-5)

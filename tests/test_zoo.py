@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import ROOT
+from conftest import assert_matches_golden
 
 from keras_shortrun import metrics
 from keras_shortrun import zoo
@@ -86,10 +87,8 @@ def test_list_has_table_fields():
 def test_ebm_entry_loads_and_matches_golden_samples(name):
     model = zoo.load(name)
     assert model.chain.steps >= 50
-    samples = model.sample(2, seed=0, steps=10)
-    golden = np.load(ROOT / "tests" / "golden" / f"{name}_sample_seed0_k10.npy")
     # Ten chain steps from a fixed seed; CPUs may differ in the last float bits.
-    np.testing.assert_allclose(samples, golden, atol=1e-3)
+    assert_matches_golden(model.sample(2, seed=0, steps=10), f"{name}_sample_seed0_k10.npy", atol=1e-3)
 
 
 @pytest.mark.parametrize("name", EBM_ENTRIES)
@@ -212,8 +211,7 @@ def test_lvm_entries_match_golden_outputs(name):
     images = model.synthesize(2, seed=0)
     np.testing.assert_allclose(images, np.load(ROOT / "tests" / "golden" / f"{name}_synthesize_seed0.npy"), atol=1e-4)
     # 25 chain steps from a fixed seed; CPUs may differ in the last float bits.
-    golden = np.load(ROOT / "tests" / "golden" / f"{name}_reconstruct_seed0.npy")
-    np.testing.assert_allclose(model.reconstruct(images, seed=0)[0], golden, atol=2e-3)
+    assert_matches_golden(model.reconstruct(images, seed=0)[0], f"{name}_reconstruct_seed0.npy", atol=2e-3)
 
 
 @pytest.mark.parametrize("name", ["mnist_classifier", "fashion_mnist_classifier"])
@@ -227,14 +225,14 @@ def test_classifier_entries_predict_offline_and_fine_tune_with_fit(name):
     probabilities = model.predict(images, verbose=0)
     assert probabilities.shape == (4, 10)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
-    golden = np.load(ROOT / "tests" / "golden" / f"{name}_proba_seed0.npy")
-    np.testing.assert_allclose(model.predict_proba(images, seed=0), golden, atol=2e-3)
+    seeded = model.predict_proba(images, seed=0)
     assert zoo.load(f"{name}_convnet").predict(images, verbose=0).shape == (4, 10)
     before = [w.copy() for w in model.generator.get_weights()]
     model.compile(optimizer=keras.optimizers.Adam(1e-5))
-    history = model.fit(images, np.argmax(golden, axis=1), batch_size=4, epochs=1, verbose=0)
+    history = model.fit(images, np.argmax(seeded, axis=1), batch_size=4, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][-1])
     assert any(not np.allclose(a, b) for a, b in zip(before, model.generator.get_weights()))
+    assert_matches_golden(seeded, f"{name}_proba_seed0.npy", atol=2e-3)
 
 
 @pytest.mark.parametrize("name", ["mnist_classifier", "fashion_mnist_classifier"])

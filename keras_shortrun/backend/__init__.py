@@ -14,7 +14,8 @@ Everything here has one implementation per supported Keras backend
   tensor, usable inside compiled loops; ``fold_in(seed, k)`` derives the
   independent seed of step ``k``.
 - ``compiles_with_xla()``: whether compiled methods go through XLA (always on JAX; on TensorFlow
-  with an accelerator, or ``KERAS_SHORTRUN_TF_XLA=1``); ``auto_unroll(steps)`` follows from it.
+  with an accelerator, or ``KERAS_SHORTRUN_TF_XLA=1``); ``auto_unroll(steps)`` follows from it, except
+  inside ``tracing_plain_graph()`` (graphs traced for export).
 - ``compile_method(owner, fn)``: a compiled version of ``fn`` that reads the
   owner's variables (``tf.function`` on TensorFlow, ``jax.jit`` with the
   variables as arguments on JAX).
@@ -29,7 +30,9 @@ Everything here has one implementation per supported Keras backend
 
 import keras
 
+from keras_shortrun.backend.common import in_plain_graph
 from keras_shortrun.backend.common import trace_count
+from keras_shortrun.backend.common import tracing_plain_graph
 
 BACKEND = keras.backend.backend()
 # Chains of at most this many steps are unrolled by default where XLA compiles them: on CPU, XLA runs a Langevin
@@ -69,7 +72,7 @@ else:
 
 def auto_unroll(steps):
     """Whether ``LangevinChain(unroll="auto")`` unrolls a chain of ``steps`` updates."""
-    return compiles_with_xla() and steps <= AUTO_UNROLL_MAX_STEPS
+    return compiles_with_xla() and steps <= AUTO_UNROLL_MAX_STEPS and not in_plain_graph()
 
 
 __all__ = [
@@ -85,5 +88,6 @@ __all__ = [
     "stateless_normal",
     "sync_training_state",
     "trace_count",
+    "tracing_plain_graph",
     "value_and_grad",
 ]

@@ -1,11 +1,31 @@
 """Backend-neutral helpers shared by the per-backend glue."""
 
 import collections
+import contextlib
 import functools
+import threading
 
 import keras
 
 TRACES = collections.Counter()  # qualified name of a compiled function -> times it was traced
+_PLAIN_GRAPH = threading.local()
+
+
+@contextlib.contextmanager
+def tracing_plain_graph():
+    """Inside, chains are traced for a plain graph that XLA will not compile (graphs traced to be exported:
+    one ONNX ``Loop`` for any K, no XLA-only loop bounds), whatever ``compiles_with_xla()`` says."""
+    previous = in_plain_graph()
+    _PLAIN_GRAPH.active = True
+    try:
+        yield
+    finally:
+        _PLAIN_GRAPH.active = previous
+
+
+def in_plain_graph():
+    """Whether the current trace is inside ``tracing_plain_graph()``."""
+    return getattr(_PLAIN_GRAPH, "active", False)
 
 
 def counting_traces(fn):

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from keras_shortrun.backend.common import check_training_loss
 from keras_shortrun.backend.common import counting_traces
+from keras_shortrun.backend.common import in_plain_graph
 from keras_shortrun.backend.common import unpack_inputs
 
 
@@ -46,6 +47,8 @@ def fori_loop(steps, body, state, unroll=False):
         lambda k, s: (k + 1, body(k, s)),
         (tf.constant(0), state),
         parallel_iterations=1,
+        # XLA needs the bound to differentiate through the loop; plain graphs (and ONNX exports) go without it.
+        maximum_iterations=steps if compiles_with_xla() and not in_plain_graph() else None,
     )[1]
 
 

@@ -18,6 +18,7 @@ import keras
 import numpy as np
 
 from keras_shortrun import __version__
+from keras_shortrun import backend
 from keras_shortrun.export import onnx_passes
 from keras_shortrun.export.graphs import build_graph
 from keras_shortrun.serving import DATA
@@ -57,7 +58,8 @@ def traced_function(graph):
     signature = [tf.TensorSpec((None,) + tuple(t.shape), tf.float32, name=t.name) for t in graph.inputs]
 
     def fn(*tensors):
-        return graph.fn(dict(zip(names, tensors)), tf.random.normal)
+        with backend.tracing_plain_graph():
+            return graph.fn(dict(zip(names, tensors)), tf.random.normal)
 
     return fn, signature
 

@@ -11,6 +11,13 @@ from keras_shortrun import backend
 PARAMETRIZATIONS = ("log", "softplus")
 
 
+def _log_abs_det(matrices):
+    """``log |det A|`` of square ``(B, D, D)`` matrices, by QR: XLA compiles QR, not TensorFlow's LU-based
+    ``slogdet``; and unlike Cholesky, QR holds for a covariance that float32 rounding left barely indefinite."""
+    r = ops.qr(matrices, mode="reduced")[1]
+    return ops.sum(ops.log(ops.abs(ops.diagonal(r, axis1=-2, axis2=-1))), axis=-1)
+
+
 def _inverse_softplus(value):
     return math.log(math.expm1(value))
 
@@ -296,13 +303,13 @@ class LangevinChain(keras.layers.Layer):
                 covariance = ops.matmul(ops.matmul(jacobian, covariance), ops.transpose(jacobian, (0, 2, 1)))
                 covariance = covariance + eye[None] * tau2[None, None, :]
             else:
-                log_det = log_det + 2.0 * ops.slogdet(jacobian)[1]
+                log_det = log_det + 2.0 * _log_abs_det(jacobian)
             eps = [self._eps(noise, seed, g, k, 0, x) for g, x in enumerate(current)]
             return self._update(current, grads, sizes, eps, True), covariance, log_det
 
         states, covariance, log_det = backend.fori_loop(self.steps, body, (states, covariance, log_det))
         if propagate_noise:
-            log_det = ops.slogdet(covariance)[1]
+            log_det = _log_abs_det(covariance)
         return (states[0] if single else states), log_det
 
     @staticmethod
