@@ -1,9 +1,13 @@
 """The ``keras-shortrun`` command: zoo listing, sampling, interpolation, reconstruction, training (EBM, LVM)."""
 
 import argparse
+import importlib.util
 import json
+import math
 import os
+import re
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the CLI
@@ -11,6 +15,85 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up
 import numpy as np
 
 from keras_shortrun.errors import TrainingDiverged
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")  # what Pillow writes
+# What importing TensorFlow prints on stderr however TF_CPP_MIN_LOG_LEVEL is set (absl logs before it reads it).
+TENSORFLOW_STARTUP = re.compile(r"WARNING: All log messages before absl::InitializeLog\(\)|I0000 .*\] (oneDNN custom "
+                                r"operations are on|This TensorFlow binary is optimized)|To enable the following "
+                                r"instructions")
+
+
+def _positive_int(text):
+    value = int(text) if re.fullmatch(r"[+]?\d+", text.strip()) else None
+    if value is None or value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text):
+    if not re.fullmatch(r"[+]?\d+", text.strip()):
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return int(text)
+
+
+def _seed(text):
+    value = _non_negative_int(text)
+    if value >= 2**32:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**32), got {text!r}")
+    return value
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text!r}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit 2) that point to ``--help``."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def check_output_file(path, extensions, what="output"):
+    """Raises ``ValueError`` unless ``path`` can be written as a new or replaced file with one of
+    ``extensions``: checked before any model is loaded or sampled."""
+    path = Path(path)
+    if path.suffix.lower() not in extensions:
+        raise ValueError(f"{what} {path} must end in one of {', '.join(extensions)}.")
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a directory; give a file name such as {path / ('out' + extensions[0])}.")
+    parent = path.parent
+    if not parent.is_dir():
+        raise ValueError(f"{what} {path}: the directory {parent} does not exist.")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ValueError(f"{what} {path} is not writable.")
+
+
+def _import_tensorflow_quietly():
+    """Imports TensorFlow (when it is the backend) with its start-up lines kept off stderr; every other line
+    it prints there is passed on."""
+    if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow" or importlib.util.find_spec("tensorflow") is None:
+        return
+    with tempfile.TemporaryFile() as captured:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().decode(errors="replace").splitlines()
+                    if not TENSORFLOW_STARTUP.match(line)]
+            if kept:
+                print("\n".join(kept), file=sys.stderr)
 
 
 def _print_table(rows, columns):
@@ -38,13 +121,9 @@ def cmd_zoo(args):
 def _load(name_or_path):
     """A zoo entry (name or folder) or a ``.keras`` file (e.g. written by ``train``)."""
     if str(name_or_path).endswith(".keras"):
-        import keras
+        from keras_shortrun.saving import load_keras_file
 
-        import keras_shortrun.models  # noqa: F401  (registers the classes for deserialisation)
-
-        if not Path(name_or_path).is_file():
-            raise FileNotFoundError(f"No model file at {name_or_path}.")
-        return keras.saving.load_model(name_or_path)
+        return load_keras_file(name_or_path)
     from keras_shortrun import zoo
 
     return zoo.load(name_or_path)
@@ -54,6 +133,9 @@ def cmd_sample(args):
     from keras_shortrun.images import save_gif
     from keras_shortrun.images import save_grid
 
+    check_output_file(args.output, IMAGE_EXTENSIONS)
+    if args.gif:
+        check_output_file(args.gif, (".gif",), "--gif")
     model = _load(args.model)
     if hasattr(model, "synthesize"):  # latent models sample ancestrally: no chain to animate
         if args.gif:
@@ -73,11 +155,13 @@ def cmd_sample(args):
 
 def cmd_interpolate(args):
     from keras_shortrun.images import save_grid
+    from keras_shortrun.seeds import offset
 
+    check_output_file(args.output, IMAGE_EXTENSIONS)
     model = _load(args.model)
     if hasattr(model, "synthesize"):
         raise ValueError(f"{args.model} interpolates between images: use model.interpolate(x1, x2) in Python.")
-    rows = [model.interpolate(n=args.n, seed=args.seed + 3 * i, steps=args.steps)[0] for i in range(args.rows)]
+    rows = [model.interpolate(n=args.n, seed=offset(args.seed, 3 * i), steps=args.steps)[0] for i in range(args.rows)]
     save_grid(args.output, np.concatenate(rows), columns=args.n, scale=args.scale)
     print(f"wrote {args.rows} interpolation strips of {args.n} to {args.output}")
 
@@ -86,6 +170,8 @@ def cmd_reconstruct(args):
     from keras_shortrun import data
     from keras_shortrun.images import save_grid
 
+    if args.output:
+        check_output_file(args.output, IMAGE_EXTENSIONS)
     model = _load(args.model)
     x, _ = data.load(args.data, args.split, path=args.data_path)
     x = x[: args.n]
@@ -154,6 +240,7 @@ def cmd_train(args):
 def cmd_serve_onnx(args):
     from keras_shortrun.serving import OnnxSampler
 
+    check_output_file(args.output, IMAGE_EXTENSIONS)
     sampler = OnnxSampler(args.path, providers=None if args.provider is None else [args.provider])
     sampler.save_grid(args.output, n=args.n, seed=args.seed, scale=args.scale)
     print(f"wrote {args.n} samples from {args.path} to {args.output} ({sampler.provider})")
@@ -162,10 +249,15 @@ def cmd_serve_onnx(args):
 def cmd_export(args):
     from keras_shortrun import export
 
-    model = _load(args.model)
-    options = {"graph": args.graph, "steps": args.steps, "noise": args.noise, "chains": args.chains}
+    opset = export.check_opset(export.DEFAULT_OPSET if args.opset is None else args.opset)
     if args.format == "onnx":
-        info = export.to_onnx(model, args.output, opset=args.opset or export.DEFAULT_OPSET, **options)
+        check_output_file(args.output, (".onnx",))
+    export.check_export_path(args.output, args.format, args.overwrite)
+    model = _load(args.model)
+    options = {"graph": args.graph, "steps": args.steps, "noise": args.noise, "chains": args.chains,
+               "overwrite": args.overwrite}
+    if args.format == "onnx":
+        info = export.to_onnx(model, args.output, opset=opset, **options)
     else:
         info = export.to_saved_model(model, args.output, **options)
     names = ", ".join(t["name"] for t in info["inputs"]) + " -> " + ", ".join(t["name"] for t in info["outputs"])
@@ -174,11 +266,11 @@ def cmd_export(args):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="keras-shortrun", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="keras-shortrun", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     zoo_parser = sub.add_parser("zoo", help="list or describe pretrained entries")
-    zoo_sub = zoo_parser.add_subparsers(dest="zoo_command", required=True)
+    zoo_sub = zoo_parser.add_subparsers(dest="zoo_command", required=True, parser_class=_Parser)
     zoo_list = zoo_sub.add_parser("list", help="table of entries")
     zoo_list.add_argument("--filter", default=None, help="substring of name, family or dataset")
     zoo_info = zoo_sub.add_parser("info", help="metadata of one entry (JSON)")
@@ -187,11 +279,11 @@ def build_parser():
 
     def add_model_args(p, n_default):
         p.add_argument("model", help="zoo entry name, entry folder or .keras file")
-        p.add_argument("-n", type=int, default=n_default)
+        p.add_argument("-n", type=_positive_int, default=n_default)
         p.add_argument("-o", "--output", default=None)
-        p.add_argument("--steps", type=int, default=None, help="Langevin steps K (default: the model's)")
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--scale", type=int, default=2, help="pixel upscaling of the PNG")
+        p.add_argument("--steps", type=_positive_int, default=None, help="Langevin steps K (default: the model's)")
+        p.add_argument("--seed", type=_seed, default=0)
+        p.add_argument("--scale", type=_positive_int, default=2, help="pixel upscaling of the PNG")
 
     sample = sub.add_parser("sample", help="sample a grid into a PNG")
     add_model_args(sample, 64)
@@ -200,7 +292,7 @@ def build_parser():
 
     interpolate = sub.add_parser("interpolate", help="interpolation strips between chain inputs")
     add_model_args(interpolate, 10)
-    interpolate.add_argument("--rows", type=int, default=4)
+    interpolate.add_argument("--rows", type=_positive_int, default=4)
     interpolate.set_defaults(func=cmd_interpolate, output="interpolation.png")
 
     reconstruct = sub.add_parser("reconstruct", help="reconstruct held-out images through the chain")
@@ -208,7 +300,7 @@ def build_parser():
     reconstruct.add_argument("--data", default="mnist")
     reconstruct.add_argument("--split", default="test")
     reconstruct.add_argument("--data-path", default=None)
-    reconstruct.add_argument("--iterations", type=int, default=200)
+    reconstruct.add_argument("--iterations", type=_positive_int, default=200)
     reconstruct.set_defaults(func=cmd_reconstruct)
 
     classify = sub.add_parser("classify", help="accuracy of a classifier entry on a labelled split")
@@ -216,17 +308,18 @@ def build_parser():
     classify.add_argument("--data", default="mnist")
     classify.add_argument("--split", default="test")
     classify.add_argument("--data-path", default=None)
-    classify.add_argument("-n", type=int, default=10000, help="first n images of the split")
-    classify.add_argument("--chains", type=int, default=8, help="chains averaged per image (generative classifier)")
-    classify.add_argument("--seed", type=int, default=0)
+    classify.add_argument("-n", type=_positive_int, default=10000, help="first n images of the split")
+    classify.add_argument("--chains", type=_positive_int, default=8,
+                          help="chains averaged per image (generative classifier)")
+    classify.add_argument("--seed", type=_seed, default=0)
     classify.set_defaults(func=cmd_classify)
 
     serve = sub.add_parser("serve-onnx", help="sample a PNG grid from an exported ONNX sampler (onnxruntime only)")
     serve.add_argument("path", help="an .onnx sampler written by `keras-shortrun export` / export.to_onnx")
-    serve.add_argument("-n", type=int, default=16)
+    serve.add_argument("-n", type=_positive_int, default=16)
     serve.add_argument("-o", "--output", default="grid.png")
-    serve.add_argument("--seed", type=int, default=None)
-    serve.add_argument("--scale", type=int, default=2, help="pixel upscaling of the PNG")
+    serve.add_argument("--seed", type=_seed, default=None)
+    serve.add_argument("--scale", type=_positive_int, default=2, help="pixel upscaling of the PNG")
     serve.add_argument("--provider", default=None, help="onnxruntime execution provider (default: CUDA, else CPU)")
     serve.set_defaults(func=cmd_serve_onnx)
 
@@ -236,45 +329,54 @@ def build_parser():
     export.add_argument("--format", choices=("onnx", "saved_model"), default="onnx")
     export.add_argument("--graph", default=None, help="sampler, chain, generator, inference, reconstruction, "
                                                       "classifier (default: the family's first)")
-    export.add_argument("--steps", type=int, default=None, help="Langevin steps K (default: the model's)")
+    export.add_argument("--steps", type=_positive_int, default=None, help="Langevin steps K (default: the model's)")
     export.add_argument("--noise", choices=("input", "internal"), default="input")
-    export.add_argument("--chains", type=int, default=None, help="chains averaged by the classifier graph")
+    export.add_argument("--chains", type=_positive_int, default=None, help="chains averaged by the classifier graph")
     export.add_argument("--opset", type=int, default=None, help="ONNX opset (default: keras_shortrun's, 17)")
+    export.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier export of keras_shortrun at the output path (never other files)")
     export.set_defaults(func=cmd_export)
 
     train = sub.add_parser("train", help="train a model (resumable)")
-    train_sub = train.add_subparsers(dest="family", required=True)
+    train_sub = train.add_subparsers(dest="family", required=True, parser_class=_Parser)
     ebm = train_sub.add_parser("ebm", help="short-run EBM with the paper-1 ConvNet")
     lvm = train_sub.add_parser("lvm", help="multi-layer latent variable model with short-run inference")
     for p, steps, lr in ((ebm, 100, 1e-4), (lvm, 25, 8e-5)):
         p.add_argument("--data", default="mnist")
         p.add_argument("--data-path", default=None)
         p.add_argument("--out", required=True, help="run folder: checkpoints, grids, log; rerun to resume")
-        p.add_argument("--steps", type=int, default=steps, help="Langevin steps K")
-        p.add_argument("--iterations", type=int, default=10000)
-        p.add_argument("--every", type=int, default=100, help="iterations between checkpoints and grids")
-        p.add_argument("--batch-size", type=int, default=64)
-        p.add_argument("--learning-rate", type=float, default=lr)
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--steps", type=_positive_int, default=steps, help="Langevin steps K")
+        p.add_argument("--iterations", type=_positive_int, default=10000)
+        p.add_argument("--every", type=_positive_int, default=100, help="iterations between checkpoints and grids")
+        p.add_argument("--batch-size", type=_positive_int, default=64)
+        p.add_argument("--learning-rate", type=_positive_float, default=lr)
+        p.add_argument("--seed", type=_seed, default=0)
         p.set_defaults(func=cmd_train)
-    ebm.add_argument("--filters", type=int, default=32)
+    ebm.add_argument("--filters", type=_positive_int, default=32)
     ebm.add_argument("--no-clip", action="store_true",
                      help="do not clamp the chain to [-1, 1] (paper 1's code does not; young EBMs may diverge)")
-    lvm.add_argument("--latent-dims", type=int, nargs="+", default=[16, 32, 64], help="top layer first")
-    lvm.add_argument("--width", type=int, default=64)
-    lvm.add_argument("--sigma", type=float, default=0.15)
-    lvm.add_argument("--step-size", type=float, default=0.05, help="initial step size of every layer")
-    lvm.add_argument("--step-size-every", type=int, default=20, help="batches between step-size updates (0: fixed)")
+    lvm.add_argument("--latent-dims", type=_positive_int, nargs="+", default=[16, 32, 64], help="top layer first")
+    lvm.add_argument("--width", type=_positive_int, default=64)
+    lvm.add_argument("--sigma", type=_positive_float, default=0.15)
+    lvm.add_argument("--step-size", type=_positive_float, default=0.05, help="initial step size of every layer")
+    lvm.add_argument("--step-size-every", type=_non_negative_int, default=20,
+                     help="batches between step-size updates (0: fixed)")
     return parser
 
 
 def main(argv=None):
+    """Runs one command; a user's mistake (a bad argument, a missing or refused file, a diverged run) is one
+    line on stderr and exit status 2, never a traceback."""
     args = build_parser().parse_args(argv)
     try:
+        _import_tensorflow_quietly()
         args.func(args)
-    except (ValueError, FileNotFoundError, TrainingDiverged) as error:
-        print(f"keras-shortrun: error: {error}", file=sys.stderr)
+    except (ValueError, OSError, TrainingDiverged) as error:
+        print(f"keras-shortrun: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("keras-shortrun: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -13,6 +13,10 @@ import numpy as np
 from keras_shortrun.errors import TrainingDiverged
 from keras_shortrun.hashing import sha256_file
 from keras_shortrun.images import save_grid
+from keras_shortrun.validation import check_images
+from keras_shortrun.validation import check_positive_float
+from keras_shortrun.validation import check_positive_int
+from keras_shortrun.validation import check_seed
 
 
 def batches(data, batch_size, seed=0, steps=None, start=0):
@@ -358,12 +362,22 @@ def fit_resumable(model, x, out_dir, iterations, batch_size=64, iterations_per_e
     mid-epoch, the run repeats that epoch's batches exactly as it first saw them).
     Returns the ``History``.
     """
+
+    iterations = check_positive_int(iterations, "iterations")
+    iterations_per_epoch = check_positive_int(iterations_per_epoch, "iterations_per_epoch")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    learning_rate = check_positive_float(learning_rate, "learning_rate")
+    seed = check_seed(seed)
+    if isinstance(x, np.ndarray):
+        x = check_images(x, model.image_shape)
+    elif isinstance(x, tuple):
+        x = (check_images(x[0], model.image_shape), *x[1:])
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     if iterations % iterations_per_epoch:
         raise ValueError(
             f"iterations ({iterations}) must be a multiple of iterations_per_epoch ({iterations_per_epoch})."
         )
+    out_dir.mkdir(parents=True, exist_ok=True)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate, beta_1=beta_1))
     resumed_after = completed_epochs(out_dir / "backup")
     guard = DivergenceGuard() if guard is None else guard
@@ -398,15 +412,12 @@ def fine_tune(entry, x, out_dir, iterations=100, batch_size=64, learning_rate=1e
     ``dataset`` names the new data in the metadata; the parent entry and its weights' sha256 are recorded.
     """
     from keras_shortrun import zoo
-    from keras_shortrun.validation import check_positive_int
+
 
     check_positive_int(iterations, "iterations")
     parent = zoo.info(entry)
     model = zoo.load(entry)
-    expected = tuple(model.data_shape if hasattr(model, "data_shape") else model.image_shape)
-    x = np.asarray(x)
-    if x.ndim != 4 or tuple(x.shape[1:]) != expected:
-        raise ValueError(f"{entry} takes images of shape (N, *{expected}); got {x.shape}.")
+    x = check_images(x, model.image_shape)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate, beta_1=beta_1))
     history = model.fit(batches(x, batch_size, seed=seed, steps=iterations), epochs=1, steps_per_epoch=iterations,
                         verbose=verbose)

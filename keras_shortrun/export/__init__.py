@@ -25,7 +25,9 @@ from keras_shortrun.export.tensorflow import DEFAULT_OPSET
 from keras_shortrun.export.tensorflow import SUPPORTED_OPSETS
 from keras_shortrun.export.tensorflow import TOLERANCE
 from keras_shortrun.export.tensorflow import ExportError
+from keras_shortrun.export.tensorflow import check_export_path
 from keras_shortrun.export.tensorflow import check_inputs
+from keras_shortrun.export.tensorflow import check_opset
 from keras_shortrun.export.tensorflow import keras_sensitivity
 from keras_shortrun.export.tensorflow import onnx_parity
 from keras_shortrun.export.tensorflow import parity_report
@@ -43,7 +45,9 @@ __all__ = [
     "ExportGraph",
     "TensorInfo",
     "build_graph",
+    "check_export_path",
     "check_inputs",
+    "check_opset",
     "export_entry",
     "keras_sensitivity",
     "onnx_parity",

@@ -104,7 +104,7 @@ def export_entry(model, out_dir, entry=None, opset=DEFAULT_OPSET, timing_batch=1
     graphs = {}
     for name in FAMILIES[type(model)]:
         path = out_dir / f"{name}.onnx"
-        exported = to_onnx(model, path, graph=name, opset=opset)
+        exported = to_onnx(model, path, graph=name, opset=opset, overwrite=True)
         timing = time_graph(build_graph(model, name), {"file": path}, timing_batch, repeats)
         graphs[name] = {
             "file": path.name,

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import keras
@@ -21,6 +22,7 @@ from keras_shortrun import __version__
 from keras_shortrun import backend
 from keras_shortrun.export import onnx_passes
 from keras_shortrun.export.graphs import build_graph
+from keras_shortrun.saving import check_replaceable
 from keras_shortrun.serving import DATA
 from keras_shortrun.serving import METADATA_KEY
 from keras_shortrun.serving import UNIFORM
@@ -78,32 +80,44 @@ def tensorflow_runner(graph):
     return run
 
 
-def to_saved_model(model, path, graph=None, steps=None, noise="input", chains=None):
+SAVED_MODEL_FILES = ("saved_model.pb", "fingerprint.pb", METADATA_FILE, "variables/", "assets/")
+
+
+def _is_saved_model_metadata(metadata):
+    return metadata.get("format") == "saved_model" and "graph" in metadata
+
+
+def to_saved_model(model, path, graph=None, steps=None, noise="input", chains=None, overwrite=False):
     """Writes graph ``graph`` of ``model`` (see ``keras_shortrun.export.graphs``) as a TensorFlow SavedModel.
 
     ``tf.saved_model.load(path).signatures["serving_default"](**inputs)`` returns the outputs by name
-    (``.serve(*inputs)`` takes them in order); ``path/keras_shortrun.json`` describes them. Returns that
-    description (a dict).
+    (``.serve(*inputs)`` takes them in order); ``path/keras_shortrun.json`` describes them. An existing
+    ``path`` is replaced only when it is such a SavedModel and ``overwrite`` is true; any other folder or
+    file is refused (``FileExistsError``) before any work. Returns the description (a dict).
     """
+    path = Path(path)
+    check_export_path(path, "saved_model", overwrite)
     graph = build_graph(model, graph, steps=steps, noise=noise, chains=chains)
     fn, signature = traced_function(graph)
     archive = keras.export.ExportArchive()
     archive.add_endpoint("serve", fn, input_signature=signature)
-    path = Path(path)
-    staged = path.with_name(f".{path.name}.partial")  # a complete folder replaces ``path``, or nothing does
-    shutil.rmtree(staged, ignore_errors=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # a complete folder replaces ``path``, or nothing does; unique names never clash with a user's folder
+    staged = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    previous = staged.with_name(staged.name + ".old")
     try:
         archive.write_out(str(staged), verbose=False)
         metadata = dict(graph.metadata(), format="saved_model", keras_shortrun=__version__)
         (staged / METADATA_FILE).write_text(json.dumps(metadata, indent=1))
-        previous = path.with_name(f".{path.name}.old")
-        shutil.rmtree(previous, ignore_errors=True)
+        os.chmod(staged, 0o755)
         if path.exists():
             path.rename(previous)  # folders cannot be replaced in one step: move the old one aside first
         os.replace(staged, path)
         shutil.rmtree(previous, ignore_errors=True)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
+        if previous.exists() and not path.exists():
+            previous.rename(path)  # put the previous export back
     return metadata
 
 
@@ -257,8 +271,49 @@ def _check(graph, staged, path, opset, optimize):
     return {}
 
 
+def check_opset(opset):
+    """``opset`` if it is one of ``SUPPORTED_OPSETS``, else ``ValueError``."""
+    if isinstance(opset, bool) or opset not in SUPPORTED_OPSETS:
+        raise ValueError(f"opset must be one of {SUPPORTED_OPSETS} (tf2onnx 1.17, handlers need 13+), got {opset!r}.")
+    return opset
+
+
+def check_export_path(path, format, overwrite):
+    """Raises ``FileExistsError`` unless writing an export of ``format`` (``"onnx"`` or ``"saved_model"``) at
+    ``path`` deletes nothing but an earlier keras_shortrun export, and that only with ``overwrite``."""
+    if format == "onnx":
+        check_replaceable_onnx(path, overwrite)
+    elif format == "saved_model":
+        check_replaceable(path, "a keras_shortrun SavedModel", METADATA_FILE, _is_saved_model_metadata,
+                          SAVED_MODEL_FILES, overwrite)
+    else:
+        raise ValueError(f"format must be 'onnx' or 'saved_model', got {format!r}.")
+
+
+def check_replaceable_onnx(path, overwrite):
+    """Raises ``FileExistsError`` unless ``path`` is absent or, with ``overwrite``, an ONNX graph that
+    ``to_onnx`` wrote (it carries the ``keras_shortrun`` metadata)."""
+    import onnx
+
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    ours = False
+    if path.is_file() and not path.is_symlink():
+        try:
+            ours = any(p.key == METADATA_KEY for p in onnx.load(str(path), load_external_data=False).metadata_props)
+        except Exception:  # protobuf's DecodeError and friends: not an ONNX file at all
+            ours = False
+    if not ours:
+        raise FileExistsError(f"{path} exists and is not an ONNX graph written by keras_shortrun: refusing to "
+                              f"replace it. Choose a new path, or remove it yourself.")
+    if not overwrite:
+        raise FileExistsError(f"{path} already holds a keras_shortrun ONNX graph: pass overwrite=True "
+                              f"(--overwrite) to replace it.")
+
+
 def to_onnx(model, path, graph=None, steps=None, opset=DEFAULT_OPSET, noise="input", chains=None, check=True,
-            optimize=True):
+            optimize=True, overwrite=False):
     """Writes graph ``graph`` of ``model`` (see ``keras_shortrun.export.graphs``) as an ONNX file.
 
     Args:
@@ -273,21 +328,27 @@ def to_onnx(model, path, graph=None, steps=None, opset=DEFAULT_OPSET, noise="inp
             the Keras model there (raises ``ExportError`` beyond ``TOLERANCE``).
         optimize: apply ``keras_shortrun.export.onnx_passes`` (loop invariants hoisted, stride-1
             ConvTranspose as Conv); ``False`` writes tf2onnx's graph as it is (for comparison).
+        overwrite: replace an existing graph written by ``to_onnx``; any other existing file is refused
+            (``FileExistsError``) before any work.
 
     Returns:
         The graph's description (as stored in the file's ``keras_shortrun`` metadata), with ``path`` and,
         when checked with input noise, ``max_abs_error``.
     """
-    if opset not in SUPPORTED_OPSETS:
-        raise ValueError(f"opset must be one of {SUPPORTED_OPSETS} (tf2onnx 1.17, handlers need 13+), got {opset!r}.")
+    check_opset(opset)
     import onnx
 
+    path = Path(path)
+    check_replaceable_onnx(path, overwrite)
     graph = build_graph(model, graph, steps=steps, noise=noise, chains=chains)
     proto, metadata = _convert(graph, opset, optimize)
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staged = path.with_name(f".{path.name}.partial")  # renamed over ``path`` only once it has passed the check
+    # renamed over ``path`` only once it has passed the check; a unique name never clashes with a user's file
+    handle, staged = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(handle)
+    staged = Path(staged)
     onnx.save(proto, str(staged))
+    os.chmod(staged, 0o644)
     try:
         if check:
             metadata.update(_check(graph, staged, path, opset, optimize))

@@ -11,8 +11,10 @@ from keras_shortrun import backend
 from keras_shortrun.layers import LangevinChain
 from keras_shortrun.models.latent import LatentImageModel
 from keras_shortrun.models.latent import ShortRunPosterior
+from keras_shortrun.seeds import seed_generator
 from keras_shortrun.validation import check_images
 from keras_shortrun.validation import check_positive_int
+from keras_shortrun.validation import is_array
 
 STAGES = ("generator", "head", "joint")
 UNLABELLED = -1  # the label of an unlabelled example in ``fit``'s ``y``
@@ -215,12 +217,6 @@ class GenerativeClassifier(ShortRunPosterior, LatentImageModel, backend.TrainSte
         """Class probabilities ``(B, num_classes)``, averaged over ``prediction_chains`` chains."""
         return ops.mean(self.chain_probabilities(x, self.seed_generator.next(), self.prediction_chains), axis=1)
 
-    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
-        """``keras.Model.predict`` with the images checked first (numpy ``(B, 28, 28, C)`` in ``[-1, 1]``)."""
-        if isinstance(x, np.ndarray):
-            x = check_images(x, self.image_shape)
-        return super().predict(x, batch_size=batch_size, verbose=verbose, steps=steps, callbacks=callbacks)
-
     def predict_proba(self, x, chains=None, seed=None, batch_size=256):
         """Class probabilities ``(B, num_classes)`` averaged over ``chains`` (default ``prediction_chains``)
         independent chains; reproducible with ``seed``."""
@@ -231,7 +227,7 @@ class GenerativeClassifier(ShortRunPosterior, LatentImageModel, backend.TrainSte
             self._compiled[key] = backend.compile_method(
                 self, lambda images, s: [ops.mean(self.chain_probabilities(images, s, chains), axis=1)]
             )
-        generator = self._seed_generator_for(seed)
+        generator = seed_generator(seed, self.seed_generator)
         return self._batched(lambda xs: self._compiled[key](xs, generator.next()), x, batch_size)[0]
 
     def classify(self, x, chains=None, seed=None, batch_size=256):
@@ -260,15 +256,16 @@ class GenerativeClassifier(ShortRunPosterior, LatentImageModel, backend.TrainSte
                 return [grads, ops.exp(-values)]
 
             self._compiled[key] = backend.compile_method(self, gradient)
-        generator = self._seed_generator_for(seed)
+        generator = seed_generator(seed, self.seed_generator)
         return tuple(
             self._batched(lambda xs, ys: self._compiled[key](xs, ys, generator.next()), x, batch_size, labels)
         )
 
     # Training -----------------------------------------------------------------
     def fit(self, x=None, y=None, **kwargs):
-        """``keras.Model.fit`` with numpy images and labels checked first (``y``: class or -1)."""
-        if isinstance(x, np.ndarray):
+        """``keras.Model.fit`` with in-memory images (see ``CheckedInputsMixin``) and labels of any array type
+        checked first (``y``: class or -1). Streams (``tf.data``, ``PyDataset``) pass as they are."""
+        if is_array(x):
             x = check_images(x, self.image_shape)
             if y is not None:
                 y = check_labels(y, self.num_classes)

@@ -8,8 +8,14 @@ from keras_shortrun import backend
 from keras_shortrun.layers import LangevinChain
 from keras_shortrun.models.energy import EnergyConvNet
 from keras_shortrun.optim import adam_step
+from keras_shortrun.seeds import offset
+from keras_shortrun.seeds import seed_generator
+from keras_shortrun.validation import CheckedInputsMixin
 from keras_shortrun.validation import check_images
+from keras_shortrun.validation import check_optional_positive_int
+from keras_shortrun.validation import check_positive_float
 from keras_shortrun.validation import check_positive_int
+from keras_shortrun.validation import check_seed
 
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
@@ -20,7 +26,7 @@ def paper_chain(steps=100, seed=None, clip=None):
 
 
 @keras.saving.register_keras_serializable(package="keras_shortrun")
-class ShortRunEBM(backend.TrainStepMixin, keras.Model):
+class ShortRunEBM(CheckedInputsMixin, backend.TrainStepMixin, keras.Model):
     """An energy ``E(x)`` whose K-step Langevin chain from ``Uniform(-1, 1)`` is the model.
 
     Training (``fit``) follows the paper: each batch of data ``x`` (in
@@ -87,6 +93,11 @@ class ShortRunEBM(backend.TrainStepMixin, keras.Model):
         self.built = True
 
     @property
+    def image_shape(self):
+        """``data_shape``, under the name the latent families use."""
+        return self.data_shape
+
+    @property
     def metrics(self):
         return list(self.metrics_trackers.values())
 
@@ -123,20 +134,18 @@ class ShortRunEBM(backend.TrainStepMixin, keras.Model):
             self._compiled[key] = backend.compile_method(self, run)
         return self._compiled[key]
 
-    def _seed_generator_for(self, seed):
-        return self.seed_generator if seed is None else keras.random.SeedGenerator(int(seed))
 
     def initial_state(self, n, seed=None):
         """Chain inputs ``z ~ Uniform(-1, 1)``, ``(n, *data_shape)``, as a numpy array."""
         n = check_positive_int(n, "n")
-        z = keras.random.uniform((n,) + self.data_shape, -1.0, 1.0, seed=self._seed_generator_for(seed))
+        z = keras.random.uniform((n,) + self.data_shape, -1.0, 1.0, seed=seed_generator(seed, self.seed_generator))
         return ops.convert_to_numpy(z)
 
     def draw_noise(self, n, steps=None, seed=None):
         """Chain noise ``eps``, ``(n, K, *data_shape)``: pass it to hold ``M(z)`` deterministic."""
         steps = self.chain.steps if steps is None else check_positive_int(steps, "steps")
         n = check_positive_int(n, "n")
-        noise = keras.random.normal((n, steps) + self.data_shape, seed=self._seed_generator_for(seed))
+        noise = keras.random.normal((n, steps) + self.data_shape, seed=seed_generator(seed, self.seed_generator))
         return ops.convert_to_numpy(noise)
 
     def generate(self, z, noise=None, steps=None, seed=None, trajectory_every=None, batch_size=256):
@@ -148,6 +157,8 @@ class ShortRunEBM(backend.TrainStepMixin, keras.Model):
         """
         steps = self.chain.steps if steps is None else check_positive_int(steps, "steps")
         batch_size = check_positive_int(batch_size, "batch_size")
+        trajectory_every = check_optional_positive_int(trajectory_every, "trajectory_every")
+        check_seed(seed)
         z = check_images(z, self.data_shape, name="z", value_range=None)
         if noise is not None:
             noise = np.asarray(noise, dtype="float32")
@@ -155,7 +166,7 @@ class ShortRunEBM(backend.TrainStepMixin, keras.Model):
                 raise ValueError(
                     f"noise must have shape {(z.shape[0], steps) + self.data_shape}, got {noise.shape}."
                 )
-        generator = self._seed_generator_for(seed)
+        generator = seed_generator(seed, self.seed_generator)
         run = self._compiled_chain(steps, trajectory_every, with_noise=noise is not None)
         outputs = []
         for start in range(0, z.shape[0], batch_size):
@@ -172,9 +183,12 @@ class ShortRunEBM(backend.TrainStepMixin, keras.Model):
         An integer ``seed`` makes the result reproducible; ``trajectory_every``
         also returns the chain's states ``(n, T, *data_shape)``.
         """
+        check_optional_positive_int(steps, "steps")
+        check_optional_positive_int(trajectory_every, "trajectory_every")
+        check_positive_int(batch_size, "batch_size")
         z = self.initial_state(n, seed=seed)
         return self.generate(
-            z, steps=steps, seed=None if seed is None else seed + 1,
+            z, steps=steps, seed=offset(seed, 1),
             trajectory_every=trajectory_every, batch_size=batch_size,
         )
 
@@ -186,16 +200,18 @@ class ShortRunEBM(backend.TrainStepMixin, keras.Model):
         deterministic map ``M(z)``. Returns ``(B, n, *data_shape)``.
         """
         n = check_positive_int(n, "n")
-        rows = 1 if z1 is None else np.asarray(z1).shape[0]
+        check_optional_positive_int(steps, "steps")
+        check_seed(seed)
+        rows = 1 if z1 is None else check_images(z1, self.data_shape, name="z1", value_range=None).shape[0]
         z1 = self.initial_state(rows, seed=seed) if z1 is None else z1
-        z2 = self.initial_state(rows, seed=None if seed is None else seed + 1) if z2 is None else z2
+        z2 = self.initial_state(rows, seed=offset(seed, 1)) if z2 is None else z2
         z1 = check_images(z1, self.data_shape, name="z1", value_range=None)
         z2 = check_images(z2, self.data_shape, name="z2", value_range=None)
         if z1.shape != z2.shape:
             raise ValueError(f"z1 and z2 must have the same shape, got {z1.shape} and {z2.shape}.")
         rho = np.linspace(0.0, 1.0, n, dtype="float32").reshape((1, n) + (1,) * len(self.data_shape))
         path = rho * z1[:, None] + np.sqrt(1.0 - rho**2) * z2[:, None]
-        noise = self.draw_noise(rows, steps=steps, seed=None if seed is None else seed + 2)
+        noise = self.draw_noise(rows, steps=steps, seed=offset(seed, 2))
         noise = np.repeat(noise[:, None], n, axis=1)
         flat = path.reshape((rows * n,) + self.data_shape)
         out = self.generate(flat, noise=noise.reshape((rows * n,) + noise.shape[2:]), steps=steps)
@@ -215,11 +231,12 @@ class ShortRunEBM(backend.TrainStepMixin, keras.Model):
         """
         x = check_images(x, self.data_shape)
         iterations = check_positive_int(iterations, "iterations")
+        learning_rate = check_positive_float(learning_rate, "learning_rate")
         batch_size = check_positive_int(batch_size, "batch_size")
         steps = self.chain.steps if steps is None else check_positive_int(steps, "steps")
         z = self.initial_state(x.shape[0], seed=seed)
-        noise = self.draw_noise(x.shape[0], steps=steps, seed=None if seed is None else seed + 1)
-        update = self._compiled_reconstruction_step(steps, float(learning_rate))
+        noise = self.draw_noise(x.shape[0], steps=steps, seed=offset(seed, 1))
+        update = self._compiled_reconstruction_step(steps, learning_rate)
         results = []
         for start in range(0, x.shape[0], batch_size):
             chunk = slice(start, start + batch_size)

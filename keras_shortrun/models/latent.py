@@ -8,11 +8,15 @@ from keras import ops
 
 from keras_shortrun import backend
 from keras_shortrun.layers import gaussian_posterior_potential
+from keras_shortrun.seeds import offset
+from keras_shortrun.seeds import seed_generator
+from keras_shortrun.validation import CheckedInputsMixin
 from keras_shortrun.validation import check_images
 from keras_shortrun.validation import check_positive_int
+from keras_shortrun.validation import check_seed
 
 
-class LatentImageModel:
+class LatentImageModel(CheckedInputsMixin):
     """Mixin for models with a ``generator`` (a ``TopDownGenerator``-like layer with ``latent_dims`` and
     ``image_shape``) and an observation noise ``sigma``: ``p(x | z) = N(g(z), sigma^2 I)``, ``z ~ N(0, I)``."""
 
@@ -53,13 +57,11 @@ class LatentImageModel:
         prior = sum(0.5 * ops.sum(ops.square(z), axis=1) for z in latents)
         return error / (2.0 * self.sigma**2) + prior, error
 
-    def _seed_generator_for(self, seed):
-        return self.seed_generator if seed is None else keras.random.SeedGenerator(int(seed))
 
     def prior_sample(self, n, seed=None):
         """Whitened latents ``eps ~ N(0, I)``: a list of ``(n, latent_dims[l])`` numpy arrays."""
         n = check_positive_int(n, "n")
-        generator = self._seed_generator_for(seed)
+        generator = seed_generator(seed, self.seed_generator)
         return [ops.convert_to_numpy(keras.random.normal((n, d), seed=generator)) for d in self.latent_dims]
 
     def decode(self, latents, batch_size=256):
@@ -74,6 +76,7 @@ class LatentImageModel:
 
     def synthesize(self, n, seed=None, batch_size=256):
         """Ancestral samples: ``eps ~ N(0, I)`` for every layer, top-down through ``g``; ``(n, *image_shape)``."""
+        batch_size = check_positive_int(batch_size, "batch_size")
         return self.decode(self.prior_sample(n, seed=seed), batch_size=batch_size)
 
     def reconstruct(self, x, seed=None, batch_size=256):
@@ -87,11 +90,12 @@ class LatentImageModel:
         """Images along the straight line between the inferred latents of ``x1`` and ``x2`` (each
         ``(B, *image_shape)``), all layers at once. Returns ``(B, n, *image_shape)``, ends included."""
         n = check_positive_int(n, "n")
+        check_seed(seed)
         x1, x2 = check_images(x1, self.image_shape, "x1"), check_images(x2, self.image_shape, "x2")
         if x1.shape != x2.shape:
             raise ValueError(f"x1 and x2 must have the same shape, got {x1.shape} and {x2.shape}.")
         z1 = self.infer(x1, seed=seed)
-        z2 = self.infer(x2, seed=None if seed is None else seed + 1)
+        z2 = self.infer(x2, seed=offset(seed, 1))
         t = np.linspace(0.0, 1.0, n, dtype="float32")[None, :, None]
         path = [((1.0 - t) * a[:, None] + t * b[:, None]).reshape(-1, a.shape[1]) for a, b in zip(z1, z2)]
         return self.decode(path).reshape((x1.shape[0], n) + self.image_shape)
@@ -102,9 +106,10 @@ class LatentImageModel:
         n = check_positive_int(n, "n")
         if isinstance(layer, bool) or int(layer) != layer or not 0 <= layer < len(self.latent_dims):
             raise ValueError(f"layer must be an integer in [0, {len(self.latent_dims)}), got {layer!r}.")
+        check_seed(seed)
         x = check_images(x, self.image_shape)
         latents = [np.repeat(z, n, axis=0) for z in self.infer(x, seed=seed)]
-        draws = self.prior_sample(x.shape[0] * n, seed=None if seed is None else seed + 1)
+        draws = self.prior_sample(x.shape[0] * n, seed=offset(seed, 1))
         latents[int(layer)] = draws[int(layer)]
         return self.decode(latents).reshape((x.shape[0], n) + self.image_shape)
 
@@ -146,6 +151,8 @@ class ShortRunPosterior:
         """Posterior samples ``z_K`` for images ``x`` ``(B, *image_shape)``: a list of ``(B, d_l)`` numpy arrays."""
         x = check_images(x, self.image_shape)
         steps = self.chain.steps if steps is None else check_positive_int(steps, "steps")
+        check_positive_int(batch_size, "batch_size")
+        generator = seed_generator(seed, self.seed_generator)
         key = ("infer", steps, mask is not None)
         if key not in self._compiled:
 
@@ -153,6 +160,5 @@ class ShortRunPosterior:
                 return self.infer_latents(images, seed_tensor, steps, *maybe_mask)
 
             self._compiled[key] = backend.compile_method(self, run)
-        generator = self._seed_generator_for(seed)
         masks = () if mask is None else (mask,)
         return self._batched(lambda xs, *m: self._compiled[key](xs, generator.next(), *m), x, batch_size, *masks)

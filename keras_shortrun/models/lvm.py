@@ -13,6 +13,7 @@ from keras_shortrun.models.latent import ShortRunPosterior
 from keras_shortrun.optim import adam_step
 from keras_shortrun.validation import check_images
 from keras_shortrun.validation import check_positive_int
+from keras_shortrun.validation import check_seed
 
 ENTROPY_MODES = ("propagated", "noise_conditional")
 
@@ -172,6 +173,7 @@ class MultiLayerLVM(ShortRunPosterior, LatentImageModel, backend.TrainStepMixin,
         x = check_images(x, self.image_shape)
         iterations = check_positive_int(iterations, "iterations")
         batch_size = self.step_size_batch if batch_size is None else check_positive_int(batch_size, "batch_size")
+        seed = check_seed(seed)
         if "step_size" not in self._compiled:
             self._compiled["step_size"] = backend.compile_method(
                 self, lambda images, s: self._apply_step_size_update(self._step_size_update(images, s))
@@ -189,9 +191,11 @@ class MultiLayerLVM(ShortRunPosterior, LatentImageModel, backend.TrainStepMixin,
         """Mean objective (nats per image) over ``x`` at the given step sizes (a float for all layers, or one
         per layer), the chain noise and starts drawn from ``seed``: the grid-search criterion."""
         x = check_images(x, self.image_shape)
+        seed = check_seed(seed)
+        check_positive_int(batch_size, "batch_size")
         sizes = np.broadcast_to(np.asarray(step_size, dtype="float32"), (len(self.latent_dims),))
-        if not np.all(sizes > 0):
-            raise ValueError(f"step_size must be positive, got {step_size!r}.")
+        if not np.all(np.isfinite(sizes) & (sizes > 0)):
+            raise ValueError(f"step_size must be finite and positive, got {step_size!r}.")
         if "objective" not in self._compiled:
             self._compiled["objective"] = backend.compile_method(
                 self, lambda images, s, sizes: self.step_size_objective_terms(images, s, step_size=sizes)

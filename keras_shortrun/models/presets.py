@@ -5,6 +5,12 @@ an entry whose files differ, even if its ``metadata.json`` was edited to match.
 ``tools/train_<entry>.py export`` prints the new digests to paste here.
 """
 
+import keras
+
+from keras_shortrun.models.classifier import GenerativeClassifier
+from keras_shortrun.models.ebm import ShortRunEBM
+from keras_shortrun.models.lvm import MultiLayerLVM
+from keras_shortrun.models.vae import VAE
 from keras_shortrun.zoo.registry import register_presets
 
 SHORT_RUN_EBM_PRESETS = {
@@ -39,7 +45,7 @@ SHORT_RUN_EBM_PRESETS = {
     },
 }
 
-register_presets("ShortRunEBM", SHORT_RUN_EBM_PRESETS)
+register_presets("ShortRunEBM", SHORT_RUN_EBM_PRESETS, ShortRunEBM)
 
 MULTI_LAYER_LVM_PRESETS = {
     "mnist_lvm": {
@@ -75,8 +81,8 @@ VAE_PRESETS = {
     },
 }
 
-register_presets("MultiLayerLVM", MULTI_LAYER_LVM_PRESETS)
-register_presets("VAE", VAE_PRESETS)
+register_presets("MultiLayerLVM", MULTI_LAYER_LVM_PRESETS, MultiLayerLVM)
+register_presets("VAE", VAE_PRESETS, VAE)
 
 GENERATIVE_CLASSIFIER_PRESETS = {
     "mnist_classifier": {
@@ -140,8 +146,8 @@ CONVNET_PRESETS = {
     },
 }
 
-register_presets("GenerativeClassifier", GENERATIVE_CLASSIFIER_PRESETS)
-register_presets("ConvNet", CONVNET_PRESETS)
+register_presets("GenerativeClassifier", GENERATIVE_CLASSIFIER_PRESETS, GenerativeClassifier)
+register_presets("ConvNet", CONVNET_PRESETS, keras.Model)
 
 FEATURE_NET_PRESETS = {
     "celeba_features": {
@@ -159,4 +165,4 @@ FEATURE_NET_PRESETS = {
         },
     },
 }
-register_presets("FeatureNet", FEATURE_NET_PRESETS)
+register_presets("FeatureNet", FEATURE_NET_PRESETS, keras.Model)

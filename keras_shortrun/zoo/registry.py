@@ -7,6 +7,7 @@ metadata along with a file does not get past ``load`` either.
 """
 
 import difflib
+import hashlib
 import json
 import os
 import shutil
@@ -17,6 +18,12 @@ import keras
 import numpy as np
 
 from keras_shortrun.hashing import sha256_file
+from keras_shortrun.saving import UnsafeModelError
+from keras_shortrun.saving import check_replaceable
+from keras_shortrun.saving import deserialize
+from keras_shortrun.saving import parse_json
+from keras_shortrun.saving import private_copy
+from keras_shortrun.saving import read_inside
 
 ZOO_ENV = "KERAS_SHORTRUN_ZOO"
 CONFIG_FILE = "config.json"
@@ -26,14 +33,18 @@ VERIFIED_FILES = (CONFIG_FILE, WEIGHTS_FILE)
 
 # family name -> {entry name: {"description": ..., "sha256": {file: digest}}}; filled by register_presets.
 PRESETS = {}
+# family name -> the class its entries build; filled by register_presets.
+FAMILIES = {}
 
 
 class ZooIntegrityError(ValueError):
     """A zoo entry's files do not match the sha256 recorded in its metadata."""
 
 
-def register_presets(family, presets):
-    """Registers a family's presets dict (keras-hub style): ``{name: {"description", "sha256"}}``."""
+def register_presets(family, presets, model_class):
+    """Registers a family's presets dict (keras-hub style): ``{name: {"description", "sha256"}}``;
+    ``model_class``: the class every entry of the family builds (``zoo.load`` refuses any other)."""
+    FAMILIES[family] = model_class
     PRESETS.setdefault(family, {}).update(presets)
 
 
@@ -72,61 +83,98 @@ def resolve(name_or_dir):
 
 
 def read_metadata(name_or_dir):
-    with open(resolve(name_or_dir) / METADATA_FILE) as f:
-        return json.load(f)
+    """The entry's ``metadata.json`` as a dict; ``ValueError`` naming the file when it is not a JSON object."""
+    directory = resolve(name_or_dir)
+    return parse_json(read_inside(directory, METADATA_FILE), directory / METADATA_FILE)
 
 
-def verify(directory, metadata, pinned=None):
-    """Checks every verified file against the sha256 in ``metadata`` (and ``pinned``, a registered
-    entry's in-code hashes); raises ``ZooIntegrityError``."""
-    recorded = metadata.get("files", {})
+def _recorded_digest(metadata, directory, filename):
+    """The sha256 that ``metadata`` records for ``filename``, checked for type; raises ``ZooIntegrityError``."""
+    source = f"{directory}/{METADATA_FILE}"
+    files = metadata.get("files")
+    if not isinstance(files, dict) or filename not in files:
+        raise ZooIntegrityError(f"{source} records no sha256 for {filename}.")
+    digest = files[filename].get("sha256") if isinstance(files[filename], dict) else None
+    if not isinstance(digest, str):
+        raise ZooIntegrityError(f"{source}: files.{filename}.sha256 must be a string, found {digest!r}.")
+    return digest
+
+
+def read_verified(directory, metadata, pinned=None):
+    """The bytes of every verified file, each read once and checked against the sha256 in ``metadata`` (and
+    ``pinned``, a registered entry's in-code hashes): ``{filename: bytes}``. Only these bytes are used
+    afterwards, so a file swapped after the check is never loaded. Raises ``ZooIntegrityError``."""
+    verified = {}
     for filename in VERIFIED_FILES:
+        recorded = _recorded_digest(metadata, directory, filename)
+        try:
+            data = read_inside(directory, filename)
+        except FileNotFoundError:
+            raise ZooIntegrityError(f"Zoo entry {directory} is missing {filename}.") from None
+        except UnsafeModelError as error:
+            raise ZooIntegrityError(str(error)) from None
+        actual = hashlib.sha256(data).hexdigest()
         path = Path(directory) / filename
-        if filename not in recorded:
-            raise ZooIntegrityError(f"{directory}/{METADATA_FILE} records no sha256 for {filename}.")
-        if not path.is_file():
-            raise ZooIntegrityError(f"Zoo entry {directory} is missing {filename}.")
-        actual = sha256_file(path)
-        if actual != recorded[filename]["sha256"]:
+        if actual != recorded:
             raise ZooIntegrityError(
-                f"{path} has sha256 {actual}, but the entry's metadata records "
-                f"{recorded[filename]['sha256']}: the file was modified or corrupted. "
-                f"Refusing to load it."
+                f"{path} has sha256 {actual}, but the entry's metadata records {recorded}: the file was "
+                f"modified or corrupted. Refusing to load it."
             )
         if pinned is not None and actual != pinned.get(filename):
             raise ZooIntegrityError(
                 f"{path} has sha256 {actual}, but keras_shortrun pins {pinned.get(filename)} for this "
                 f"registered entry: the entry was modified or corrupted. Refusing to load it."
             )
+        verified[filename] = data
+    return verified
 
 
 def load(name_or_dir):
     """Builds the model of a zoo entry (registered name or folder) with its pretrained weights.
 
-    Every file is checked against its sha256 first; there is no way to skip the check.
+    Every file is read once and checked against its sha256; there is no way to skip the check, and only the
+    checked bytes are loaded. The config may name registered keras_shortrun classes and Keras built-ins
+    only, and is always deserialised in Keras safe mode; the model must be of the family its metadata names.
     """
     from keras_shortrun import __version__
 
     directory = resolve(name_or_dir)
     metadata = read_metadata(directory)
     spec = _all_presets().get(str(name_or_dir))
-    verify(directory, metadata, pinned=None if spec is None else spec.get("sha256", {}))
+    verified = read_verified(directory, metadata, pinned=None if spec is None else spec.get("sha256", {}))
     written_by = metadata.get("keras_shortrun_version")
+    if written_by is not None and not isinstance(written_by, str):
+        raise ValueError(f"{directory / METADATA_FILE}: keras_shortrun_version must be a string, "
+                         f"found {written_by!r}.")
     if written_by and _version_tuple(written_by) > _version_tuple(__version__):
         raise ValueError(
             f"Zoo entry {directory} was written by keras_shortrun {written_by}, newer than this "
             f"keras_shortrun {__version__}: upgrade keras_shortrun to load it."
         )
-    with open(directory / CONFIG_FILE) as f:
-        config = json.load(f)
+    family = metadata.get("family")
+    if family not in FAMILIES:
+        raise ValueError(f"{directory / METADATA_FILE} names the family {family!r}, which is not a keras_shortrun "
+                         f"family ({', '.join(sorted(FAMILIES))}): refusing to load it.")
+    config = parse_json(verified[CONFIG_FILE], directory / CONFIG_FILE)
     try:
-        model = keras.saving.deserialize_keras_object(config)
-    except (TypeError, ValueError, KeyError) as error:
+        model = deserialize(config, directory / CONFIG_FILE)
+    except UnsafeModelError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError) as error:
         raise ValueError(
             f"{directory / CONFIG_FILE} describes a model this keras_shortrun {__version__} cannot build "
             f"({type(error).__name__}: {error}); it may come from another version of keras_shortrun."
         ) from error
-    model.load_weights(directory / WEIGHTS_FILE)
+    if not isinstance(model, FAMILIES[family]):
+        raise ValueError(f"{directory / CONFIG_FILE} builds a {type(model).__name__}, not the {family} that "
+                         f"{METADATA_FILE} names: refusing to load it.")
+    with private_copy(verified[WEIGHTS_FILE], WEIGHTS_FILE) as weights:
+        try:
+            model.load_weights(weights)
+        except (ValueError, KeyError, OSError) as error:
+            raise ValueError(f"{directory / WEIGHTS_FILE} does not fit the model of {CONFIG_FILE} "
+                             f"({type(error).__name__}: {error}); the weights belong to another architecture.") \
+                from None
     return model
 
 
@@ -135,17 +183,35 @@ def _version_tuple(version):
     return tuple(int(part) if part.isdigit() else 0 for part in str(version).split("."))
 
 
+ENTRY_FILES = ("config.json", "model.weights.h5", "metadata.json", "*.md", "*.png", "*.gif")  # what an entry holds
+
+
+def _is_entry_metadata(metadata):
+    return isinstance(metadata.get("files"), dict) and "keras_shortrun_version" in metadata
+
+
+def _family_of(model):
+    """The registered family whose class is the model's own class, else ``None``."""
+    return next((family for family, cls in FAMILIES.items() if type(model) is cls), None)
+
+
 def save_entry(model, directory, metadata, extra_files=()):
     """Writes a complete entry folder atomically (a temporary folder renamed into place).
 
-    ``metadata`` gets ``family``, ``params`` and the files' sha256 added;
-    ``extra_files`` are paths copied in (sample grids, the card). Only the
-    model's weights are stored (no optimizer state), from a copy rebuilt from
-    the written config, so the entry is known to load.
+    ``metadata`` gets ``family`` (when absent: the registered family of the model's class), ``params`` and
+    the files' sha256 added; ``extra_files`` are paths copied in (sample grids, the card). Only the model's
+    weights are stored (no optimizer state), from a copy rebuilt from the written config, so the entry is
+    known to load. An existing folder is replaced only when it is a zoo entry (metadata and the kinds of
+    files an entry holds); anything else is refused with ``FileExistsError`` before any work.
     """
     from keras_shortrun import __version__
 
     directory = Path(directory)
+    check_replaceable(directory, "a zoo entry", METADATA_FILE, _is_entry_metadata, ENTRY_FILES)
+    family = metadata.get("family") or _family_of(model)
+    if family not in FAMILIES or not isinstance(model, FAMILIES[family]):
+        raise ValueError(f"family {family!r} is not a keras_shortrun family of a {type(model).__name__} "
+                         f"(families: {', '.join(sorted(FAMILIES))}).")
     broken = [v.path for v in model.weights if not np.all(np.isfinite(keras.ops.convert_to_numpy(v)))]
     if broken:
         raise ValueError(f"Refusing to save a zoo entry with NaN or infinite weights: {broken[:3]}"
@@ -157,7 +223,7 @@ def save_entry(model, directory, metadata, extra_files=()):
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     os.chmod(staging, 0o755)
-    backup = directory.with_name(directory.name + ".old")
+    backup = staging.with_name(staging.name + ".old")  # unique, like the staging folder: never a user's folder
     try:
         config = keras.saving.serialize_keras_object(model)
         config.pop("compile_config", None)  # an entry is a model, not a training state
@@ -169,7 +235,7 @@ def save_entry(model, directory, metadata, extra_files=()):
         for extra in extra_files:
             shutil.copy(extra, staging / Path(extra).name)
         metadata = dict(metadata)
-        metadata.setdefault("family", type(model).__name__)
+        metadata["family"] = family
         metadata["keras_shortrun_version"] = __version__
         metadata["params"] = int(model.count_params())
         metadata["files"] = {
@@ -178,7 +244,6 @@ def save_entry(model, directory, metadata, extra_files=()):
         }
         with open(staging / METADATA_FILE, "w") as f:
             json.dump(metadata, f, indent=1, sort_keys=True)
-        shutil.rmtree(backup, ignore_errors=True)
         if directory.exists():
             directory.rename(backup)
         staging.rename(directory)
