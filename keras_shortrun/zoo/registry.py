@@ -72,8 +72,10 @@ def resolve(name_or_dir):
             f"{[str(d) for d in zoo_dirs()]}; reinstall keras_shortrun or set {ZOO_ENV}."
         )
     path = Path(name_or_dir)
-    if (path / METADATA_FILE).is_file():
+    if (path / METADATA_FILE).is_file() or (path / METADATA_FILE).is_symlink():
         return path
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder but not a zoo entry: its {METADATA_FILE} is missing.")
     close = difflib.get_close_matches(str(name_or_dir), list(presets), n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
     raise ValueError(
