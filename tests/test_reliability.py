@@ -390,13 +390,13 @@ def test_an_interrupted_saved_model_export_keeps_the_previous_folder(tmp_path, m
             pass
 
         def write_out(self, path, **kwargs):
-            Path(path).mkdir(parents=True)
+            Path(path).mkdir(parents=True, exist_ok=True)
             (Path(path) / "saved_model.pb").write_bytes(b"half")
             raise OSError("disk full")
 
     monkeypatch.setattr(keras.export, "ExportArchive", FailingArchive)
     with pytest.raises(OSError, match="disk full"):
-        to_saved_model(model, target, steps=2)
+        to_saved_model(model, target, steps=2, overwrite=True)
     assert _tree_bytes(target) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sampler"]
 

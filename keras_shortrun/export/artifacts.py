@@ -24,8 +24,6 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
-
 from keras_shortrun import __version__
 from keras_shortrun.export.graphs import FAMILIES
 from keras_shortrun.export.graphs import build_graph
@@ -134,12 +132,12 @@ def export_entry(model, out_dir, entry=None, opset=DEFAULT_OPSET, timing_batch=1
     return manifest
 
 
-def verify_manifest(model, out_dir, atol=1e-6):
+def verify_manifest(model, out_dir):
     """Checks ``out_dir``'s artifacts against its manifest and ``model``: every file's sha256, the ONNX
     checker, that onnxruntime loads it, that the graph's inputs, outputs and K are what ``model`` builds
-    now, and that the file passes ``parity_report`` again (for a graph within ``TOLERANCE``, also within
-    ``atol`` of the recorded error). Returns the recomputed errors ``{graph: error}``; raises
-    ``ValueError`` naming the first discrepancy."""
+    now, and that the file passes ``parity_report`` again on this CPU (the recorded error is the exporting
+    machine's: float32 kernels differ between CPUs, so it is reported, not compared). Returns the
+    recomputed errors ``{graph: error}``; raises ``ValueError`` naming the first discrepancy."""
     import onnx
 
     out_dir = Path(out_dir)
@@ -170,10 +168,5 @@ def verify_manifest(model, out_dir, atol=1e-6):
             report = parity_report(graph, path, opset=manifest["opset"])
         except ExportError as error:
             raise ValueError(str(error)) from None
-        error = report["max_abs_error"]
-        if "keras_rounding_sensitivity" not in recorded and not np.isclose(error, recorded["max_abs_error"], rtol=0,
-                                                                      atol=atol):
-            raise ValueError(f"{path}: max |ONNX - Keras| is {error:.3g} now, the manifest records "
-                             f"{recorded['max_abs_error']:.3g}.")
-        errors[name] = error
+        errors[name] = report["max_abs_error"]
     return errors
