@@ -364,12 +364,19 @@ def build_parser():
     return parser
 
 
+KERAS_FREE_COMMANDS = (cmd_serve_onnx,)  # onnxruntime, numpy and Pillow only: TensorFlow is never imported
+
+
 def main(argv=None):
     """Runs one command; a user's mistake (a bad argument, a missing or refused file, a diverged run) is one
     line on stderr and exit status 2, never a traceback."""
-    args = build_parser().parse_args(argv)
     try:
-        _import_tensorflow_quietly()
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # argparse has printed the one-line error (or --help)
+        return stop.code
+    try:
+        if args.func not in KERAS_FREE_COMMANDS:
+            _import_tensorflow_quietly()
         args.func(args)
     except (ValueError, OSError, TrainingDiverged) as error:
         print(f"keras-shortrun: error: {' '.join(str(error).split())}", file=sys.stderr)

@@ -5,10 +5,13 @@ message naming the file or directory to provide. ``load`` is the entry point.
 """
 
 import os
+import re
+import struct
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from PIL import ImageOps
 
 from keras_shortrun.hashing import sha256_file
 from keras_shortrun.validation import check_positive_int
@@ -37,6 +40,12 @@ CELEBA_TEST_SIZE = 1000  # the last 1,000 faces are the held-out split
 SPLITS = ("train", "test")
 SOURCES = ("npz", "folder", "tfds")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# PIL modes read from files: 8-bit ones, and 16-bit grey (mode I: 32-bit integers, refused outside 0..65535)
+EIGHT_BIT_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+ALPHA_MODES = ("LA", "PA", "RGBA", "RGBa")
+# what PIL's decoders raise on a file that is not an image, is truncated or is corrupt
+_READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError)
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -58,11 +67,21 @@ def load(name, split="train", source="npz", path=None, data_dir=None, image_size
               ``celeba32`` is it pooled 2x2. ``cifar10`` is a 10k/5k subset.
             - ``"folder"``: image files under ``path`` (or ``path/<split>`` when
               ``path/train`` or ``path/test`` exists, and then the asked split's
-              folder must be there); one subfolder per class gives labels (the
-              folder name when all names are integers, else its index among the
-              sorted class names of all splits, so a class has one label in
-              train and test); ``train``/``test`` folders are never classes;
-              loose files give ``labels=None``.
+              folder must be there); one subfolder per class gives labels, the
+              same in every split: when all class names of all splits are
+              numbers (``7``, ``007``) each is its number, and two that are the
+              same number (``1``, ``01``) are refused; when none is, each is its
+              index among the sorted names; a mix is refused. Loose files give
+              ``labels=None``. Images sit directly in the split's folder or in
+              its class folders: images deeper down are refused, not ignored.
+              ``train``/``test`` folders are never classes; hidden files and
+              folders (``._x.png``, ``.ipynb_checkpoints``) are skipped. Pixels:
+              16-bit grey ``0..65535`` is scaled to ``0..255``; transparency is
+              composited on white (what a viewer shows); EXIF orientation is
+              applied; colour becomes grey by ITU-R 601 luma. Refused, with the
+              file named: float images (mode ``F``, range unknown), 32-bit
+              integers outside ``0..65535``, several frames (animated GIF,
+              multi-page TIFF), unreadable or corrupt files, broken links.
             - ``"tfds"``: a TensorFlow Datasets copy already prepared in
               ``data_dir`` (mnist, fashion_mnist, cifar10; never downloaded).
         path: npz file or directory (``"npz"``), image directory (``"folder"``).
@@ -156,13 +175,102 @@ def _fit(image, size):
     return np.asarray(image, dtype=np.uint8)
 
 
+def _visible(directory):
+    """The entries of ``directory``, sorted, but hidden ones (``._x.png`` of macOS, ``.ipynb_checkpoints``)."""
+    return sorted(p for p in directory.iterdir() if not p.name.startswith("."))
+
+
 def _image_files(directory):
-    return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    """The image files directly in ``directory``, sorted; one named like an image that is not a file (a link to
+    nowhere, a link loop) is an error."""
+    files = [p for p in _visible(directory) if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_dir()]
+    for file in files:
+        if not file.is_file():
+            raise ValueError(f"{file} is named like an image but is not a file (a broken link, or a link loop): "
+                             "fix or remove it.")
+    return files
+
+
+def _subfolders(directory):
+    """The visible subfolders of ``directory`` (links followed), sorted; folders named like a split excluded."""
+    return [d for d in _visible(directory) if d.is_dir() and d.name not in SPLITS]
 
 
 def _class_dirs(directory):
     """The subfolders of ``directory`` that hold images, sorted; folders named like a split are never classes."""
-    return sorted(d for d in directory.iterdir() if d.is_dir() and d.name not in SPLITS and _image_files(d))
+    return [d for d in _subfolders(directory) if _image_files(d)]
+
+
+def _folder_with_images_below(directory, seen):
+    """The first visible folder at any depth below ``directory`` that holds images, or ``None``; links are
+    followed, each real folder once (``seen``: resolved paths), so a link loop ends."""
+    for sub in _visible(directory):
+        if sub.is_dir() and sub.resolve() not in seen:
+            seen.add(sub.resolve())
+            found = sub if _image_files(sub) else _folder_with_images_below(sub, seen)
+            if found:
+                return found
+    return None
+
+
+def _labels(names, where):
+    """``{class folder name: label}`` for the class names of all splits of ``where``: every name's number when
+    all are numbers, else every name's index among the sorted names; ``ValueError`` when two could clash."""
+    numbered = sorted(n for n in names if re.fullmatch("[0-9]+", n))  # ASCII digits: int() takes no others
+    if not numbered:
+        return {name: i for i, name in enumerate(sorted(names))}
+    named = sorted(set(names) - set(numbered))
+    if named:
+        raise ValueError(
+            f"{where} mixes numbered class folders ({', '.join(map(repr, numbered))}) with named ones "
+            f"({', '.join(map(repr, named))}): a number is its own label and a name its index, so they could "
+            "clash. Rename them all as numbers or all as names."
+        )
+    owner = {}
+    for name in numbered:
+        label = int(name)
+        if label >= 2**63:
+            raise ValueError(f"class folder {name!r} of {where}: its label would be its number, above 2**63 - 1 "
+                             "(int64): rename it.")
+        if label in owner:
+            raise ValueError(f"class folders {owner[label]!r} and {name!r} of {where} would share label {label} "
+                             "(a numbered folder's label is its number): rename one.")
+        owner[label] = name
+    return {name: label for label, name in owner.items()}
+
+
+def _read_image(file, channels):
+    """The image ``file`` as an 8-bit ``L`` (``channels`` 1) or ``RGB`` PIL image, as described in ``load``."""
+    try:
+        with Image.open(file) as opened:
+            frames = getattr(opened, "n_frames", 1)
+            image = ImageOps.exif_transpose(opened)  # a loaded copy, turned as a viewer shows it
+    except _READ_ERRORS as error:
+        raise ValueError(f"{file} is not a readable image ({type(error).__name__}: {error}).") from error
+    if frames > 1:
+        raise ValueError(f"{file} has {frames} frames (an animation or a multi-page file); a dataset image has "
+                         "one: save the frames you want as files of their own.")
+    mode = image.mode
+    if mode in SIXTEEN_BIT_MODES:
+        values = np.asarray(image)
+        low, high = int(values.min()), int(values.max())
+        if low < 0 or high > 65535:
+            raise ValueError(f"{file} is mode {mode} with values in [{low}, {high}], outside 0..65535 (16 bits): "
+                             "their range is not known. Save it as an 8- or 16-bit image.")
+        pixels = np.round(values / 257).astype(np.uint8)  # 0..65535 -> 0..255
+        if "transparency" in image.info:  # a grey value marked fully transparent: composited on white
+            pixels[values == image.info["transparency"]] = 255
+        image = Image.fromarray(pixels)
+    elif mode == "F":
+        raise ValueError(f"{file} is mode F (floating point): its range is not known, so it has no place in "
+                         "[-1, 1]. Save it as an 8- or 16-bit image.")
+    elif mode not in EIGHT_BIT_MODES:
+        raise ValueError(f"{file} is mode {mode}, which is not read here (modes read: "
+                         f"{', '.join(EIGHT_BIT_MODES + SIXTEEN_BIT_MODES)}).")
+    elif mode in ALPHA_MODES or "transparency" in image.info:
+        image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
+    image = image.convert("RGB")
+    return image.convert("L") if channels == 1 else image
 
 
 def _folder_pixels(path, split, channels, size):
@@ -186,6 +294,13 @@ def _folder_pixels(path, split, channels, size):
         root = base
     if not root.is_dir():
         raise DataNotFoundError(f"Image directory {root} not found: provide it, or pass another path=.")
+    for folder in _subfolders(root):
+        deep = _folder_with_images_below(folder, {folder.resolve()})
+        if deep:
+            raise ValueError(
+                f"{deep} holds images that would be ignored: those of {root} sit in it or directly in its class "
+                "folders. Move them, or hide the folder (a leading '.') to skip it."
+            )
     loose = _image_files(root)
     classes = _class_dirs(root)
     if loose and classes:
@@ -199,19 +314,13 @@ def _folder_pixels(path, split, channels, size):
         )
     if classes:
         # the same name gets the same label in every split: number the union of all splits' class names
-        names = sorted({d.name for r in (split_dirs or [root]) for d in _class_dirs(r)})
-        numbered = all(n.isdigit() for n in names)
-        label_of = {n: int(n) if numbered else i for i, n in enumerate(names)}
+        label_of = _labels({d.name for r in (split_dirs or [root]) for d in _class_dirs(r)}, base)
         per_class = [(label_of[d.name], _image_files(d)) for d in classes]
         files = [f for _, fs in per_class for f in fs]
         labels = np.concatenate([np.full(len(fs), label, np.int64) for label, fs in per_class])
     else:
         files, labels = loose, None
-    mode = "L" if channels == 1 else "RGB"
-    pixels = []
-    for file in files:
-        with Image.open(file) as image:
-            pixels.append(_fit(image.convert(mode), size))
+    pixels = [_fit(_read_image(file, channels), size) for file in files]
     return np.stack(pixels).reshape(len(files), size, size, channels), labels
 
 

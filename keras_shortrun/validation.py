@@ -75,11 +75,13 @@ def check_positive_float(value, name):
 
 class CheckedInputsMixin:
     """``fit``, ``evaluate`` and ``predict`` of a Keras model with in-memory images of any array type
-    checked first (``check_images`` against ``self.image_shape``, range ``[-1, 1]``); streams
+    checked first (``check_images`` against ``self.image_shape`` and ``self.input_range``); streams
     (``tf.data.Dataset``, ``keras.utils.PyDataset``, generators) pass as they are."""
 
+    input_range = (-1.0, 1.0)  # images in the model's pixel range; ``None`` for data without one
+
     def _checked_images(self, x):
-        return check_images(x, self.image_shape) if is_array(x) else x
+        return check_images(x, self.image_shape, value_range=self.input_range) if is_array(x) else x
 
     def fit(self, x=None, *args, **kwargs):
         return super().fit(self._checked_images(x), *args, **kwargs)

@@ -223,3 +223,170 @@ def test_sha256_mismatch_names_the_file(tmp_path, monkeypatch):
     np.savez_compressed(fake, x_train=np.zeros((1, 28, 28, 1), np.uint8), y_train=np.arange(1))
     x, _ = data.load("mnist", path=fake, verify=False)
     assert x.shape == (1, 28, 28, 1)
+
+
+# Folder images: modes, labels, hidden and broken files --------------------------------------------------------
+def _mode_image(mode, value):
+    """An 8x8 image of ``mode`` filled with ``value``; palette modes have index 0 black, 1 red."""
+    image = Image.new(mode, (8, 8), value)
+    if mode in ("P", "PA"):
+        image.putpalette([0, 0, 0, 255, 0, 0])
+    return image
+
+
+# (case, mode, saved as, fill value, save options, expected grey 0..255, expected RGB 0..255)
+PIXEL_MODES = [
+    ("1 white", "1", "png", 1, {}, 255, (255, 255, 255)),
+    ("L grey", "L", "png", 128, {}, 128, (128, 128, 128)),
+    ("LA transparent black", "LA", "png", (0, 0), {}, 255, (255, 255, 255)),  # on white
+    ("LA half-transparent black", "LA", "png", (0, 128), {}, 127, (127, 127, 127)),
+    ("LA opaque", "LA", "png", (40, 255), {}, 40, (40, 40, 40)),
+    ("L with a transparent value", "L", "png", 77, {"transparency": 77}, 255, (255, 255, 255)),
+    ("P red", "P", "png", 1, {}, 76, (255, 0, 0)),
+    ("P transparent index", "P", "png", 1, {"transparency": 1}, 255, (255, 255, 255)),
+    ("PA half-transparent red", "PA", "tif", (1, 128), {}, 165, (255, 127, 127)),
+    ("RGB red", "RGB", "png", (255, 0, 0), {}, 76, (255, 0, 0)),
+    ("RGBA transparent red", "RGBA", "png", (255, 0, 0, 0), {}, 255, (255, 255, 255)),
+    ("RGBA half-transparent black", "RGBA", "png", (0, 0, 0, 128), {}, 127, (127, 127, 127)),
+    ("CMYK half black", "CMYK", "tif", (0, 0, 0, 128), {}, 127, (127, 127, 127)),
+    ("YCbCr grey", "YCbCr", "tif", (128, 128, 128), {}, 128, (128, 128, 128)),
+    ("LAB mid grey", "LAB", "tif", (128, 128, 128), {}, 119, (119, 119, 119)),
+    ("I;16 mid grey", "I;16", "png", 32768, {}, 128, (128, 128, 128)),
+    ("I;16B mid grey", "I;16B", "tif", 32768, {}, 128, (128, 128, 128)),
+    ("I;16L quarter grey", "I;16L", "tif", 16384, {}, 64, (64, 64, 64)),
+    ("I (32-bit) holding 16-bit grey", "I", "tif", 32768, {}, 128, (128, 128, 128)),
+    ("I;16 with a transparent value", "I;16", "png", 200, {"transparency": 200}, 255, (255, 255, 255)),
+]
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("mode, fmt, value, options, grey, rgb", [c[1:] for c in PIXEL_MODES],
+                         ids=[c[0] for c in PIXEL_MODES])
+def test_folder_scales_every_mode_by_its_range_and_composites_alpha_on_white(
+        tmp_path, channels, mode, fmt, value, options, grey, rgb):
+    path = tmp_path / f"image.{fmt}"
+    _mode_image(mode, value).save(path, **options)
+    with Image.open(path) as saved:
+        assert saved.mode == mode.replace("I;16L", "I;16")  # the mode a reader of the file gets
+    x, _ = data.load("mnist" if channels == 1 else "cifar10", source="folder", path=tmp_path, image_size=8)
+    expected = np.broadcast_to(np.array([grey] if channels == 1 else rgb, np.uint8), (1, 8, 8, channels))
+    np.testing.assert_allclose(x, data.to_model_range(expected), atol=1.01 / 127.5)
+
+
+def test_folder_16_bit_range_maps_onto_minus_one_one(tmp_path):
+    ramp = np.repeat(np.array([0, 16384, 32768, 65535], np.uint16), 16).reshape(8, 8)
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")  # mode I;16
+    x, _ = data.load("mnist", source="folder", path=tmp_path, image_size=8)
+    np.testing.assert_allclose(x[0, ::2, 0, 0], [-1.0, -0.5, 0.0, 1.0], atol=0.005)  # mid-grey 32768 is ~0.0
+
+
+@pytest.mark.parametrize("mode, value, message", [
+    ("F", 0.5, r"mode F \(floating point\).*range is not known"),
+    ("I", 70000, r"mode I with values in \[70000, 70000\], outside 0\.\.65535"),
+    ("I", -1, r"mode I with values in \[-1, -1\], outside 0\.\.65535"),
+])
+def test_folder_refuses_modes_whose_range_is_not_known(tmp_path, mode, value, message):
+    _mode_image(mode, value).save(tmp_path / "odd.tif")
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "odd.tif")) + ".*" + message):
+        data.load("mnist", source="folder", path=tmp_path)
+
+
+def test_folder_numeric_class_names_never_share_a_label(tmp_path):
+    pixel = np.zeros((8, 8), np.uint8)
+    for name in ("00", "01", "02"):  # zero-padded numbers are the labels too
+        _write_png(tmp_path / "padded" / name / "a.png", pixel)
+    _, y = data.load("mnist", source="folder", path=tmp_path / "padded")
+    assert y.tolist() == [0, 1, 2]
+    for name in ("1", "01"):
+        _write_png(tmp_path / "clash" / name / "a.png", pixel)
+    with pytest.raises(ValueError, match=r"class folders '01' and '1' .* would share label 1"):
+        data.load("mnist", source="folder", path=tmp_path / "clash")
+    _write_png(tmp_path / "splits" / "train" / "7" / "a.png", pixel)
+    _write_png(tmp_path / "splits" / "test" / "007" / "a.png", pixel)  # the clash is across the splits
+    with pytest.raises(ValueError, match=r"class folders '007' and '7' .* would share label 7"):
+        data.load("mnist", "train", source="folder", path=tmp_path / "splits")
+    for name in ("1", "2", "cat"):
+        _write_png(tmp_path / "mixed" / name / "a.png", pixel)
+    with pytest.raises(ValueError, match=r"mixes numbered class folders \('1', '2'\) with named ones \('cat'\)"):
+        data.load("mnist", source="folder", path=tmp_path / "mixed")
+    _write_png(tmp_path / "huge" / ("9" * 20) / "a.png", pixel)
+    with pytest.raises(ValueError, match=r"class folder '9{20}' .* above 2\*\*63 - 1"):
+        data.load("mnist", source="folder", path=tmp_path / "huge")
+    _write_png(tmp_path / "superscript" / "\u00b2" / "a.png", pixel)  # a digit to str.isdigit, not to int()
+    _, y = data.load("mnist", source="folder", path=tmp_path / "superscript")
+    assert y.tolist() == [0]  # a name, numbered by its index
+
+
+def test_folder_skips_hidden_files_and_folders(tmp_path):
+    pixel = np.zeros((8, 8), np.uint8)
+    for root in ("classes/cat", "classes/dog", "loose"):
+        _write_png(tmp_path / root / "a.png", pixel)
+        (tmp_path / root / "._a.png").write_bytes(b"\x00\x05\x16\x07 resource fork")  # macOS AppleDouble
+        _write_png(tmp_path / root / ".ipynb_checkpoints" / "a-checkpoint.png", pixel)
+    _write_png(tmp_path / "classes" / ".ipynb_checkpoints" / "a-checkpoint.png", pixel)
+    _write_png(tmp_path / "classes" / ".hidden_class" / "a.png", pixel)
+    _, y = data.load("mnist", source="folder", path=tmp_path / "classes")
+    assert y.tolist() == [0, 1]  # cat, dog: no hidden class, no hidden file
+    x, y = data.load("mnist", source="folder", path=tmp_path / "loose")
+    assert x.shape == (1, 28, 28, 1) and y is None
+
+
+@pytest.mark.parametrize("content", [b"", b"not an image at all", "truncated"])
+def test_folder_corrupt_image_error_names_the_file(tmp_path, content):
+    _write_png(tmp_path / "good.png", np.zeros((8, 8), np.uint8))
+    if content == "truncated":
+        _write_png(tmp_path / "bad.png", np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8))
+        content = (tmp_path / "bad.png").read_bytes()[:300]
+    (tmp_path / "bad.png").write_bytes(content)
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "bad.png")) + " is not a readable image"):
+        data.load("mnist", source="folder", path=tmp_path)
+
+
+def test_folder_applies_exif_orientation(tmp_path):
+    top_white = np.zeros((8, 8), np.uint8)
+    top_white[:4] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 3  # Orientation: rotate 180 degrees to display
+    Image.fromarray(top_white).save(tmp_path / "upside_down.png", exif=exif)
+    x, _ = data.load("mnist", source="folder", path=tmp_path, image_size=8)
+    np.testing.assert_array_equal(x[0, ..., 0], data.to_model_range(top_white[::-1]))  # as a viewer shows it
+
+
+def test_folder_refuses_images_of_several_frames(tmp_path):
+    frames = [Image.fromarray(np.full((8, 8), v, np.uint8)) for v in (0, 255)]
+    frames[0].save(tmp_path / "animated.gif", save_all=True, append_images=frames[1:])
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "animated.gif")) + " has 2 frames"):
+        data.load("mnist", source="folder", path=tmp_path)
+
+
+def test_folder_refuses_images_below_the_class_folders(tmp_path):
+    pixel = np.zeros((8, 8), np.uint8)
+    _write_png(tmp_path / "a" / "dog" / "a.png", pixel)
+    _write_png(tmp_path / "a" / "cat" / "2019" / "a.png", pixel)  # cat holds no image directly: not silently dropped
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "a" / "cat" / "2019")) + " holds images"):
+        data.load("mnist", source="folder", path=tmp_path / "a")
+    _write_png(tmp_path / "b" / "dog" / "a.png", pixel)
+    _write_png(tmp_path / "b" / "dog" / "more" / "deeper" / "b.png", pixel)
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "b" / "dog" / "more" / "deeper"))):
+        data.load("mnist", source="folder", path=tmp_path / "b")
+    _write_png(tmp_path / "c" / "a.png", pixel)  # loose images, and more two levels down
+    _write_png(tmp_path / "c" / "sub" / "sub" / "b.png", pixel)
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "c" / "sub" / "sub"))):
+        data.load("mnist", source="folder", path=tmp_path / "c")
+
+
+def test_folder_symlinks_loops_and_broken_links(tmp_path):
+    pixel = np.zeros((8, 8), np.uint8)
+    _write_png(tmp_path / "cat" / "a.png", pixel)
+    (tmp_path / "cat" / "loop").symlink_to(tmp_path / "cat")  # a folder loop: ends, adds nothing
+    (tmp_path / "cat" / "self.png").symlink_to(tmp_path / "cat" / "self.png")  # a link loop of its own
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "cat" / "self.png")) + " is named like an image but"):
+        data.load("mnist", source="folder", path=tmp_path)
+    (tmp_path / "cat" / "self.png").unlink()
+    (tmp_path / "cat" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "cat" / "gone.png")) + " is named like an image but"):
+        data.load("mnist", source="folder", path=tmp_path)
+    (tmp_path / "cat" / "gone.png").unlink()
+    (tmp_path / "cat" / "b.png").symlink_to(tmp_path / "cat" / "a.png")  # a link to an image is an image
+    _, y = data.load("mnist", source="folder", path=tmp_path)
+    assert y.tolist() == [0, 0]

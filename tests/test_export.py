@@ -642,7 +642,7 @@ def test_cli_exports_and_serves(tiny_entry, tmp_path, capsys):
     assert "CPUExecutionProvider" in capsys.readouterr().out
     assert np.asarray(Image.open(png)).shape == (2 * 10 + 2, 2 * 10 + 2)  # 2x2 tiles of 8 px, 2 px padding
     assert cli.main(["export", str(tiny_entry), "-o", str(path), "--steps", "0"]) == 2
-    assert "steps must be a positive integer" in capsys.readouterr().err
+    assert "argument --steps: must be a positive integer" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("entry", export_zoo.exportable_entries())

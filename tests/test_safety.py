@@ -246,18 +246,10 @@ def test_cli_user_errors_are_one_line_and_exit_2(tmp_path, args, message, capsys
 
     monkeypatch.setattr(zoo, "load", never)
     monkeypatch.setattr(cli, "_load", never)
-    assert exit_status([a.replace("{tmp}", str(tmp_path)) for a in args]) == 2
+    assert cli.main([a.replace("{tmp}", str(tmp_path)) for a in args]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert re.search(message, err), err
-
-
-def exit_status(argv):
-    """``cli.main``'s exit status, also when argparse exits on its own."""
-    try:
-        return cli.main(argv)
-    except SystemExit as exit:
-        return exit.code
 
 
 def test_a_successful_cli_run_prints_nothing_on_stderr(tmp_path):

@@ -38,11 +38,11 @@ from keras_shortrun.models.ebm import ShortRunEBM
 from keras_shortrun.models.lvm import MultiLayerLVM
 from keras_shortrun.models.vae import VAE
 from keras_shortrun.serving import DATA
+from keras_shortrun.serving import NOISE_MODES
 from keras_shortrun.serving import NORMAL
 from keras_shortrun.serving import UNIFORM
 from keras_shortrun.validation import check_positive_int
 
-NOISE_MODES = ("input", "internal")
 FAMILIES = {  # family -> graphs, the first being the default
     ShortRunEBM: ("sampler", "chain"),
     MultiLayerLVM: ("generator", "inference", "reconstruction"),

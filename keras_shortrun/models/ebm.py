@@ -98,6 +98,11 @@ class ShortRunEBM(CheckedInputsMixin, backend.TrainStepMixin, keras.Model):
         return self.data_shape
 
     @property
+    def input_range(self):
+        """``[-1, 1]`` for images ``(H, W, C)``; ``None`` (no range check) for other data, e.g. 2-D toy points."""
+        return (-1.0, 1.0) if len(self.data_shape) == 3 else None
+
+    @property
     def metrics(self):
         return list(self.metrics_trackers.values())
 
