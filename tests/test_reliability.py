@@ -5,6 +5,7 @@ run is rolled back instead of training on, or saving, NaN weights.
 ``docs/reliability.md`` from the cases below; without it the test checks that the document is current.
 """
 
+import json
 import os
 import re
 import sys
@@ -13,10 +14,15 @@ from pathlib import Path
 import h5py
 import keras
 import numpy as np
+import onnx
 import pytest
+import tensorflow as tf
 from conftest import run_python
+from PIL import Image
 
 from keras_shortrun import data
+from keras_shortrun import export
+from keras_shortrun import serving
 from keras_shortrun import zoo
 from keras_shortrun.errors import TrainingDiverged
 from keras_shortrun.export import ExportError
@@ -39,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 DOC = ROOT / "docs" / "reliability.md"
 TABLE_START, TABLE_END = "<!-- bad-input table: start -->", "<!-- bad-input table: end -->"
+SAMPLER = ROOT / "export" / "mnist_ebm" / "sampler.onnx"
 
 
 def tiny_ebm():
@@ -83,6 +90,53 @@ def newer_version(directory):
                                metadata.read_text()))
 
 
+def edit_metadata(directory, change):
+    """``metadata.json`` of the entry in ``directory`` rewritten as ``change(text)``."""
+    path = directory / "metadata.json"
+    path.write_text(change(path.read_text()))
+
+
+def user_folder(path, name="notes.txt"):
+    """A folder of the user's: one file that no writer of ours may delete."""
+    path.mkdir(parents=True)
+    (path / name).write_text("the user's work")
+    return path
+
+
+def image_folder(tmp_path, files):
+    """A folder of images: ``files`` maps relative paths to PIL images (or to raw bytes)."""
+    for name, content in files.items():
+        path = tmp_path / "images" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        content.save(path) if isinstance(content, Image.Image) else path.write_bytes(content)
+    return tmp_path / "images"
+
+
+def grey(value=0, mode="L"):
+    return Image.fromarray(np.full((8, 8), value, np.uint8)) if mode == "L" else Image.new(mode, (8, 8), value)
+
+
+def edited_sampler(tmp_path, change):
+    """A copy of the shipped MNIST sampler whose serving metadata is ``change(metadata dict)``."""
+    model = onnx.load(SAMPLER)
+    entry = next(p for p in model.metadata_props if p.key == serving.METADATA_KEY)
+    metadata = json.loads(entry.value)
+    entry.value = json.dumps(change(metadata))
+    onnx.save(model, tmp_path / "edited.onnx")
+    return tmp_path / "edited.onnx"
+
+
+def with_meminfo(tmp_path, available_kib, call):
+    """``call()`` while serving reads a ``/proc/meminfo`` that reports ``available_kib`` KiB available."""
+    fake = tmp_path / "meminfo"
+    fake.write_text(f"MemTotal: {2 * available_kib} kB\nMemAvailable: {available_kib} kB\n")
+    saved, serving.MEMINFO = serving.MEMINFO, str(fake)
+    try:
+        return call()
+    finally:
+        serving.MEMINFO = saved
+
+
 def nan_weights():
     model = tiny_ebm()
     model.set_weights([np.full_like(w, np.nan) for w in model.get_weights()])
@@ -114,6 +168,28 @@ CASES = [
      ValueError, "noise must have shape"),
     ("EBM", "unknown compute dtype", lambda t: tiny_ebm().with_compute_dtype("int8"), ValueError,
      "dtype must be one of"),
+    ("API", "seed below 0", lambda t: tiny_ebm().sample(2, seed=-1), ValueError,
+     r"seed must be None or an integer in \[0, 2\*\*32\)"),
+    ("API", "seed at 2**63 (above JAX's 32 bits)", lambda t: tiny_ebm().sample(2, seed=2**63), ValueError,
+     r"seed must be None or an integer in \[0, 2\*\*32\)"),
+    ("API", "seed a float", lambda t: tiny_ebm().interpolate(seed=1.5), ValueError, "seed must be None or an integer"),
+    ("API", "n = True (a bool)", lambda t: tiny_ebm().sample(True), ValueError, "n must be a positive integer"),
+    ("API", "n = NaN", lambda t: tiny_lvm().synthesize(float("nan")), ValueError, "n must be a positive integer"),
+    ("API", "n a string", lambda t: tiny_ebm().sample("4"), ValueError, "n must be a positive integer"),
+    ("API", "steps = 2.5", lambda t: tiny_ebm().generate(images(), steps=2.5), ValueError,
+     "steps must be a positive integer"),
+    ("API", "trajectory_every = 0", lambda t: tiny_ebm().sample(2, trajectory_every=0), ValueError,
+     "trajectory_every must be a positive integer"),
+    ("API", "chains = 0", lambda t: tiny_classifier().predict_proba(images((2, 28, 28, 1)), chains=0), ValueError,
+     "chains must be a positive integer"),
+    ("API", "reconstruct(learning_rate=-0.5) (would climb the error)", lambda t: tiny_ebm().reconstruct(
+        images(), learning_rate=-0.5), ValueError, "learning_rate must be a finite number above 0"),
+    ("API", "reconstruct(learning_rate=NaN)", lambda t: tiny_ebm().reconstruct(images(), learning_rate=float("nan")),
+     ValueError, "learning_rate must be a finite number above 0"),
+    ("API", "predict on a tf.Tensor of 0..255 pixels", lambda t: tiny_classifier().predict(
+        tf.fill((2, 28, 28, 1), 200.0), verbose=0), ValueError, "to_model_range"),
+    ("API", "fit on a list of 0..255 pixels", lambda t: tiny_lvm().fit(
+        np.full((2, 8, 8, 1), 255.0).tolist(), epochs=1, verbose=0), ValueError, "to_model_range"),
     ("chain", "steps <= 0", lambda t: LangevinChain(steps=-3), ValueError, "steps must be a positive integer"),
     ("chain", "negative step size", lambda t: LangevinChain(step_size=-0.1), ValueError,
      "step_size must be positive"),
@@ -145,6 +221,20 @@ CASES = [
      zoo.ZooIntegrityError, "missing model.weights.h5"),
     ("zoo", "entry from a newer keras_shortrun", lambda t: zoo.load(entry_with(t, newer_version)), ValueError,
      "upgrade keras_shortrun"),
+    ("zoo", "metadata.json not JSON", lambda t: zoo.load(entry_with(t, lambda d: edit_metadata(d, lambda x: x[:-9]))),
+     ValueError, r"metadata\.json .*not valid JSON"),
+    ("zoo", "metadata.json missing", lambda t: zoo.load(entry_with(t, lambda d: (d / "metadata.json").unlink())),
+     ValueError, "metadata.json"),
+    ("zoo", "family that is not a keras_shortrun family", lambda t: zoo.load(entry_with(t, lambda d: edit_metadata(
+        d, lambda x: x.replace('"ShortRunEBM"', '"Sequential"')))), ValueError, "Sequential"),
+    ("zoo", "save_entry into a user's folder", lambda t: zoo.save_entry(tiny_ebm(), user_folder(t / "mine"), {}),
+     FileExistsError, "not a zoo entry"),
+    ("export", "SavedModel into a user's folder", lambda t: export.to_saved_model(
+        tiny_ebm(), user_folder(t / "mine")), FileExistsError, "mine"),
+    ("export", "ONNX over a file that is not an ONNX graph", lambda t: export.to_onnx(
+        tiny_ebm(), (t / "notes.onnx", (t / "notes.onnx").write_text("mine"))[0]), FileExistsError, "notes.onnx"),
+    ("export", "ONNX over our own graph without overwrite", lambda t: export.to_onnx(tiny_ebm(), SAMPLER),
+     FileExistsError, "overwrite"),
     ("zoo", "saving NaN weights as an entry", lambda t: zoo.save_entry(nan_weights(), t / "nan", {}), ValueError,
      "Refusing to save a zoo entry with NaN"),
     ("serving", "not an ONNX file", lambda t: OnnxSampler(t / "x.onnx") if (t / "x.onnx").write_bytes(b"x" * 64)
@@ -157,9 +247,28 @@ CASES = [
         check_inputs(build_graph(tiny_ebm(), "sampler"))), ExportError, "is not the ShortRunEBM 'sampler' graph"),
     ("serving", "n = 0 samples", lambda t: OnnxSampler(ROOT / "export/mnist_ebm/sampler.onnx").sample(0),
      ValueError, "n must be a positive integer"),
+    ("serving", "providers not names", lambda t: OnnxSampler(SAMPLER, providers=5), ValueError,
+     "providers must be a provider name"),
+    ("serving", "metadata without inputs", lambda t: OnnxSampler(edited_sampler(
+        t, lambda m: {k: v for k, v in m.items() if k != "inputs"})), ValueError, "'inputs'"),
+    ("serving", "metadata with an unknown distribution", lambda t: OnnxSampler(edited_sampler(
+        t, lambda m: {**m, "inputs": [{**i, "distribution": "cauchy"} for i in m["inputs"]]})), ValueError,
+     "'distribution' must be one of"),
+    ("serving", "more samples than memory holds", lambda t: with_meminfo(
+        t, 1024, lambda: OnnxSampler(SAMPLER).sample(10**6)), MemoryError, "MemAvailable"),
+    ("serving", "seed below 0", lambda t: OnnxSampler(SAMPLER).sample(2, seed=-3), ValueError,
+     "seed must be None or an integer"),
     ("data", "unknown dataset", lambda t: data.load("mnsit"), ValueError, "Unknown dataset"),
     ("data", "npz file not found", lambda t: data.load("mnist", path=t / "nowhere"), data.DataNotFoundError,
      "needs the file mnist.npz and none was found"),
+    ("data", "float TIFF (range unknown)", lambda t: data.load("mnist", source="folder", path=image_folder(
+        t, {"a.tif": grey(0.5, "F")})), ValueError, "mode F"),
+    ("data", "class folders 1 and 01", lambda t: data.load("mnist", source="folder", path=image_folder(
+        t, {"1/a.png": grey(), "01/a.png": grey()})), ValueError, "would share label 1"),
+    ("data", "corrupt image", lambda t: data.load("mnist", source="folder", path=image_folder(
+        t, {"a.png": grey(), "b.png": b"not an image"})), ValueError, r"b\.png is not a readable image"),
+    ("data", "images below the class folders", lambda t: data.load("mnist", source="folder", path=image_folder(
+        t, {"dog/a.png": grey(), "cat/2019/a.png": grey()})), ValueError, "holds images"),
     ("training", "iterations not a multiple of the epoch", lambda t: fit_resumable(tiny_ebm(), images((16, 8, 8, 1)),
      t / "run", 5, iterations_per_epoch=2), ValueError, "multiple of iterations_per_epoch"),
     ("training", "learning_rate_factor outside (0, 1)", lambda t: DivergenceGuard(learning_rate_factor=2.0),
@@ -490,6 +599,7 @@ print("mirrored ok")
 
 def test_jax_data_parallel_on_two_cpus_matches_one_device():
     code = """
+import json
 import os
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
 import jax
