@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from keras_shortrun import backend
+from keras_shortrun.export.tensorflow import SENSITIVITY_FACTOR
+from keras_shortrun.export.tensorflow import TOLERANCE
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -24,6 +26,19 @@ def assert_matches_golden(actual, name, atol):
     if XLA_RANDOM_STREAM:
         pytest.skip("golden outputs hold for TensorFlow's CPU random stream, not its XLA one")
     np.testing.assert_allclose(actual, golden, atol=atol)
+
+
+def rounding_tolerance(run, x, relative=1e-6, draws=4, seed=0):
+    """The tolerance of a golden ``run(x)`` (numpy in, numpy out) on any CPU: ``TOLERANCE`` (1e-4, rounding
+    that stays rounding-sized) or ``SENSITIVITY_FACTOR`` times the largest move of ``run`` when ``x`` moves by
+    a relative ``U(-1e-6, 1e-6)`` (about eight float32 ulps), whichever is larger. Another CPU's kernels
+    change every intermediate by a few ulps, and a chain that amplifies rounding amplifies those changes
+    alike; the rule is that of ``keras_shortrun.export.parity_report``."""
+    base = run(x)
+    rng = np.random.default_rng(seed)
+    moves = [np.max(np.abs(run((x * (1 + relative * rng.uniform(-1, 1, x.shape))).astype("float32")) - base))
+             for _ in range(draws)]
+    return max(TOLERANCE, SENSITIVITY_FACTOR * float(max(moves)))
 
 
 def run_python(code, backend="tensorflow", timeout=600, env=None):

@@ -162,5 +162,18 @@ class TrainStepMixin:
     def _update_trackers(self, logs):
         for name, value in logs.items():
             self.metrics_trackers[name].update_state(value)
-        return {name: m.result() for name, m in self.metrics_trackers.items()}
+        return _reducible_across_workers({name: m.result() for name, m in self.metrics_trackers.items()})
+
+
+def _reducible_across_workers(logs):
+    """``logs`` as Keras's ``fit`` can average them over the workers of a ``MultiWorkerMirroredStrategy``.
+
+    There Keras reduces every log with ``strategy.reduce("MEAN", log, axis=0)``, which refuses a scalar
+    ("Invalid reduction dimension 0 for input with 0 dimensions", tensorflow/tensorflow#72388): so each log
+    goes out as a vector of one, which that reduction turns back into the scalar. Elsewhere nothing changes.
+    """
+    strategy = tf.distribute.get_strategy()
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and strategy.extended._in_multi_worker_mode():
+        return {name: tf.reshape(value, (1,)) for name, value in logs.items()}
+    return logs
 
