@@ -28,17 +28,24 @@ def assert_matches_golden(actual, name, atol):
     np.testing.assert_allclose(actual, golden, atol=atol)
 
 
-def rounding_tolerance(run, x, relative=1e-6, draws=4, seed=0):
-    """The tolerance of a golden ``run(x)`` (numpy in, numpy out) on any CPU: ``TOLERANCE`` (1e-4, rounding
-    that stays rounding-sized) or ``SENSITIVITY_FACTOR`` times the largest move of ``run`` when ``x`` moves by
-    a relative ``U(-1e-6, 1e-6)`` (about eight float32 ulps), whichever is larger. Another CPU's kernels
-    change every intermediate by a few ulps, and a chain that amplifies rounding amplifies those changes
-    alike; the rule is that of ``keras_shortrun.export.parity_report``."""
-    base = run(x)
+def rounding_tolerance(model, run, relative=1e-6, draws=4, seed=0):
+    """The tolerance of a golden ``run()`` (numpy out) of ``model`` on any CPU: ``TOLERANCE`` (1e-4, rounding
+    that stays rounding-sized) or ``SENSITIVITY_FACTOR`` times the largest move of ``run()`` when every weight
+    moves by a relative ``U(-1e-6, 1e-6)``, whichever is larger. Another CPU's kernels round every layer's
+    output differently by a few float32 ulps relative to that output, which is what such a weight change does
+    to a layer; a chain that amplifies rounding amplifies both alike (the rule of ``parity_report``). The
+    weights are restored after."""
+    base = run()
+    weights = model.get_weights()
     rng = np.random.default_rng(seed)
-    moves = [np.max(np.abs(run((x * (1 + relative * rng.uniform(-1, 1, x.shape))).astype("float32")) - base))
-             for _ in range(draws)]
-    return max(TOLERANCE, SENSITIVITY_FACTOR * float(max(moves)))
+    moves = []
+    try:
+        for _ in range(draws):
+            model.set_weights([(w * (1 + relative * rng.uniform(-1, 1, w.shape))).astype(w.dtype) for w in weights])
+            moves.append(float(np.max(np.abs(run() - base))))
+    finally:
+        model.set_weights(weights)
+    return max(TOLERANCE, SENSITIVITY_FACTOR * max(moves))
 
 
 def run_python(code, backend="tensorflow", timeout=600, env=None):

@@ -4,12 +4,13 @@
 #   ONEDNN_MAX_CPU_ISA=AVX2    oneDNN limited to AVX2 kernels (other blockings, other float32 rounding)
 #   TF_ENABLE_ONEDNN_OPTS=0    no oneDNN: TensorFlow's Eigen kernels
 # A tolerance that holds only for the rounding of one kernel set fails here.
-# Usage: bash tools/check_portability.sh [extra pytest arguments]   (about 25 minutes on 2 cores)
+# Usage: bash tools/check_portability.sh [extra pytest arguments]   (about 35 minutes on 2 cores)
 set -u
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}
 NUMERIC_TESTS=(tests/test_chain.py tests/test_ebm.py tests/test_lvm.py tests/test_classifier.py tests/test_metrics.py
-               tests/test_export.py tests/test_serving.py tests/test_zoo.py)
+               tests/test_export.py tests/test_serving.py tests/test_zoo.py tests/test_reliability.py
+               tests/test_multiprocess.py)
 status=0
 summary=()
 for kernels in "default" "ONEDNN_MAX_CPU_ISA=AVX2" "TF_ENABLE_ONEDNN_OPTS=0"; do
