@@ -11,7 +11,9 @@ from keras import ops
 
 from keras_shortrun import backend
 from keras_shortrun.validation import check_images
+from keras_shortrun.validation import check_positive_float
 from keras_shortrun.validation import check_positive_int
+from keras_shortrun.validation import check_seed
 
 
 def loss_gradient(model, chains=8, seed=0, batch_size=256):
@@ -48,8 +50,9 @@ def _check(x, y, epsilon):
     y = np.asarray(y)
     if y.shape != (len(x),) or y.dtype.kind not in "iu" or y.min() < 0:
         raise ValueError(f"y must hold one class index >= 0 per image, shape ({len(x)},), got {y.shape} {y.dtype}.")
-    if not 0 < epsilon <= 2:
-        raise ValueError(f"epsilon must be in (0, 2] (pixels in [-1, 1]), got {epsilon!r}.")
+    if isinstance(epsilon, (bool, np.bool_)) or not isinstance(epsilon, (int, float, np.integer, np.floating)) \
+            or not 0 < epsilon <= 2:
+        raise ValueError(f"epsilon must be a number in (0, 2] (pixels in [-1, 1]), got {epsilon!r}.")
     return x, y.astype("int32")
 
 
@@ -65,8 +68,9 @@ def pgd(gradient, x, y, epsilon, steps=20, step_size=None, seed=0):
     back onto the ball and the pixel range ``[-1, 1]``."""
     x, y = _check(x, y, epsilon)
     steps = check_positive_int(steps, "steps")
-    step_size = 2.5 * epsilon / steps if step_size is None else float(step_size)
-    rng = np.random.default_rng(seed)
+    # A step size <= 0 would walk down the loss and overstate robustness.
+    step_size = 2.5 * epsilon / steps if step_size is None else check_positive_float(step_size, "step_size")
+    rng = np.random.default_rng(check_seed(seed))
     adversarial = np.clip(x + rng.uniform(-epsilon, epsilon, x.shape), -1.0, 1.0).astype("float32")
     for _ in range(steps):
         adversarial = adversarial + step_size * np.sign(gradient(adversarial, y))

@@ -7,6 +7,8 @@ on other features than Inception's is not the papers' FID).
 
 import numpy as np
 
+from keras_shortrun.validation import check_positive_int
+
 
 def _check_features(features, name):
     array = np.asarray(features, dtype=np.float64)
@@ -53,7 +55,11 @@ def kernel_distance(real, fake, subsets=100, subset_size=1000, seed=0):
     """KID (Bińkowski et al. 2018): the unbiased MMD^2 with the kernel ``(x.y / D + 1)^3``, averaged over
     ``subsets`` random subsets of ``min(subset_size, N, M)`` vectors of each set. Returns ``(mean, std)``."""
     real, fake = _check_pair(real, fake)
-    size = min(subset_size, len(real), len(fake))
+    subsets = check_positive_int(subsets, "subsets")
+    size = min(check_positive_int(subset_size, "subset_size"), len(real), len(fake))
+    if size < 2:
+        raise ValueError(f"KID needs subsets of at least 2 vectors of each set, got {size} (subset_size="
+                         f"{subset_size}, {len(real)} real, {len(fake)} fake).")
     dim = real.shape[1]
     rng = np.random.default_rng(seed)
     estimates = []
@@ -155,6 +161,9 @@ def _squared_distance_blocks(queries, pool, batch_size):
 
 def nearest_neighbours(queries, pool, k=5, batch_size=256):
     """Indices ``(Q, k)`` of the ``k`` nearest images of ``pool`` (pixel L2) to each of ``queries``."""
+    k = check_positive_int(k, "k")
+    if k > len(pool):
+        raise ValueError(f"k = {k} nearest neighbours asked of a pool of {len(pool)} images.")
     return np.concatenate([np.argsort(block, axis=1)[:, :k]
                            for block in _squared_distance_blocks(queries, pool, batch_size)])
 

@@ -20,8 +20,10 @@ import tensorflow as tf
 from conftest import run_python
 from PIL import Image
 
+from keras_shortrun import attacks
 from keras_shortrun import data
 from keras_shortrun import export
+from keras_shortrun import metrics
 from keras_shortrun import serving
 from keras_shortrun import zoo
 from keras_shortrun.errors import TrainingDiverged
@@ -98,8 +100,14 @@ def edit_metadata(directory, change):
 
 def user_folder(path, name="notes.txt"):
     """A folder of the user's: one file that no writer of ours may delete."""
-    path.mkdir(parents=True)
-    (path / name).write_text("the user's work")
+    user_file(path / name)
+    return path
+
+
+def user_file(path):
+    """A file of the user's at ``path`` (its folder made)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("the user's work")
     return path
 
 
@@ -166,6 +174,10 @@ CASES = [
      "batch_size must be a positive integer"),
     ("EBM", "noise of the wrong shape", lambda t: tiny_ebm().generate(images(), noise=np.zeros((2, 2, 8, 8, 1))),
      ValueError, "noise must have shape"),
+    ("EBM", "NaN in the chain noise", lambda t: tiny_ebm().generate(images(), noise=np.full((2, 3, 8, 8, 1), np.nan)),
+     ValueError, "noise contains NaN or infinite"),
+    ("EBM", "noise and a seed (the seed would be ignored)", lambda t: tiny_ebm().generate(
+        images(), noise=np.zeros((2, 3, 8, 8, 1)), seed=1), ValueError, "noise or seed, not both"),
     ("EBM", "unknown compute dtype", lambda t: tiny_ebm().with_compute_dtype("int8"), ValueError,
      "dtype must be one of"),
     ("API", "seed below 0", lambda t: tiny_ebm().sample(2, seed=-1), ValueError,
@@ -221,7 +233,8 @@ CASES = [
      zoo.ZooIntegrityError, "missing model.weights.h5"),
     ("zoo", "entry from a newer keras_shortrun", lambda t: zoo.load(entry_with(t, newer_version)), ValueError,
      "upgrade keras_shortrun"),
-    ("zoo", "metadata.json not JSON", lambda t: zoo.load(entry_with(t, lambda d: edit_metadata(d, lambda x: x[:-9]))),
+    ("zoo", "metadata.json not JSON", lambda t: zoo.load(entry_with(
+        t, lambda d: edit_metadata(d, lambda x: "{not json"))),
      ValueError, r"metadata\.json .*not valid JSON"),
     ("zoo", "metadata.json missing", lambda t: zoo.load(entry_with(t, lambda d: (d / "metadata.json").unlink())),
      ValueError, "metadata.json"),
@@ -235,6 +248,9 @@ CASES = [
         tiny_ebm(), (t / "notes.onnx", (t / "notes.onnx").write_text("mine"))[0]), FileExistsError, "notes.onnx"),
     ("export", "ONNX over our own graph without overwrite", lambda t: export.to_onnx(tiny_ebm(), SAMPLER),
      FileExistsError, "overwrite"),
+    ("zoo", "two extra files of one name", lambda t: zoo.save_entry(tiny_ebm(), t / "e", {}, extra_files=[
+        user_file(t / "a" / "card.md"), user_file(t / "b" / "card.md")]), ValueError,
+     r"several files named \['card.md'\]"),
     ("zoo", "saving NaN weights as an entry", lambda t: zoo.save_entry(nan_weights(), t / "nan", {}), ValueError,
      "Refusing to save a zoo entry with NaN"),
     ("serving", "not an ONNX file", lambda t: OnnxSampler(t / "x.onnx") if (t / "x.onnx").write_bytes(b"x" * 64)
@@ -269,6 +285,15 @@ CASES = [
         t, {"a.png": grey(), "b.png": b"not an image"})), ValueError, r"b\.png is not a readable image"),
     ("data", "images below the class folders", lambda t: data.load("mnist", source="folder", path=image_folder(
         t, {"dog/a.png": grey(), "cat/2019/a.png": grey()})), ValueError, "holds images"),
+    ("attacks", "PGD step size below 0 (would descend the loss)", lambda t: attacks.pgd(
+        lambda x, y: x, images(), np.array([0, 1]), 0.1, step_size=-0.05), ValueError,
+     "step_size must be a finite number above 0"),
+    ("attacks", "epsilon = True", lambda t: attacks.fgsm(lambda x, y: x, images(), np.array([0, 1]), True),
+     ValueError, r"epsilon must be a number in \(0, 2\]"),
+    ("metrics", "k = -1 nearest neighbours", lambda t: metrics.nearest_neighbours(images(), images(), k=-1),
+     ValueError, "k must be a positive integer"),
+    ("metrics", "KID with subsets of one vector", lambda t: metrics.kernel_distance(
+        np.zeros((5, 3)), np.ones((5, 3)), subset_size=1), ValueError, "at least 2 vectors"),
     ("training", "iterations not a multiple of the epoch", lambda t: fit_resumable(tiny_ebm(), images((16, 8, 8, 1)),
      t / "run", 5, iterations_per_epoch=2), ValueError, "multiple of iterations_per_epoch"),
     ("training", "learning_rate_factor outside (0, 1)", lambda t: DivergenceGuard(learning_rate_factor=2.0),

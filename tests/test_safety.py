@@ -172,6 +172,21 @@ def test_save_entry_replaces_its_own_entry_and_spares_a_neighbour_named_like_its
         zoo.save_entry(tiny_ebm(seed=2), entry, {"name": "entry"})
 
 
+def test_save_entry_replaces_the_extra_files_it_wrote_and_no_others(tmp_path):
+    card, figure = tmp_path / "README.md", tmp_path / "samples.png"
+    card.write_text("# card")
+    figure.write_bytes(b"png")
+    entry = zoo.save_entry(tiny_ebm(seed=0), tmp_path / "entry", {"name": "entry"}, extra_files=[card, figure])
+    assert zoo.info(entry)["extra_files"] == ["README.md", "samples.png"]
+    zoo.save_entry(tiny_ebm(seed=1), entry, {"name": "entry"}, extra_files=[card])  # its own figure may go
+    assert sorted(p.name for p in entry.iterdir()) == ["README.md", "config.json", "metadata.json", "model.weights.h5"]
+    (entry / "notes.md").write_text("mine")  # named like a card, but not one the entry wrote
+    (entry / "plot.png").write_bytes(b"mine")
+    with pytest.raises(FileExistsError, match="notes.md, plot.png"):
+        zoo.save_entry(tiny_ebm(seed=2), entry, {"name": "entry"}, extra_files=[card])
+    assert (entry / "notes.md").read_text() == "mine" and (entry / "plot.png").read_bytes() == b"mine"
+
+
 def test_saved_model_export_refuses_a_users_folder_and_overwrites_its_own_only_when_asked(tmp_path):
     folder = user_folder(tmp_path / "mine")
     with pytest.raises(FileExistsError, match="not a keras_shortrun SavedModel"):

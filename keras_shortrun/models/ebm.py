@@ -166,11 +166,15 @@ class ShortRunEBM(CheckedInputsMixin, backend.TrainStepMixin, keras.Model):
         check_seed(seed)
         z = check_images(z, self.data_shape, name="z", value_range=None)
         if noise is not None:
+            if seed is not None:
+                raise ValueError("Pass noise or seed, not both: with noise given, the chain draws nothing.")
             noise = np.asarray(noise, dtype="float32")
             if noise.shape != (z.shape[0], steps) + self.data_shape:
                 raise ValueError(
                     f"noise must have shape {(z.shape[0], steps) + self.data_shape}, got {noise.shape}."
                 )
+            if not np.all(np.isfinite(noise)):
+                raise ValueError("noise contains NaN or infinite values.")
         generator = seed_generator(seed, self.seed_generator)
         run = self._compiled_chain(steps, trajectory_every, with_noise=noise is not None)
         outputs = []

@@ -7,6 +7,7 @@ metadata along with a file does not get past ``load`` either.
 """
 
 import difflib
+import glob
 import hashlib
 import json
 import os
@@ -185,11 +186,22 @@ def _version_tuple(version):
     return tuple(int(part) if part.isdigit() else 0 for part in str(version).split("."))
 
 
-ENTRY_FILES = ("config.json", "model.weights.h5", "metadata.json", "*.md", "*.png", "*.gif")  # what an entry holds
+LEGACY_ENTRY_FILES = ("*.md", "*.png", "*.gif")  # the extra files of entries that predate metadata["extra_files"]
 
 
 def _is_entry_metadata(metadata):
     return isinstance(metadata.get("files"), dict) and "keras_shortrun_version" in metadata
+
+
+def _replaceable_names(directory):
+    """Glob patterns of the files that re-saving the entry in ``directory`` may delete: its own files and the
+    extra files it recorded writing (entries older than that record: cards, figures and animations)."""
+    try:
+        recorded = read_metadata(directory).get("extra_files")
+    except (OSError, ValueError):
+        recorded = None
+    names = [glob.escape(n) for n in recorded if isinstance(n, str)] if isinstance(recorded, list) else None
+    return (*VERIFIED_FILES, METADATA_FILE, *(LEGACY_ENTRY_FILES if names is None else names))
 
 
 def _family_of(model):
@@ -203,13 +215,15 @@ def save_entry(model, directory, metadata, extra_files=()):
     ``metadata`` gets ``family`` (when absent: the registered family of the model's class), ``params`` and
     the files' sha256 added; ``extra_files`` are paths copied in (sample grids, the card). Only the model's
     weights are stored (no optimizer state), from a copy rebuilt from the written config, so the entry is
-    known to load. An existing folder is replaced only when it is a zoo entry (metadata and the kinds of
-    files an entry holds); anything else is refused with ``FileExistsError`` before any work.
+    known to load. An existing folder is replaced only when it is a zoo entry holding nothing but what
+    entries write (its metadata records its extra files); anything else is refused with ``FileExistsError``
+    before any work, so a file a user put there is never deleted.
     """
     from keras_shortrun import __version__
 
     directory = Path(directory)
-    check_replaceable(directory, "a zoo entry", METADATA_FILE, _is_entry_metadata, ENTRY_FILES)
+    extra_files = [Path(p) for p in extra_files]
+    check_replaceable(directory, "a zoo entry", METADATA_FILE, _is_entry_metadata, _replaceable_names(directory))
     family = metadata.get("family") or _family_of(model)
     if family not in FAMILIES or not isinstance(model, FAMILIES[family]):
         raise ValueError(f"family {family!r} is not a keras_shortrun family of a {type(model).__name__} "
@@ -222,6 +236,13 @@ def save_entry(model, directory, metadata, extra_files=()):
     clashing = [str(p) for p in extra_files if Path(p).name in reserved]
     if clashing:
         raise ValueError(f"extra_files may not be named like the entry's own files {sorted(reserved)}: {clashing}")
+    extra_names = [Path(p).name for p in extra_files]
+    twice = sorted({n for n in extra_names if extra_names.count(n) > 1})
+    if twice:
+        raise ValueError(f"extra_files has several files named {twice}: each would overwrite the one before.")
+    missing = [str(p) for p in extra_files if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"extra_files not found (or not files): {missing}")
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     os.chmod(staging, 0o755)
@@ -240,6 +261,7 @@ def save_entry(model, directory, metadata, extra_files=()):
         metadata["family"] = family
         metadata["keras_shortrun_version"] = __version__
         metadata["params"] = int(model.count_params())
+        metadata["extra_files"] = sorted(extra_names)  # what a later save of this entry may replace
         metadata["files"] = {
             name: {"sha256": sha256_file(staging / name), "bytes": (staging / name).stat().st_size}
             for name in VERIFIED_FILES
