@@ -1,6 +1,7 @@
 """The ``keras-shortrun`` command: zoo listing, sampling, interpolation, reconstruction, training (EBM, LVM)."""
 
 import argparse
+import fnmatch
 import importlib.util
 import json
 import math
@@ -75,6 +76,91 @@ def check_output_file(path, extensions, what="output"):
         raise ValueError(f"{what} {path} is not writable.")
 
 
+def check_distinct_outputs(*named_paths):
+    """Raises ``ValueError`` when two of ``named_paths`` (``(option, path)`` pairs, ``None`` paths skipped) are
+    the same file: the second write would replace the first."""
+    given = [(option, Path(path)) for option, path in named_paths if path is not None]
+    for i, (option, path) in enumerate(given):
+        for other_option, other in given[:i]:
+            same = path.resolve() == other.resolve() or (path.exists() and other.exists() and path.samefile(other))
+            if same:
+                raise ValueError(f"{other_option} and {option} name the same file ({path}): the second would replace "
+                                 "the first; give two different paths.")
+
+
+# What ``keras-shortrun train`` (``fit_resumable`` and ``model.save``) writes into a run folder, by name:
+# top-level files, and folders with the glob patterns of their files (``.*partial*``: a write cut short).
+RUN_FILES = ("log.csv", "wall_time.json", "model.keras")
+RUN_FOLDERS = {
+    "backup": ("state-*.weights.h5", "state-*.json", ".state-*.partial.weights.h5", ".state-*.json.partial",
+               "settings.json", ".settings.json.partial"),
+    "checkpoints": ("epoch_*.weights.h5", ".epoch_*.partial.weights.h5"),
+    "samples": ("samples_*.png",),
+}
+STATE_RECORD_KEYS = frozenset({"index", "epoch", "weights", "sha256", "seed_states"})  # ResumableBackup's records
+SETTINGS_KEYS = frozenset({"data", "iterations_per_epoch"})  # in backup/settings.json, written as a run starts
+
+
+def _holds_keys(path, keys):
+    """Whether ``path`` is a JSON object with every one of ``keys``."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and keys <= set(record)
+
+
+def check_run_folder(out):
+    """Raises ``ValueError`` unless ``train`` may write into ``out``: absent, an empty folder, or a run folder
+    that ``train`` wrote, to resume. That is decided by name, before any data is loaded (``fit_resumable``
+    writes no marker): every entry is one of ``RUN_FILES`` or ``RUN_FOLDERS`` (plain files of the folder's
+    patterns, no links), and ``backup/`` holds a state record of ``ResumableBackup`` or the run's
+    ``settings.json``, unless the folder holds nothing but empty files and cut-short writes (a run stopped in
+    its first epoch: nothing to lose). Anything else is a user's folder, whose ``model.keras`` would be
+    replaced and ``log.csv`` appended to. A ``wall_time.json`` must be the record ``WallClock`` reads."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder: give a new or empty folder, or a run folder of "
+                         "keras-shortrun train to resume.")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    foreign, files = [], []
+    for entry in sorted(out.iterdir()):
+        if entry.is_symlink():
+            foreign.append(entry.name)
+        elif entry.name in RUN_FILES and entry.is_file():
+            files.append(entry)
+        elif entry.name in RUN_FOLDERS and entry.is_dir():
+            for inner in sorted(entry.iterdir()):
+                if inner.is_symlink() or not inner.is_file() or \
+                        not any(fnmatch.fnmatchcase(inner.name, p) for p in RUN_FOLDERS[entry.name]):
+                    foreign.append(f"{entry.name}/{inner.name}")
+                else:
+                    files.append(inner)
+        else:
+            foreign.append(entry.name)
+    backup = out / "backup"
+    ours = backup.is_dir() and (any(_holds_keys(p, STATE_RECORD_KEYS) for p in backup.glob("state-*.json"))
+                                or _holds_keys(backup / "settings.json", SETTINGS_KEYS))
+    nothing_to_lose = all(p.stat().st_size == 0 or ".partial" in p.name for p in files)
+    if foreign or not (ours or nothing_to_lose):
+        held = ", ".join(foreign[:5] if foreign else sorted(p.name for p in out.iterdir())[:5])
+        raise ValueError(
+            f"--out {out} exists and is not a run folder of keras-shortrun train (it holds {held}"
+            f"{', ...' if len(foreign) > 5 else ''}): refusing to write into it (its model.keras would be replaced "
+            "and its log.csv appended to). Give a new or empty folder, or remove it yourself."
+        )
+    wall_time = out / "wall_time.json"
+    if wall_time.is_file():
+        try:
+            seconds = json.loads(wall_time.read_text()).get("wall_time_s")
+        except (OSError, ValueError, AttributeError):
+            seconds = None
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
+            raise ValueError(f"--out {out}: {wall_time} is not the wall-clock record train writes (a JSON object "
+                             "with a finite wall_time_s): restore it, or remove it to count the wall time afresh.")
+
+
 def _import_tensorflow_quietly():
     """Imports TensorFlow (when it is the backend) with its start-up lines kept off stderr; every other line
     it prints there is passed on."""
@@ -129,6 +215,70 @@ def _load(name_or_path):
     return zoo.load(name_or_path)
 
 
+PLAIN_KERAS = "plain Keras model"  # the family of a .keras file whose model is not a keras_shortrun class
+GENERATIVE_FAMILIES = ("ShortRunEBM", "MultiLayerLVM", "VAE", "GenerativeClassifier")
+LATENT_FAMILIES = ("MultiLayerLVM", "VAE", "GenerativeClassifier")  # sample ancestrally; no chain from noise
+# command -> the families it takes (zoo families; a .keras file's keras_shortrun class is its family)
+COMMAND_FAMILIES = {
+    "sample": GENERATIVE_FAMILIES,
+    "interpolate": ("ShortRunEBM",),
+    "reconstruct": GENERATIVE_FAMILIES,
+    "classify": ("GenerativeClassifier", "ConvNet", PLAIN_KERAS),
+}
+
+
+def model_family(name_or_path):
+    """The family of a zoo entry (from its metadata) or of a ``.keras`` file (from its config, checked by
+    ``saving.check_config``: the keras_shortrun class, else ``PLAIN_KERAS``), read without building the model."""
+    if str(name_or_path).endswith(".keras"):
+        import io
+        import zipfile
+
+        from keras_shortrun.saving import PACKAGE
+        from keras_shortrun.saving import check_config
+        from keras_shortrun.saving import parse_json
+
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"No model file at {path}.")
+        try:
+            with zipfile.ZipFile(io.BytesIO(path.read_bytes())) as archive:
+                config = parse_json(archive.read("config.json"), f"{path}:config.json")
+        except (zipfile.BadZipFile, KeyError) as error:
+            raise ValueError(f"{path} is not a Keras model file ({error}).") from None
+        check_config(config, path)  # a class that carries code is named first, whatever the command
+        registered = config.get("registered_name")
+        if isinstance(registered, str) and registered.startswith(f"{PACKAGE}>"):
+            return str(config.get("class_name"))
+        return PLAIN_KERAS
+    from keras_shortrun import zoo
+
+    return str(zoo.info(name_or_path).get("family"))
+
+
+TAKES = {"classify": "a classifier: a GenerativeClassifier or ConvNet entry, or a .keras file of a Keras classifier"}
+
+
+def check_family(command, name_or_path, families, family=None):
+    """Raises ``ValueError`` unless the model ``name_or_path`` (of ``family``, by default read by
+    ``model_family``: the model is not loaded) is of one of ``families``: one line saying what it is and what
+    ``command`` takes. Returns its family."""
+    family = model_family(name_or_path) if family is None else family
+    if family not in families:
+        what = f"a {PLAIN_KERAS} (not a keras_shortrun family)" if family == PLAIN_KERAS else f"a {family}"
+        takes = TAKES.get(command, f"{', '.join(families)} models")
+        raise ValueError(f"{name_or_path} is {what}; {command} takes {takes}.")
+    return family
+
+
+def _load_family(command, name_or_path, families):
+    """``_load``, then the model's class checked against ``families`` (the config named it already; this
+    keeps a model of another class from reaching a method it lacks)."""
+    model = _load(name_or_path)
+    check_family(command, name_or_path, families, type(model).__name__)
+    return model
+
+
 def cmd_sample(args):
     from keras_shortrun.images import save_gif
     from keras_shortrun.images import save_grid
@@ -136,10 +286,12 @@ def cmd_sample(args):
     check_output_file(args.output, IMAGE_EXTENSIONS)
     if args.gif:
         check_output_file(args.gif, (".gif",), "--gif")
-    model = _load(args.model)
-    if hasattr(model, "synthesize"):  # latent models sample ancestrally: no chain to animate
-        if args.gif:
-            raise ValueError(f"{args.model} samples ancestrally (no Langevin chain from noise); drop --gif.")
+        check_distinct_outputs(("-o", args.output), ("--gif", args.gif))
+    family = check_family("sample", args.model, COMMAND_FAMILIES["sample"])
+    if args.gif and family in LATENT_FAMILIES:  # latent models sample ancestrally: no chain to animate
+        raise ValueError(f"{args.model} samples ancestrally (no Langevin chain from noise); drop --gif.")
+    model = _load_family("sample", args.model, COMMAND_FAMILIES["sample"])
+    if family in LATENT_FAMILIES:
         save_grid(args.output, model.synthesize(args.n, seed=args.seed), scale=args.scale)
         print(f"wrote {args.n} samples to {args.output}")
         return
@@ -158,9 +310,12 @@ def cmd_interpolate(args):
     from keras_shortrun.seeds import offset
 
     check_output_file(args.output, IMAGE_EXTENSIONS)
-    model = _load(args.model)
-    if hasattr(model, "synthesize"):
-        raise ValueError(f"{args.model} interpolates between images: use model.interpolate(x1, x2) in Python.")
+    family = model_family(args.model)
+    if family in LATENT_FAMILIES:
+        raise ValueError(f"{args.model} is a {family}, which interpolates between images: use "
+                         "model.interpolate(x1, x2) in Python.")
+    check_family("interpolate", args.model, COMMAND_FAMILIES["interpolate"], family)
+    model = _load_family("interpolate", args.model, COMMAND_FAMILIES["interpolate"])
     rows = [model.interpolate(n=args.n, seed=offset(args.seed, 3 * i), steps=args.steps)[0] for i in range(args.rows)]
     save_grid(args.output, np.concatenate(rows), columns=args.n, scale=args.scale)
     print(f"wrote {args.rows} interpolation strips of {args.n} to {args.output}")
@@ -172,10 +327,11 @@ def cmd_reconstruct(args):
 
     if args.output:
         check_output_file(args.output, IMAGE_EXTENSIONS)
-    model = _load(args.model)
+    family = check_family("reconstruct", args.model, COMMAND_FAMILIES["reconstruct"])
+    model = _load_family("reconstruct", args.model, COMMAND_FAMILIES["reconstruct"])
     x, _ = data.load(args.data, args.split, path=args.data_path)
     x = x[: args.n]
-    if hasattr(model, "synthesize"):  # latent models: one pass of their inference
+    if family in LATENT_FAMILIES:  # latent models: one pass of their inference
         x_hat, mse = model.reconstruct(x, seed=args.seed)
     else:
         x_hat, mse = model.reconstruct(x, iterations=args.iterations, seed=args.seed)
@@ -187,18 +343,37 @@ def cmd_reconstruct(args):
         print(f"wrote originals and reconstructions (alternating) to {args.output}")
 
 
+def _class_count(model, name):
+    """K of a Keras classifier with one ``(None, K)`` output, ``K >= 2``; ``ValueError`` otherwise."""
+    try:
+        shape = model.output_shape
+    except (AttributeError, ValueError, RuntimeError):
+        shape = None
+    if not (isinstance(shape, tuple) and len(shape) == 2 and isinstance(shape[1], int) and shape[1] >= 2):
+        raise ValueError(f"{name} is not a classifier: its output has shape {shape}; classify needs one score per "
+                         "class, shape (None, K) with K >= 2.")
+    return shape[1]
+
+
 def cmd_classify(args):
     from keras_shortrun import data
 
-    model = _load(args.model)
+    family = check_family("classify", args.model, COMMAND_FAMILIES["classify"])
     x, y = data.load(args.data, args.split, path=args.data_path)
-    x, y = x[: args.n], y[: args.n]
     if y is None:
-        raise ValueError(f"{args.data}/{args.split} has no labels to score against.")
-    if hasattr(model, "predict_proba"):  # generative classifier: average over independent chains
+        raise ValueError(f"{args.data}/{args.split} has no labels to score against: classify needs a labelled "
+                         "dataset (--data mnist, fashion_mnist or cifar10).")
+    x, y = x[: args.n], y[: args.n]
+    model = _load(args.model)
+    if family == "GenerativeClassifier":  # generative classifier: average over independent chains
+        check_family("classify", args.model, COMMAND_FAMILIES["classify"], type(model).__name__)
         probabilities = model.predict_proba(x, chains=args.chains, seed=args.seed)
         how = f"{args.chains} chains per image"
     else:
+        classes = _class_count(model, args.model)
+        if int(y.max()) >= classes:
+            raise ValueError(f"{args.data}/{args.split} has labels up to {int(y.max())}, but {args.model} scores "
+                             f"{classes} classes: it was trained for another dataset.")
         probabilities = model.predict(x, batch_size=256, verbose=0)
         how = "deterministic"
     accuracy = float(np.mean(np.argmax(probabilities, axis=1) == y))
@@ -209,6 +384,7 @@ def cmd_train(args):
     from keras_shortrun import data
     from keras_shortrun.training import fit_resumable
 
+    check_run_folder(args.out)
     x, _ = data.load(args.data, "train", path=args.data_path)
     if args.family == "ebm":
         from keras_shortrun.models import ShortRunEBM
@@ -247,13 +423,21 @@ def cmd_serve_onnx(args):
 
 
 def cmd_export(args):
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(f"export needs the TensorFlow backend (it traces the model with TensorFlow), but the Keras "
+                         f"backend is {keras.backend.backend()!r}: run it with KERAS_BACKEND=tensorflow.")
     from keras_shortrun import export
+    from keras_shortrun.export.graphs import FAMILIES
 
     opset = export.check_opset(export.DEFAULT_OPSET if args.opset is None else args.opset)
     if args.format == "onnx":
         check_output_file(args.output, (".onnx",))
     export.check_export_path(args.output, args.format, args.overwrite)
-    model = _load(args.model)
+    families = tuple(cls.__name__ for cls in FAMILIES)
+    check_family("export", args.model, families)
+    model = _load_family("export", args.model, families)
     options = {"graph": args.graph, "steps": args.steps, "noise": args.noise, "chains": args.chains,
                "overwrite": args.overwrite}
     if args.format == "onnx":
@@ -367,9 +551,15 @@ def build_parser():
 KERAS_FREE_COMMANDS = (cmd_serve_onnx,)  # onnxruntime, numpy and Pillow only: TensorFlow is never imported
 
 
+def _user_error(error):
+    print(f"keras-shortrun: error: {' '.join(str(error).split())}", file=sys.stderr)
+    return 2
+
+
 def main(argv=None):
-    """Runs one command; a user's mistake (a bad argument, a missing or refused file, a diverged run) is one
-    line on stderr and exit status 2, never a traceback."""
+    """Runs one command; a user's mistake (a bad argument, a missing or refused file, a model of the wrong family,
+    a request too large for memory, a graph that does not export, a diverged run) is one line on stderr and exit
+    status 2, never a traceback."""
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as stop:  # argparse has printed the one-line error (or --help)
@@ -378,9 +568,13 @@ def main(argv=None):
         if args.func not in KERAS_FREE_COMMANDS:
             _import_tensorflow_quietly()
         args.func(args)
-    except (ValueError, OSError, TrainingDiverged) as error:
-        print(f"keras-shortrun: error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 2
+    except (ValueError, OSError, MemoryError, TrainingDiverged) as error:
+        return _user_error(error)
+    except RuntimeError as error:  # ExportError: a graph that does not convert or match (import-free check)
+        export_error = getattr(sys.modules.get("keras_shortrun.export.tensorflow"), "ExportError", None)
+        if export_error is None or not isinstance(error, export_error):
+            raise
+        return _user_error(error)
     except KeyboardInterrupt:
         print("keras-shortrun: interrupted", file=sys.stderr)
         return 130

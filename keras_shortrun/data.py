@@ -68,7 +68,10 @@ def load(name, split="train", source="npz", path=None, data_dir=None, image_size
             - ``"folder"``: image files under ``path`` (or ``path/<split>`` when
               ``path/train`` or ``path/test`` exists, and then the asked split's
               folder must be there); one subfolder per class gives labels, the
-              same in every split: when all class names of all splits are
+              same in every split; split folder names are matched in any case
+              (``Train``, ``TEST``; ``train`` beside ``Train`` is refused), and
+              images beside the split folders (loose files, other folders)
+              are refused, not ignored. When all class names of all splits are
               numbers (``7``, ``007``) each is its number, and two that are the
               same number (``1``, ``01``) are refused; when none is, each is its
               index among the sorted names; a mix is refused. Loose files give
@@ -192,8 +195,23 @@ def _image_files(directory):
 
 
 def _subfolders(directory):
-    """The visible subfolders of ``directory`` (links followed), sorted; folders named like a split excluded."""
-    return [d for d in _visible(directory) if d.is_dir() and d.name not in SPLITS]
+    """The visible subfolders of ``directory`` (links followed), sorted; folders named like a split (in any
+    case) excluded."""
+    return [d for d in _visible(directory) if d.is_dir() and d.name.lower() not in SPLITS]
+
+
+def _split_dirs(base):
+    """``{split: folder}`` for the split folders of ``base``, their names matched in any case (``Train``,
+    ``TEST``); two folders for one split (``train`` and ``Train``) are refused."""
+    found = {}
+    for folder in _visible(base):
+        split = folder.name.lower()
+        if split in SPLITS and folder.is_dir():
+            if split in found:
+                raise ValueError(f"{found[split]} and {folder} are both the {split!r} split (split folder names are "
+                                 "matched in any case): merge them into one.")
+            found[split] = folder
+    return found
 
 
 def _class_dirs(directory):
@@ -278,14 +296,23 @@ def _folder_pixels(path, split, channels, size):
     if path is None:
         raise ValueError("source='folder' needs path=<directory of images, or of one subfolder per class>.")
     base = Path(path)
-    split_dirs = [base / s for s in SPLITS if (base / s).is_dir()]
+    splits = _split_dirs(base) if base.is_dir() else {}
+    split_dirs = [splits[s] for s in SPLITS if s in splits]
     if split_dirs:  # split layout: path/train and/or path/test; classes are the union over them
-        if not (base / split).is_dir():
+        if split not in splits:
             found = ", ".join(d.name for d in split_dirs)
             raise DataNotFoundError(
                 f"No {split!r} split in {base}: provide the directory {base / split} (only {found} is there)."
             )
-        root = base / split
+        beside = _image_files(base) + [d for d in _subfolders(base)
+                                       if _image_files(d) or _folder_with_images_below(d, {d.resolve()})]
+        if beside:
+            raise ValueError(
+                f"{', '.join(str(p) for p in beside[:5])}{', ...' if len(beside) > 5 else ''}: images beside the "
+                f"split folders of {base} ({', '.join(d.name for d in split_dirs)}) would be ignored. Move them "
+                "into a split folder, or hide them (a leading '.') to skip them."
+            )
+        root = splits[split]
     elif split != "train":
         raise DataNotFoundError(
             f"No {split!r} split in {base}: provide the directory {base / split} (the top folder is the train split)."

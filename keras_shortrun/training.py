@@ -3,8 +3,10 @@
 import json
 import math
 import os
+import re
 import time
 import warnings
+import weakref
 from pathlib import Path
 
 import keras
@@ -17,6 +19,24 @@ from keras_shortrun.validation import check_images
 from keras_shortrun.validation import check_positive_float
 from keras_shortrun.validation import check_positive_int
 from keras_shortrun.validation import check_seed
+from keras_shortrun.validation import is_array
+
+# model -> the epochs (0-based) of the current ``fit`` in which a ``DivergenceGuard`` rolled it back
+_ROLLED_BACK = weakref.WeakKeyDictionary()
+
+
+def rolled_back(model, epoch):
+    """Whether a ``DivergenceGuard`` rolled ``model`` back during ``epoch`` (0-based) of the running ``fit``:
+    that epoch is no progress, and callbacks that record progress skip it."""
+    return epoch in _ROLLED_BACK.get(model, ())
+
+
+def check_beta_1(value, name="beta_1"):
+    """``value`` as a ``float`` if it is a number in ``[0, 1)`` (Adam's first-moment decay)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not 0 <= value < 1:
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}.")
+    return float(value)
 
 
 def batches(data, batch_size, seed=0, steps=None, start=0):
@@ -132,25 +152,31 @@ class SampleGrid(keras.callbacks.Callback):
         self.directory, self.n, self.seed = Path(directory), n, seed
 
     def on_epoch_end(self, epoch, logs=None):
+        if rolled_back(self.model, epoch):
+            return
         self.directory.mkdir(parents=True, exist_ok=True)
         draw = getattr(self.model, "synthesize", None) or self.model.sample  # latent models synthesise
         save_grid(self.directory / f"samples_{epoch + 1:04d}.png", draw(self.n, seed=self.seed))
 
 
 class WallClock(keras.callbacks.Callback):
-    """Accumulates training wall time across interrupted runs in ``wall_time.json``; adds ``wall_time_s`` to logs."""
+    """Accumulates training wall time across interrupted runs in ``wall_time.json`` (with the epochs completed;
+    a rolled-back epoch is not one); adds ``wall_time_s`` to logs."""
 
     def __init__(self, path):
         super().__init__()
         self.path = Path(path)
 
     def on_train_begin(self, logs=None):
-        self.previous = json.loads(self.path.read_text())["wall_time_s"] if self.path.exists() else 0.0
+        previous = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.previous, self.epochs = previous.get("wall_time_s", 0.0), previous.get("epochs", 0)
         self.start = time.time()
 
     def on_epoch_end(self, epoch, logs=None):
         total = self.previous + time.time() - self.start
-        self.path.write_text(json.dumps({"wall_time_s": total, "epochs": epoch + 1}))
+        if not rolled_back(self.model, epoch):
+            self.epochs = epoch + 1
+        self.path.write_text(json.dumps({"wall_time_s": total, "epochs": self.epochs}))
         if logs is not None:
             logs["wall_time_s"] = total
 
@@ -161,11 +187,13 @@ class DivergenceGuard(keras.callbacks.Callback):
     After every batch the guard reads the logs: a non-finite value, or (EBM) an energy gap
     ``|energy_data - energy_sample|`` above ``max_energy_gap``, is divergence (the logs are the epoch's
     running means, so a NaN step shows at once and an exploding gap within a few steps). It then restores
-    the weights and optimizer state of the last good snapshot (taken when training starts and after every
-    epoch without incident) and either stops training (``learning_rate_factor=None``) or multiplies the
-    learning rate by ``learning_rate_factor`` and goes on, at most ``max_rollbacks`` times before stopping.
-    Put it first among the callbacks, so that checkpoints written at the end of the epoch see the restored
-    weights. ``events`` lists what happened; ``stopped`` is the reason training was stopped, or ``None``.
+    the weights and optimizer state of the last good snapshot (taken at the first batch, so after any
+    callback such as ``ResumableBackup`` restored a state, and after every epoch without incident) and
+    either stops training (``learning_rate_factor=None``) or multiplies the learning rate by
+    ``learning_rate_factor`` and goes on, at most ``max_rollbacks`` times before stopping. An epoch with a
+    rollback is no progress: ``ResumableBackup``, ``EpochWeights``, ``SampleGrid`` and ``WallClock`` skip it
+    (see ``rolled_back``). ``events`` lists what happened; ``stopped`` is the reason training was stopped, or
+    ``None``.
     """
 
     def __init__(self, max_energy_gap=1e4, learning_rate_factor=None, max_rollbacks=3, verbose=True):
@@ -179,6 +207,7 @@ class DivergenceGuard(keras.callbacks.Callback):
         self.max_rollbacks = int(max_rollbacks)
         self.verbose = verbose
         self.events, self.stopped, self.snapshot, self.incident_this_epoch = [], None, None, False
+        self.snapshot_due = False
 
     def _variables(self):
         return list(self.model.variables) + list(self.model.optimizer.variables)
@@ -203,10 +232,17 @@ class DivergenceGuard(keras.callbacks.Callback):
         return None
 
     def on_train_begin(self, logs=None):
-        self._take_snapshot()
+        # The snapshot waits for the first batch: callbacks after this one may still restore a state.
+        self.snapshot, self.snapshot_due, self.stopped = None, True, None
+        _ROLLED_BACK[self.model] = set()
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch, self.incident_this_epoch = epoch, False
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.snapshot_due:
+            self.snapshot_due = False
+            self._take_snapshot()
 
     def on_train_batch_end(self, batch, logs=None):
         reason = self.problem({k: float(v) for k, v in (logs or {}).items()})
@@ -216,6 +252,7 @@ class DivergenceGuard(keras.callbacks.Callback):
 
         backend.sync_training_state(self.model)
         self.incident_this_epoch = True
+        _ROLLED_BACK.setdefault(self.model, set()).add(self.epoch)
         event = {"epoch": self.epoch + 1, "batch": batch + 1, "reason": reason}
         if self.snapshot is None:
             raise TrainingDiverged(f"Training diverged ({reason}) before any finite state was recorded.")
@@ -243,6 +280,9 @@ class DivergenceGuard(keras.callbacks.Callback):
         if not self.incident_this_epoch:
             self._take_snapshot()
 
+    def on_train_end(self, logs=None):
+        _ROLLED_BACK.pop(self.model, None)
+
 
 def atomic_save_weights(model, path):
     """``model.save_weights(path)`` through a temporary file renamed into place: a run killed while writing
@@ -269,26 +309,56 @@ class ResumableBackup(keras.callbacks.Callback):
     (``state-N.json``: epoch, the weights' sha256 and every ``SeedGenerator`` state, which Keras's weights
     files leave out), each written to a temporary file and renamed into place, the record last. On restart
     the newest state whose record and weights agree is loaded and ``fit`` continues after its epoch; a state
-    cut short by a kill is skipped for the one before. The two newest states are kept.
+    cut short by a kill is skipped for the one before. The two newest states are kept. Only files named as
+    this class writes them are read (a copied record is ignored) and pruned; a record that names any other
+    weights file, or weights reached through a link out of the folder, is refused with ``ValueError``.
+    An epoch that a ``DivergenceGuard`` rolled back is not saved.
     With the same data stream (``batches(..., start=...)``) the resumed run is the uninterrupted one.
     """
 
     KEEP = 2
+    RECORD = re.compile(r"state-(0|[1-9][0-9]*)\.json")
 
     def __init__(self, directory):
         super().__init__()
         self.directory = Path(directory)
 
+    def _weights_of(self, record_path, index, record):
+        """The weights file of a record: ``state-<index>.weights.h5`` in the folder, or ``ValueError``."""
+        expected = f"state-{index}.weights.h5"
+        if record.get("index") != index or record.get("weights") != expected:
+            raise ValueError(
+                f"{record_path} names index {record.get('index')!r} and weights {record.get('weights')!r}, not "
+                f"{index} and {expected!r} as ResumableBackup writes them: refusing to resume from it. Remove "
+                f"the record, or choose a new run folder."
+            )
+        weights = self.directory / expected
+        resolved = weights.resolve()
+        if not resolved.is_relative_to(self.directory.resolve()):
+            raise ValueError(f"{weights} is a link to {resolved}, outside the backup folder {self.directory}: "
+                             f"refusing to resume from it. Remove it, or choose a new run folder.")
+        return weights
+
     def states(self):
         """Complete states, newest first: ``[(record dict, weights path)]``."""
         found = []
-        for record_path in self.directory.glob("state-*.json"):
+        paths = self.directory.iterdir() if self.directory.is_dir() else ()
+        for record_path in paths:
+            match = self.RECORD.fullmatch(record_path.name)
+            if not match:
+                continue
+            index = int(match.group(1))
             try:
                 record = json.loads(record_path.read_text())
-                weights = self.directory / record["weights"]
+            except (ValueError, OSError):
+                continue  # cut short: the state before is used
+            if not isinstance(record, dict):
+                continue
+            weights = self._weights_of(record_path, index, record)
+            try:
                 if weights.is_file() and sha256_file(weights) == record["sha256"]:
                     found.append((record, weights))
-            except (ValueError, KeyError, OSError):
+            except (KeyError, OSError):
                 continue
         return sorted(found, key=lambda state: state[0]["index"], reverse=True)
 
@@ -311,6 +381,8 @@ class ResumableBackup(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         from keras_shortrun import backend
 
+        if rolled_back(self.model, epoch):
+            return
         backend.sync_training_state(self.model)
         states = self.states()
         index = states[0][0]["index"] + 1 if states else 0
@@ -321,14 +393,14 @@ class ResumableBackup(keras.callbacks.Callback):
         record = {"index": index, "epoch": epoch + 1, "weights": weights.name, "sha256": digest,
                   "seed_states": seeds}
         _atomic_write_text(self.directory / f"state-{index}.json", json.dumps(record))
-        for old, old_weights in self.states()[self.KEEP:]:
-            (self.directory / f"state-{old['index']}.json").unlink()
-            old_weights.unlink()
+        for old, _ in self.states()[self.KEEP:]:  # exactly the two files written for that state
+            (self.directory / f"state-{old['index']}.json").unlink(missing_ok=True)
+            (self.directory / f"state-{old['index']}.weights.h5").unlink(missing_ok=True)
 
 
 class EpochWeights(keras.callbacks.Callback):
     """Keeps ``epoch_NNNN.weights.h5`` in ``directory`` after every epoch (written atomically): the weights to
-    go back to, or to export, from any epoch of a run."""
+    go back to, or to export, from any epoch of a run. An epoch that a ``DivergenceGuard`` rolled back is skipped."""
 
     def __init__(self, directory):
         super().__init__()
@@ -337,6 +409,8 @@ class EpochWeights(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         from keras_shortrun import backend
 
+        if rolled_back(self.model, epoch):
+            return
         backend.sync_training_state(self.model)
         atomic_save_weights(self.model, self.directory / f"epoch_{epoch + 1:04d}.weights.h5")
 
@@ -347,6 +421,81 @@ def completed_epochs(backup_dir):
     return states[0][0]["epoch"] if states else 0
 
 
+SETTINGS_FILE = "settings.json"  # in the backup folder: the settings a resumed run must share
+RESUME_SETTINGS = ("data", "examples", "labelled", "batch_size", "iterations_per_epoch", "seed")  # data position
+
+
+def checked_data(model, x, batch_size):
+    """In-memory ``x`` (images, or a tuple ``(images, labels)``, of any array type) as numpy, checked against
+    ``model`` (``image_shape``, ``input_range``; a classifier's labels by its ``check_labels``) and
+    ``batch_size``; a stream (``PyDataset``, ``tf.data.Dataset``) as it is."""
+    if not is_array(x):
+        return x
+    labels = None
+    if isinstance(x, tuple):
+        if len(x) not in (1, 2):
+            raise ValueError(f"x as a tuple must be (images,) or (images, labels), got {len(x)} items.")
+        x, labels = x[0], x[1] if len(x) == 2 else None
+    images = check_images(x, model.image_shape, value_range=getattr(model, "input_range", (-1.0, 1.0)))
+    num_classes = getattr(model, "num_classes", None)
+    if labels is not None:
+        if num_classes is not None:
+            from keras_shortrun.models.classifier import check_labels
+
+            labels = check_labels(labels, num_classes)
+        else:
+            labels = np.asarray(labels)
+            if labels.ndim == 0:
+                raise ValueError(f"y must hold one label per image, got a scalar {labels!r}.")
+        if len(labels) != len(images):
+            raise ValueError(f"x has {len(images)} images but y has {len(labels)} labels.")
+    stage = getattr(model, "stage", "generator")
+    if num_classes is not None and stage != "generator" and (labels is None or not np.any(labels >= 0)):
+        raise ValueError(f"Stage {stage!r} learns from labels: pass x=(images, y) with class indices "
+                         f"(-1 for unlabelled).")
+    if len(images) < batch_size:
+        raise ValueError(f"batch_size={batch_size} is larger than the {len(images)} images of x.")
+    return images if labels is None else (images, labels)
+
+
+def _check_resume(backup_dir, settings, resumed_after):
+    """The settings recorded in ``backup_dir`` by the run that this one resumes (``{}`` for a new run or one
+    written before settings were recorded); raises ``ValueError`` if a setting of the data position differs."""
+    path = Path(backup_dir) / SETTINGS_FILE
+    if not resumed_after or not path.is_file():
+        return {}
+    try:
+        recorded = json.loads(path.read_text())
+    except (ValueError, OSError) as error:
+        raise ValueError(f"{path} is not readable JSON ({error}): cannot check that this run continues the one "
+                         f"saved in {Path(backup_dir).parent}. Choose a new out_dir.") from None
+    for key in RESUME_SETTINGS:
+        if key in recorded and recorded[key] != settings.get(key):
+            raise ValueError(
+                f"{Path(backup_dir).parent} holds a run trained with {key}={recorded[key]!r} ({resumed_after} "
+                f"epochs done); this call has {key}={settings.get(key)!r}. Resuming with another {key} would "
+                f"not continue that run: pass {key}={recorded[key]!r}, or choose a new out_dir."
+            )
+    return recorded
+
+
+class _ResumedLearningRate(keras.callbacks.Callback):
+    """Sets the learning rate after ``ResumableBackup`` restored the optimizer (with its old rate)."""
+
+    def __init__(self, learning_rate, out_dir, verbose):
+        super().__init__()
+        self.learning_rate, self.out_dir, self.verbose = learning_rate, out_dir, verbose
+
+    def on_train_begin(self, logs=None):
+        restored = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        if restored == float(np.float32(self.learning_rate)):
+            return
+        self.model.optimizer.learning_rate = self.learning_rate
+        if self.verbose:
+            print(f"Resuming {self.out_dir} with learning_rate {self.learning_rate:g} (the saved optimizer had "
+                  f"{restored:g}).")
+
+
 def fit_resumable(model, x, out_dir, iterations, batch_size=64, iterations_per_epoch=100,
                   learning_rate=1e-4, beta_1=0.9, seed=0, grid_size=64, verbose=1, guard=None):
     """``model.fit`` for ``iterations`` updates with a progress bar, a sample grid, a
@@ -355,35 +504,49 @@ def fit_resumable(model, x, out_dir, iterations, batch_size=64, iterations_per_e
     every ``iterations_per_epoch``, under a ``DivergenceGuard`` (``guard``; default: roll
     back and stop), which raises ``TrainingDiverged`` after ``fit`` when it stopped the run.
 
-    ``x``: images, a tuple ``(x, y)``, or a ready stream of batches (a ``PyDataset``
-    such as ``SemiSupervisedBatches``, or a ``tf.data.Dataset``) used as is.
+    ``x``: images or a tuple ``(x, y)`` of any array type (checked and converted once, see
+    ``checked_data``), or a ready stream of batches (a ``PyDataset`` such as
+    ``SemiSupervisedBatches``, or a ``tf.data.Dataset``) used as is.
     Rerunning with the same ``out_dir`` resumes after the last finished epoch, with the
     optimizer state, seed-generator states and data position of that moment (killed
-    mid-epoch, the run repeats that epoch's batches exactly as it first saw them).
+    mid-epoch, the run repeats that epoch's batches exactly as it first saw them). The
+    settings of the data position (``RESUME_SETTINGS``) must be those of the first run; a
+    new ``learning_rate`` or ``beta_1`` is applied. Every argument is checked before any file is written.
     Returns the ``History``.
     """
-
     iterations = check_positive_int(iterations, "iterations")
     iterations_per_epoch = check_positive_int(iterations_per_epoch, "iterations_per_epoch")
     batch_size = check_positive_int(batch_size, "batch_size")
     learning_rate = check_positive_float(learning_rate, "learning_rate")
+    beta_1 = check_beta_1(beta_1)
     seed = check_seed(seed)
-    if isinstance(x, np.ndarray):
-        x = check_images(x, model.image_shape)
-    elif isinstance(x, tuple):
-        x = (check_images(x[0], model.image_shape), *x[1:])
-    out_dir = Path(out_dir)
+    grid_size = check_positive_int(grid_size, "grid_size")
+    if guard is not None and not isinstance(guard, DivergenceGuard):
+        raise TypeError(f"guard must be a DivergenceGuard or None, got {type(guard).__name__}.")
     if iterations % iterations_per_epoch:
         raise ValueError(
             f"iterations ({iterations}) must be a multiple of iterations_per_epoch ({iterations_per_epoch})."
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
+    x = checked_data(model, x, batch_size)
+    in_memory = isinstance(x, (np.ndarray, tuple))
+    out_dir = Path(out_dir)
+    backup_dir = out_dir / "backup"
+    resumed_after = completed_epochs(backup_dir)
+    settings = {"data": "arrays" if in_memory else "stream", "iterations_per_epoch": iterations_per_epoch,
+                "learning_rate": learning_rate, "beta_1": beta_1}
+    if in_memory:
+        images = x[0] if isinstance(x, tuple) else x
+        settings.update(examples=len(images), labelled=isinstance(x, tuple), batch_size=batch_size, seed=seed)
+    recorded = _check_resume(backup_dir, settings, resumed_after)
+    backup_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(backup_dir / SETTINGS_FILE, json.dumps(settings))
     model.compile(optimizer=keras.optimizers.Adam(learning_rate, beta_1=beta_1))
-    resumed_after = completed_epochs(out_dir / "backup")
     guard = DivergenceGuard() if guard is None else guard
-    callbacks = [
-        guard,
-        ResumableBackup(out_dir / "backup"),
+    callbacks = [ResumableBackup(backup_dir)]
+    if resumed_after and recorded.get("learning_rate") != learning_rate:
+        callbacks.append(_ResumedLearningRate(learning_rate, out_dir, verbose))
+    callbacks += [
+        guard,  # snapshots at the first batch, after the restore
         EpochWeights(out_dir / "checkpoints"),
         WallClock(out_dir / "wall_time.json"),
         SampleGrid(out_dir / "samples", n=grid_size, seed=seed),
@@ -391,15 +554,17 @@ def fit_resumable(model, x, out_dir, iterations, batch_size=64, iterations_per_e
     ]
     start = resumed_after * iterations_per_epoch  # the uninterrupted run's data position
     history = model.fit(
-        batches(x, batch_size, seed=seed, steps=iterations_per_epoch, start=start)
-        if isinstance(x, (np.ndarray, tuple)) else x,
+        batches(x, batch_size, seed=seed, steps=iterations_per_epoch, start=start) if in_memory else x,
         epochs=iterations // iterations_per_epoch,
         steps_per_epoch=iterations_per_epoch,
         callbacks=callbacks,
         verbose=verbose,
     )
     if guard.stopped:
-        raise TrainingDiverged(f"{guard.stopped} Checkpoints of the good epochs are in {out_dir / 'checkpoints'}.")
+        checkpoints = out_dir / "checkpoints"
+        kept = checkpoints.is_dir() and any(checkpoints.glob("epoch_*.weights.h5"))
+        raise TrainingDiverged(f"{guard.stopped} " + (f"Checkpoints of the good epochs are in {checkpoints}." if kept
+                               else "No epoch finished before the divergence, so no checkpoint was written."))
     return history
 
 
@@ -410,14 +575,22 @@ def fine_tune(entry, x, out_dir, iterations=100, batch_size=64, learning_rate=1e
     that ``zoo.load(out_dir)`` reads back. Returns ``(model, out_dir)``.
 
     ``dataset`` names the new data in the metadata; the parent entry and its weights' sha256 are recorded.
+    The arguments and ``out_dir`` (refused as ``zoo.save_entry`` would refuse it) are checked before loading.
     """
     from keras_shortrun import zoo
+    from keras_shortrun.zoo import registry
 
-
-    check_positive_int(iterations, "iterations")
+    iterations = check_positive_int(iterations, "iterations")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    learning_rate = check_positive_float(learning_rate, "learning_rate")
+    beta_1 = check_beta_1(beta_1)
+    seed = check_seed(seed)
+    registry.check_entry_folder(out_dir)  # save_entry's own check, before the training
     parent = zoo.info(entry)
     model = zoo.load(entry)
-    x = check_images(x, model.image_shape)
+    x = check_images(x, model.image_shape, value_range=getattr(model, "input_range", (-1.0, 1.0)))
+    if len(x) < batch_size:
+        raise ValueError(f"batch_size={batch_size} is larger than the {len(x)} images of x.")
     model.compile(optimizer=keras.optimizers.Adam(learning_rate, beta_1=beta_1))
     history = model.fit(batches(x, batch_size, seed=seed, steps=iterations), epochs=1, steps_per_epoch=iterations,
                         verbose=verbose)

@@ -405,7 +405,7 @@ def test_fit_resumable_raises_and_never_checkpoints_nan(tmp_path):
     model, x, _ = diverging_run()
     model.optimizer = None
     with pytest.raises(TrainingDiverged, match="last good state"):
-        fit_resumable(model, x, tmp_path / "run", 4, batch_size=16, iterations_per_epoch=2, learning_rate=10.0,
+        fit_resumable(model, x, tmp_path / "run", 4, batch_size=16, iterations_per_epoch=1, learning_rate=10.0,
                       guard=DivergenceGuard(max_energy_gap=1e3, verbose=False), grid_size=4, verbose=0)
     saved = sorted((tmp_path / "run").rglob("*.weights.h5"))
     assert saved

@@ -19,8 +19,11 @@ Chains that amplify float32 rounding also record ``keras_rounding_sensitivity`` 
 ``one_step_max_abs_error`` (``keras_shortrun.export.tensorflow.parity_report``).
 """
 
+import fnmatch
 import json
+import os
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,15 +36,72 @@ from keras_shortrun.export.tensorflow import DEFAULT_OPSET
 from keras_shortrun.export.tensorflow import TOLERANCE
 from keras_shortrun.export.tensorflow import ExportError
 from keras_shortrun.export.tensorflow import check_inputs
+from keras_shortrun.export.tensorflow import check_replaceable_onnx
 from keras_shortrun.export.tensorflow import parity_report
 from keras_shortrun.export.tensorflow import tensorflow_runner
 from keras_shortrun.export.tensorflow import to_onnx
 from keras_shortrun.hashing import sha256_file
+from keras_shortrun.saving import parse_json
+from keras_shortrun.saving import read_inside
 from keras_shortrun.validation import check_positive_int
 
 MANIFEST = "manifest.json"
 GRAPH_KEYS = ("steps", "noise", "chains", "inputs", "outputs")  # what verify_manifest rebuilds from the model
 PARITY_KEYS = ("max_abs_error", "keras_rounding_sensitivity", "one_step_max_abs_error")  # parity_report's
+MANIFEST_KEYS = frozenset({"entry", "family", "opset", "keras_shortrun", "check", "graphs"})  # what export_entry writes
+
+
+def export_files():
+    """Glob patterns of what ``export_entry`` writes into a folder: the manifest, every family's graph files,
+    and the staged copies of both (``.<name>.<random>.partial``) that a killed run may leave behind."""
+    names = [MANIFEST, *sorted({f"{graph}.onnx" for graphs in FAMILIES.values() for graph in graphs})]
+    return tuple(names) + tuple(f".{name}.*.partial" for name in names)
+
+
+def _is_manifest(manifest):
+    return MANIFEST_KEYS <= set(manifest) and isinstance(manifest["graphs"], dict)
+
+
+def check_export_folder(out_dir):
+    """Raises ``FileExistsError`` unless ``export_entry`` may write into ``out_dir`` without replacing a
+    user's file: ``out_dir`` is absent or an empty folder, or holds nothing but files named in
+    ``export_files()`` (plain files, no links), its ``manifest.json`` (if any) is one that ``export_entry``
+    wrote, and every ``.onnx`` file is a graph that ``to_onnx`` wrote. Checked before any work."""
+    out_dir = Path(out_dir)
+    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+        raise FileExistsError(f"{out_dir} exists and is not a folder: refusing to replace it with an export.")
+    if not out_dir.exists():
+        return
+    patterns = export_files()
+    foreign = sorted(p.name for p in out_dir.iterdir() if p.is_symlink() or not p.is_file()
+                     or not any(fnmatch.fnmatchcase(p.name, pattern) for pattern in patterns))
+    if foreign:
+        raise FileExistsError(f"{out_dir} holds files that are not part of a keras_shortrun export "
+                              f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}): refusing to export "
+                              "into it. Choose a new folder, or move them yourself.")
+    if (out_dir / MANIFEST).exists():
+        try:
+            ours = _is_manifest(parse_json(read_inside(out_dir, MANIFEST), out_dir / MANIFEST))
+        except (OSError, ValueError):
+            ours = False
+        if not ours:
+            raise FileExistsError(f"{out_dir / MANIFEST} is not a manifest written by keras_shortrun: refusing to "
+                                  "replace it. Choose a new folder, or remove it yourself.")
+    for graph in sorted(out_dir.glob("*.onnx")):
+        check_replaceable_onnx(graph, overwrite=True)
+
+
+def _atomic_write_text(path, text):
+    """``text`` written to a staged file beside ``path`` and renamed over it: ``path`` holds the old text or
+    the new one, never a part, and a hard link to the old file keeps the old text."""
+    handle, staged = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as f:
+            f.write(text)
+        os.chmod(staged, 0o644)
+        os.replace(staged, path)
+    finally:
+        Path(staged).unlink(missing_ok=True)
 
 
 def side_by_side_seconds(calls, repeats):
@@ -95,8 +155,13 @@ def time_graph(graph, paths, batch, repeats, optimizations=("all",), threads=0):
 def export_entry(model, out_dir, entry=None, opset=DEFAULT_OPSET, timing_batch=16, repeats=5, extra=None):
     """Writes every graph of ``model`` as ``out_dir/<graph>.onnx`` and ``out_dir/manifest.json`` (see the
     module docstring; ``extra``: more top-level fields, e.g. the machine the timings come from); returns
-    the manifest."""
+    the manifest. ``out_dir`` must be new, empty, or an earlier export (``check_export_folder``): a folder
+    with other files is refused before any work."""
     out_dir = Path(out_dir)
+    if type(model) not in FAMILIES:
+        raise ValueError(f"export_entry takes a {', '.join(cls.__name__ for cls in FAMILIES)}; got "
+                         f"{type(model).__name__}.")
+    check_export_folder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     family = type(model).__name__
     graphs = {}
@@ -128,7 +193,7 @@ def export_entry(model, out_dir, entry=None, opset=DEFAULT_OPSET, timing_batch=1
         **(extra or {}),
         "graphs": graphs,
     }
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    _atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=1) + "\n")
     return manifest
 
 

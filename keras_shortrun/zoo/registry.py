@@ -209,6 +209,12 @@ def _family_of(model):
     return next((family for family, cls in FAMILIES.items() if type(model) is cls), None)
 
 
+def check_entry_folder(directory):
+    """Raises ``FileExistsError`` unless ``save_entry`` may write at ``directory``: absent, empty, or a zoo entry
+    holding nothing but its own files and the extra files it recorded."""
+    check_replaceable(directory, "a zoo entry", METADATA_FILE, _is_entry_metadata, _replaceable_names(directory))
+
+
 def save_entry(model, directory, metadata, extra_files=()):
     """Writes a complete entry folder atomically (a temporary folder renamed into place).
 
@@ -223,7 +229,7 @@ def save_entry(model, directory, metadata, extra_files=()):
 
     directory = Path(directory)
     extra_files = [Path(p) for p in extra_files]
-    check_replaceable(directory, "a zoo entry", METADATA_FILE, _is_entry_metadata, _replaceable_names(directory))
+    check_entry_folder(directory)
     family = metadata.get("family") or _family_of(model)
     if family not in FAMILIES or not isinstance(model, FAMILIES[family]):
         raise ValueError(f"family {family!r} is not a keras_shortrun family of a {type(model).__name__} "
