@@ -25,6 +25,7 @@ def assert_matches_golden(actual, name, atol):
     assert np.shape(actual) == golden.shape
     if XLA_RANDOM_STREAM:
         pytest.skip("golden outputs hold for TensorFlow's CPU random stream, not its XLA one")
+    print(f"{name}: max |actual - golden| = {np.max(np.abs(actual - golden)):.2g}, tolerance {atol:.2g}")  # pytest -s
     np.testing.assert_allclose(actual, golden, atol=atol)
 
 
