@@ -231,22 +231,10 @@ def model_family(name_or_path):
     """The family of a zoo entry (from its metadata) or of a ``.keras`` file (from its config, checked by
     ``saving.check_config``: the keras_shortrun class, else ``PLAIN_KERAS``), read without building the model."""
     if str(name_or_path).endswith(".keras"):
-        import io
-        import zipfile
-
         from keras_shortrun.saving import PACKAGE
-        from keras_shortrun.saving import check_config
-        from keras_shortrun.saving import parse_json
+        from keras_shortrun.saving import read_keras_config
 
-        path = Path(name_or_path)
-        if not path.is_file():
-            raise FileNotFoundError(f"No model file at {path}.")
-        try:
-            with zipfile.ZipFile(io.BytesIO(path.read_bytes())) as archive:
-                config = parse_json(archive.read("config.json"), f"{path}:config.json")
-        except (zipfile.BadZipFile, KeyError) as error:
-            raise ValueError(f"{path} is not a Keras model file ({error}).") from None
-        check_config(config, path)  # a class that carries code is named first, whatever the command
+        _, config = read_keras_config(name_or_path)  # a class that carries code is named first, whatever the command
         registered = config.get("registered_name")
         if isinstance(registered, str) and registered.startswith(f"{PACKAGE}>"):
             return str(config.get("class_name"))

@@ -131,9 +131,8 @@ def private_copy(data, filename):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def load_keras_file(path):
-    """A ``.keras`` model file, read once, its config checked by ``check_config``, loaded in forced safe mode
-    from a private copy of the same bytes."""
+def read_keras_config(path):
+    """``(bytes, config)`` of the ``.keras`` file ``path``, read once; the config checked by ``check_config``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No model file at {path}.")
@@ -144,6 +143,13 @@ def load_keras_file(path):
     except (zipfile.BadZipFile, KeyError) as error:
         raise ValueError(f"{path} is not a Keras model file ({error}).") from None
     check_config(config, path)
+    return data, config
+
+
+def load_keras_file(path):
+    """A ``.keras`` model file, read once, its config checked by ``check_config``, loaded in forced safe mode
+    from a private copy of the same bytes."""
+    data, config = read_keras_config(path)
     import keras_shortrun.layers  # noqa: F401  (registers the classes)
     import keras_shortrun.models  # noqa: F401
 

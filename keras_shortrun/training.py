@@ -15,7 +15,8 @@ import numpy as np
 from keras_shortrun.errors import TrainingDiverged
 from keras_shortrun.hashing import sha256_file
 from keras_shortrun.images import save_grid
-from keras_shortrun.validation import check_images
+from keras_shortrun.validation import check_beta_1
+from keras_shortrun.validation import check_model_images
 from keras_shortrun.validation import check_positive_float
 from keras_shortrun.validation import check_positive_int
 from keras_shortrun.validation import check_seed
@@ -29,14 +30,6 @@ def rolled_back(model, epoch):
     """Whether a ``DivergenceGuard`` rolled ``model`` back during ``epoch`` (0-based) of the running ``fit``:
     that epoch is no progress, and callbacks that record progress skip it."""
     return epoch in _ROLLED_BACK.get(model, ())
-
-
-def check_beta_1(value, name="beta_1"):
-    """``value`` as a ``float`` if it is a number in ``[0, 1)`` (Adam's first-moment decay)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not 0 <= value < 1:
-        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}.")
-    return float(value)
 
 
 def batches(data, batch_size, seed=0, steps=None, start=0):
@@ -436,7 +429,7 @@ def checked_data(model, x, batch_size):
         if len(x) not in (1, 2):
             raise ValueError(f"x as a tuple must be (images,) or (images, labels), got {len(x)} items.")
         x, labels = x[0], x[1] if len(x) == 2 else None
-    images = check_images(x, model.image_shape, value_range=getattr(model, "input_range", (-1.0, 1.0)))
+    images = check_model_images(model, x)
     num_classes = getattr(model, "num_classes", None)
     if labels is not None:
         if num_classes is not None:
@@ -588,7 +581,7 @@ def fine_tune(entry, x, out_dir, iterations=100, batch_size=64, learning_rate=1e
     registry.check_entry_folder(out_dir)  # save_entry's own check, before the training
     parent = zoo.info(entry)
     model = zoo.load(entry)
-    x = check_images(x, model.image_shape, value_range=getattr(model, "input_range", (-1.0, 1.0)))
+    x = check_model_images(model, x)
     if len(x) < batch_size:
         raise ValueError(f"batch_size={batch_size} is larger than the {len(x)} images of x.")
     model.compile(optimizer=keras.optimizers.Adam(learning_rate, beta_1=beta_1))

@@ -73,6 +73,20 @@ def check_positive_float(value, name):
     return float(value)
 
 
+def check_beta_1(value, name="beta_1"):
+    """``value`` as a ``float`` if it is a number in ``[0, 1)`` (Adam's first-moment decay)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not 0 <= value < 1:
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}.")
+    return float(value)
+
+
+def check_model_images(model, x, name="x"):
+    """``check_images`` of ``x`` against ``model.image_shape`` and ``model.input_range`` (see
+    ``CheckedInputsMixin``)."""
+    return check_images(x, model.image_shape, name=name, value_range=model.input_range)
+
+
 class CheckedInputsMixin:
     """``fit``, ``evaluate`` and ``predict`` of a Keras model with in-memory images of any array type
     checked first (``check_images`` against ``self.image_shape`` and ``self.input_range``); streams
@@ -81,7 +95,7 @@ class CheckedInputsMixin:
     input_range = (-1.0, 1.0)  # images in the model's pixel range; ``None`` for data without one
 
     def _checked_images(self, x):
-        return check_images(x, self.image_shape, value_range=self.input_range) if is_array(x) else x
+        return check_model_images(self, x) if is_array(x) else x
 
     def fit(self, x=None, *args, **kwargs):
         return super().fit(self._checked_images(x), *args, **kwargs)
