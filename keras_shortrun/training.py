@@ -26,6 +26,57 @@ from keras_shortrun.validation import is_array
 _ROLLED_BACK = weakref.WeakKeyDictionary()
 
 
+def runs_home():
+    """Where long runs live, outside any work tree: ``$KERAS_SHORTRUN_HOME/runs``, else
+    ``$XDG_CACHE_HOME/keras_shortrun/runs`` (``~/.cache/keras_shortrun/runs``)."""
+    home = os.environ.get("KERAS_SHORTRUN_HOME")
+    if not home:
+        cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        home = os.path.join(cache, "keras_shortrun")
+    return Path(home) / "runs"
+
+
+def start_from_entry(model, run_dir, entry, verbose=True):
+    """Before a run's first epoch: loads the zoo ``entry``'s weights into ``model`` (a fresh optimizer follows),
+    when the run folder has no backup yet and the entry has the same architecture; records the start in
+    ``run_dir/started_from.json``. A run with a backup resumes from it instead (``fit_resumable``). Returns
+    what the run starts from: ``"backup"``, ``"entry"`` or ``"scratch"`` (no such entry, or another
+    architecture), and says so when ``verbose``."""
+    from keras_shortrun import zoo
+
+    run_dir = Path(run_dir)
+    if completed_epochs(run_dir / "backup"):
+        start, why = "backup", f"resuming the run in {run_dir}"
+    else:
+        try:
+            committed = zoo.load(entry)
+        except (KeyError, ValueError, FileNotFoundError) as error:
+            committed, why = None, f"no committed entry {entry!r} to start from ({error})"
+        if committed is not None and _same_architecture(committed, model):
+            model.set_weights(committed.get_weights())
+            start, why = "entry", f"no run in {run_dir}: starting from the committed {entry!r} weights, fresh optimizer"
+        else:
+            start = "scratch"
+            if committed is not None:
+                why = f"the committed {entry!r} has another architecture: starting from random weights"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        record = {"start": start, "entry": str(entry), "reason": why}
+        if start == "entry":
+            record["weights_sha256"] = zoo.info(entry)["files"]["model.weights.h5"]["sha256"]
+        _atomic_write_text(run_dir / "started_from.json", json.dumps(record))
+    if verbose:
+        print(why)
+    return start
+
+
+def _same_architecture(a, b):
+    """Same weight shapes and the same config, but for the models' (auto-numbered) names."""
+    def config(model):
+        return {k: v for k, v in model.get_config().items() if k != "name"}
+
+    return [tuple(v.shape) for v in a.weights] == [tuple(v.shape) for v in b.weights] and config(a) == config(b)
+
+
 def rolled_back(model, epoch):
     """Whether a ``DivergenceGuard`` rolled ``model`` back during ``epoch`` (0-based) of the running ``fit``:
     that epoch is no progress, and callbacks that record progress skip it."""
@@ -153,25 +204,31 @@ class SampleGrid(keras.callbacks.Callback):
 
 
 class WallClock(keras.callbacks.Callback):
-    """Accumulates training wall time across interrupted runs in ``wall_time.json`` (with the epochs completed;
-    a rolled-back epoch is not one); adds ``wall_time_s`` to logs."""
+    """Accumulates training wall time and this process's CPU time (all its threads) across interrupted runs in
+    ``wall_time.json`` (with the epochs completed; a rolled-back epoch is not one); adds ``wall_time_s`` and
+    ``cpu_time_s`` to logs. With ``max_cpu_seconds`` it stops training after the first epoch that reaches it."""
 
-    def __init__(self, path):
+    def __init__(self, path, max_cpu_seconds=None):
         super().__init__()
         self.path = Path(path)
+        self.max_cpu_seconds = max_cpu_seconds
 
     def on_train_begin(self, logs=None):
         previous = json.loads(self.path.read_text()) if self.path.exists() else {}
         self.previous, self.epochs = previous.get("wall_time_s", 0.0), previous.get("epochs", 0)
-        self.start = time.time()
+        self.previous_cpu = previous.get("cpu_time_s", 0.0)
+        self.start, self.start_cpu = time.time(), time.process_time()
 
     def on_epoch_end(self, epoch, logs=None):
         total = self.previous + time.time() - self.start
+        cpu = self.previous_cpu + time.process_time() - self.start_cpu
         if not rolled_back(self.model, epoch):
             self.epochs = epoch + 1
-        self.path.write_text(json.dumps({"wall_time_s": total, "epochs": self.epochs}))
+        self.path.write_text(json.dumps({"wall_time_s": total, "cpu_time_s": cpu, "epochs": self.epochs}))
         if logs is not None:
-            logs["wall_time_s"] = total
+            logs["wall_time_s"], logs["cpu_time_s"] = total, cpu
+        if self.max_cpu_seconds is not None and cpu >= self.max_cpu_seconds:
+            self.model.stop_training = True
 
 
 class DivergenceGuard(keras.callbacks.Callback):
@@ -490,7 +547,8 @@ class _ResumedLearningRate(keras.callbacks.Callback):
 
 
 def fit_resumable(model, x, out_dir, iterations, batch_size=64, iterations_per_epoch=100,
-                  learning_rate=1e-4, beta_1=0.9, seed=0, grid_size=64, verbose=1, guard=None):
+                  learning_rate=1e-4, beta_1=0.9, seed=0, grid_size=64, verbose=1, guard=None,
+                  max_cpu_seconds=None):
     """``model.fit`` for ``iterations`` updates with a progress bar, a sample grid, a
     resumable backup (weights + optimizer + epoch) and a kept weights snapshot
     (``checkpoints/epoch_NNNN.weights.h5``, to go back to if a run diverges)
@@ -504,7 +562,10 @@ def fit_resumable(model, x, out_dir, iterations, batch_size=64, iterations_per_e
     optimizer state, seed-generator states and data position of that moment (killed
     mid-epoch, the run repeats that epoch's batches exactly as it first saw them). The
     settings of the data position (``RESUME_SETTINGS``) must be those of the first run; a
-    new ``learning_rate`` or ``beta_1`` is applied. Every argument is checked before any file is written.
+    new ``learning_rate`` or ``beta_1`` is applied. ``max_cpu_seconds`` ends the run early, after the first
+    epoch at which the run's CPU time (all runs of ``out_dir`` together, see ``WallClock``) reaches it: budgets
+    of equal CPU time compare recipes fairly on a shared machine. Every argument is checked before any file is
+    written.
     Returns the ``History``.
     """
     iterations = check_positive_int(iterations, "iterations")
@@ -514,6 +575,8 @@ def fit_resumable(model, x, out_dir, iterations, batch_size=64, iterations_per_e
     beta_1 = check_beta_1(beta_1)
     seed = check_seed(seed)
     grid_size = check_positive_int(grid_size, "grid_size")
+    if max_cpu_seconds is not None:
+        max_cpu_seconds = check_positive_float(max_cpu_seconds, "max_cpu_seconds")
     if guard is not None and not isinstance(guard, DivergenceGuard):
         raise TypeError(f"guard must be a DivergenceGuard or None, got {type(guard).__name__}.")
     if iterations % iterations_per_epoch:
@@ -541,7 +604,7 @@ def fit_resumable(model, x, out_dir, iterations, batch_size=64, iterations_per_e
     callbacks += [
         guard,  # snapshots at the first batch, after the restore
         EpochWeights(out_dir / "checkpoints"),
-        WallClock(out_dir / "wall_time.json"),
+        WallClock(out_dir / "wall_time.json", max_cpu_seconds),
         SampleGrid(out_dir / "samples", n=grid_size, seed=seed),
         keras.callbacks.CSVLogger(str(out_dir / "log.csv"), append=True),
     ]

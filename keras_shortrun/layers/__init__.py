@@ -1,4 +1,5 @@
+from keras_shortrun.layers.coarse_to_fine import CoarseToFineChain
 from keras_shortrun.layers.langevin import LangevinChain
 from keras_shortrun.layers.langevin import gaussian_posterior_potential
 
-__all__ = ["LangevinChain", "gaussian_posterior_potential"]
+__all__ = ["CoarseToFineChain", "LangevinChain", "gaussian_posterior_potential"]

@@ -50,6 +50,9 @@ class LangevinChain(keras.layers.Layer):
         bptt: whether gradients flow through the chain (to its start, the step
             size and the potential's weights). Off, the output is a constant,
             as maximum-likelihood EBM training wants.
+        anneal_steps: ``A``: the noise scale falls linearly to zero over the last
+            ``A`` updates of a call (update ``k`` of ``K`` gets ``tau * min(1,
+            (K - 1 - k) / A)``, so the last update is noise-free); 0 (default) keeps it constant.
         clip: ``None`` or ``(low, high)``: clamp the state after every update
             (e.g. ``(-1, 1)``, the data range). Off by default, as in paper 1's
             code; it keeps a young EBM's chain from running off to infinity.
@@ -86,6 +89,7 @@ class LangevinChain(keras.layers.Layer):
         clip=None,
         seed=None,
         unroll="auto",
+        anneal_steps=0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -100,7 +104,10 @@ class LangevinChain(keras.layers.Layer):
             raise ValueError(
                 f"parametrization must be one of {PARAMETRIZATIONS}, got {parametrization!r}."
             )
+        if int(anneal_steps) != anneal_steps or anneal_steps < 0:
+            raise ValueError(f"anneal_steps must be an integer >= 0, got {anneal_steps!r}.")
         self.steps = int(steps)
+        self.anneal_steps = int(anneal_steps)
         self.initial_step_size = step_size
         self.noise_scale = None if noise_scale is None else float(noise_scale)
         self.learn_step_size = bool(learn_step_size)
@@ -131,6 +138,14 @@ class LangevinChain(keras.layers.Layer):
             return ops.exp(self.raw_step_size)
         return ops.softplus(self.raw_step_size)
 
+    def pyramid(self, x):
+        """``[x]``: the data at the chain's one resolution (see ``CoarseToFineChain.pyramid``)."""
+        return [x]
+
+    def stage_outputs(self, x0, potential, seed=None):
+        """``[x_K]``: the chain's output as its one stage (see ``CoarseToFineChain.stage_outputs``)."""
+        return [self(x0, potential=potential, seed=seed)]
+
     def call(
         self, x0, potential, noise=None, seed=None, trajectory_every=None, steps=None, bptt=None, step_size=None
     ):
@@ -149,7 +164,9 @@ class LangevinChain(keras.layers.Layer):
         trajectory = [[x] for x in states]
         for start, stop in bounds:
             segment_noise = None if noise is None else [n[:, start:stop] for n in noise]
-            states = self._run(states, unwrap_potential, start, stop, segment_noise, seed, bptt, sizes, unroll)
+            states = self._run(
+                states, unwrap_potential, start, stop, steps, segment_noise, seed, bptt, sizes, unroll
+            )
             for path, x in zip(trajectory, states):
                 path.append(x)
         result = states[0] if single else states
@@ -227,23 +244,33 @@ class LangevinChain(keras.layers.Layer):
     def _noise_scales(self, sizes):
         return list(sizes) if self.noise_scale is None else [self.noise_scale] * self.num_groups
 
-    def _update(self, states, grads, sizes, eps, bptt):
-        """One Langevin update of every group: ``x - (s^2/2) grad + tau eps`` (then the clamp)."""
+    def _anneal_factor(self, step, steps, dtype):
+        """The noise factor of update ``step`` (0-based, a scalar tensor) of ``steps``: ``min(1, (K-1-k)/A)``."""
+        if not self.anneal_steps:
+            return None
+        remaining = ops.cast(steps - 1 - step, dtype)
+        return ops.minimum(ops.cast(1.0, dtype), remaining / float(self.anneal_steps))
+
+    def _update(self, states, grads, sizes, eps, bptt, factor=None):
+        """One Langevin update of every group: ``x - (s^2/2) grad + factor tau eps`` (then the clamp)."""
         updated = []
         for x, grad, s, tau, e in zip(states, grads, sizes, self._noise_scales(sizes), eps):
             if not bptt:
                 grad = ops.stop_gradient(grad)
+            if factor is not None:
+                tau = tau * factor
             x = x - 0.5 * s * s * grad + tau * e
             updated.append(x if self.clip is None else ops.clip(x, *self.clip))
         return updated
 
-    def _run(self, states, potential, start, stop, noise, seed, bptt, step_size, unroll):
+    def _run(self, states, potential, start, stop, steps, noise, seed, bptt, step_size, unroll):
         sizes = ops.unstack(step_size, num=self.num_groups)
 
         def body(k, current):
             _, grads = backend.value_and_grad(potential, current)
             eps = [self._eps(noise, seed, g, k, start, x) for g, x in enumerate(current)]
-            return self._update(current, grads, sizes, eps, bptt)
+            factor = self._anneal_factor(start + k, steps, current[0].dtype)
+            return self._update(current, grads, sizes, eps, bptt, factor)
 
         return backend.fori_loop(stop - start, body, states, unroll=unroll)
 
@@ -299,13 +326,15 @@ class LangevinChain(keras.layers.Layer):
             flat = ops.stop_gradient(self._flatten(current))
             hessian = ops.stop_gradient(backend.batch_hessian(flat_potential, flat))
             jacobian = eye[None] - half_s2[None, :, None] * hessian
+            factor = self._anneal_factor(k, self.steps, current[0].dtype)
             if propagate_noise:
                 covariance = ops.matmul(ops.matmul(jacobian, covariance), ops.transpose(jacobian, (0, 2, 1)))
-                covariance = covariance + eye[None] * tau2[None, None, :]
+                step_tau2 = tau2 if factor is None else tau2 * factor * factor
+                covariance = covariance + eye[None] * step_tau2[None, None, :]
             else:
                 log_det = log_det + 2.0 * _log_abs_det(jacobian)
             eps = [self._eps(noise, seed, g, k, 0, x) for g, x in enumerate(current)]
-            return self._update(current, grads, sizes, eps, True), covariance, log_det
+            return self._update(current, grads, sizes, eps, True, factor), covariance, log_det
 
         states, covariance, log_det = backend.fori_loop(self.steps, body, (states, covariance, log_det))
         if propagate_noise:
@@ -328,6 +357,7 @@ class LangevinChain(keras.layers.Layer):
             clip=None if self.clip is None else list(self.clip),
             seed=self.seed,
             unroll=self.unroll,
+            anneal_steps=self.anneal_steps,
         )
         return config
 

@@ -7,6 +7,7 @@ from keras_shortrun.models.ebm import ShortRunEBM
 from keras_shortrun.models.ebm import paper_chain
 from keras_shortrun.models.energy import EnergyConvNet
 from keras_shortrun.models.energy import EnergyMLP
+from keras_shortrun.models.energy import MultiscaleEnergy
 from keras_shortrun.models.generator import TopDownGenerator
 from keras_shortrun.models.lvm import MultiLayerLVM
 from keras_shortrun.models.lvm import posterior_chain
@@ -22,6 +23,7 @@ __all__ = [
     "ConvEncoder",
     "EnergyConvNet",
     "EnergyMLP",
+    "MultiscaleEnergy",
     "MultiLayerLVM",
     "ShortRunEBM",
     "TopDownGenerator",

@@ -5,8 +5,10 @@ import numpy as np
 from keras import ops
 
 from keras_shortrun import backend
+from keras_shortrun.layers import CoarseToFineChain
 from keras_shortrun.layers import LangevinChain
 from keras_shortrun.models.energy import EnergyConvNet
+from keras_shortrun.models.energy import MultiscaleEnergy
 from keras_shortrun.optim import adam_step
 from keras_shortrun.seeds import offset
 from keras_shortrun.seeds import seed_generator
@@ -20,9 +22,11 @@ from keras_shortrun.validation import check_seed
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
 
-def paper_chain(steps=100, seed=None, clip=None):
-    """The paper-1 chain: ``x += df/dx + 0.01 eps`` (``s = sqrt(2)``, ``tau = 0.01``), optionally clamped."""
-    return LangevinChain(steps=steps, step_size=2.0**0.5, noise_scale=0.01, clip=clip, seed=seed, name="chain")
+def paper_chain(steps=100, seed=None, clip=None, anneal_steps=0):
+    """The paper-1 chain: ``x += df/dx + 0.01 eps`` (``s = sqrt(2)``, ``tau = 0.01``), optionally clamped
+    (and with the noise annealed to zero over the last ``anneal_steps`` updates; paper 1: 0)."""
+    return LangevinChain(steps=steps, step_size=2.0**0.5, noise_scale=0.01, clip=clip, seed=seed,
+                         anneal_steps=anneal_steps, name="chain")
 
 
 @keras.saving.register_keras_serializable(package="keras_shortrun")
@@ -64,10 +68,26 @@ class ShortRunEBM(CheckedInputsMixin, backend.TrainStepMixin, keras.Model):
         self.build((None,) + self.data_shape)
 
     @classmethod
-    def with_convnet(cls, image_size=32, channels=3, filters=64, steps=100, clip=None, seed=None, **kwargs):
-        """The paper-1 model: ``EnergyConvNet`` and the paper-1 chain with K ``steps`` (optionally clamped)."""
-        energy = EnergyConvNet(image_size=image_size, channels=channels, filters=filters, name="energy")
-        chain = paper_chain(steps, seed, clip)
+    def with_convnet(cls, image_size=32, channels=3, filters=64, steps=100, clip=None, seed=None,
+                     activation="leaky_relu", anneal_steps=0, **kwargs):
+        """The paper-1 model: ``EnergyConvNet`` and the paper-1 chain with K ``steps`` (optionally clamped).
+        ``activation`` and ``anneal_steps`` leave paper 1 (see ``EnergyConvNet``, ``LangevinChain``)."""
+        energy = EnergyConvNet(image_size=image_size, channels=channels, filters=filters, activation=activation,
+                               name="energy")
+        chain = paper_chain(steps, seed, clip, anneal_steps)
+        return cls(energy, (image_size, image_size, channels), chain=chain, seed=seed, **kwargs)
+
+    @classmethod
+    def with_coarse_to_fine(cls, image_size=64, channels=3, filters=16, resolutions=(8, 16, 32, 64),
+                            steps=(20, 20, 10, 10), noise_scale=0.01, anneal_steps=0, activation="leaky_relu",
+                            clip=(-1.0, 1.0), seed=None, **kwargs):
+        """A CF-EBM-style model: one ``EnergyConvNet`` per resolution (``MultiscaleEnergy``) and a
+        ``CoarseToFineChain`` with the paper-1 update (``s = sqrt(2)``) at each, trained on every resolution."""
+        if resolutions[-1] != image_size:
+            raise ValueError(f"The last resolution must be image_size={image_size}, got {tuple(resolutions)}.")
+        energy = MultiscaleEnergy.with_convnets(resolutions, channels, filters, activation, name="energy")
+        chain = CoarseToFineChain(resolutions, steps, step_size=2.0**0.5, noise_scale=noise_scale,
+                                  anneal_steps=anneal_steps, clip=clip, seed=seed, name="chain")
         return cls(energy, (image_size, image_size, channels), chain=chain, seed=seed, **kwargs)
 
     def with_compute_dtype(self, dtype):
@@ -83,7 +103,7 @@ class ShortRunEBM(CheckedInputsMixin, backend.TrainStepMixin, keras.Model):
         energy = type(self.energy).from_config({**self.energy.get_config(), "dtype": policy})
         energy.build((None,) + self.data_shape)
         energy.set_weights(self.energy.get_weights())
-        chain = LangevinChain.from_config(self.chain.get_config())
+        chain = type(self.chain).from_config(self.chain.get_config())
         chain.set_weights(self.chain.get_weights())
         return type(self)(energy, self.data_shape, chain=chain, data_noise=self.data_noise, seed=self.seed)
 
@@ -111,19 +131,24 @@ class ShortRunEBM(CheckedInputsMixin, backend.TrainStepMixin, keras.Model):
 
     # Training -----------------------------------------------------------------
     def prepare_batch(self, x):
-        """Noisy data and chain samples (constants), each ``(B, *data_shape)``."""
+        """Noisy data and chain samples (constants) at each of the chain's resolutions (one for a
+        ``LangevinChain``; coarsest first for a ``CoarseToFineChain``): two lists of ``(B, r, r, C)``."""
         x = ops.cast(x, self.compute_dtype)
         x_data = x + self.data_noise * keras.random.normal(ops.shape(x), seed=self.seed_generator, dtype=x.dtype)
         z = keras.random.uniform(ops.shape(x), -1.0, 1.0, seed=self.seed_generator, dtype=x.dtype)
-        x_sample = self.chain(z, potential=self.energy)
-        return x_data, ops.stop_gradient(x_sample)
+        samples = self.chain.stage_outputs(z, potential=self.energy)
+        return self.chain.pyramid(x_data), [ops.stop_gradient(s) for s in samples]
 
     def compute_training_loss(self, x, y, aux, training=False):
+        """``sum_r mean E(x_data_r) - mean E(x_sample_r)`` over the chain's resolutions; the logged energies
+        are those of the last (full) resolution."""
         del x, y, training
-        x_data, x_sample = aux
-        energy_data = ops.mean(self.energy(x_data))
-        energy_sample = ops.mean(self.energy(x_sample))
-        return energy_data - energy_sample, {"energy_data": energy_data, "energy_sample": energy_sample}
+        loss = 0.0
+        for x_data, x_sample in zip(*aux):
+            energy_data = ops.mean(self.energy(x_data))
+            energy_sample = ops.mean(self.energy(x_sample))
+            loss = loss + (energy_data - energy_sample)
+        return loss, {"energy_data": energy_data, "energy_sample": energy_sample}
 
     # Generation ---------------------------------------------------------------
     def _compiled_chain(self, steps, trajectory_every, bptt=False, with_noise=False):

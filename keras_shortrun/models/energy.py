@@ -6,6 +6,8 @@ import keras
 from keras import layers
 from keras import ops
 
+ACTIVATIONS = ("leaky_relu", "silu")
+
 
 def _torch_default_init(fan_in):
     """PyTorch's default Conv/Linear init, ``U(+-1/sqrt(fan_in))`` for kernel and bias.
@@ -37,12 +39,17 @@ class EnergyConvNet(keras.layers.Layer):
         channels: input channels.
         filters: ``nf``, width of the first layer.
         negative_slope: LeakyReLU slope (paper: 0.2).
+        activation: ``"leaky_relu"`` (paper 1) or ``"silu"`` (smooth: the chain follows ``dE/dx``,
+            whose LeakyReLU version is piecewise constant in each unit's input).
     """
 
-    def __init__(self, image_size=32, channels=3, filters=64, negative_slope=0.2, **kwargs):
+    def __init__(self, image_size=32, channels=3, filters=64, negative_slope=0.2, activation="leaky_relu", **kwargs):
         super().__init__(**kwargs)
         if image_size < 4:
             raise ValueError(f"image_size must be >= 4, got {image_size}.")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}.")
+        self.activation = activation
         self.image_size = int(image_size)
         self.channels = int(channels)
         self.filters = int(filters)
@@ -82,7 +89,8 @@ class EnergyConvNet(keras.layers.Layer):
 
     def call(self, x):
         for conv in self.convs[:-1]:
-            x = ops.leaky_relu(conv(x), self.negative_slope)
+            x = conv(x)
+            x = ops.silu(x) if self.activation == "silu" else ops.leaky_relu(x, self.negative_slope)
         return ops.squeeze(self.convs[-1](x), axis=(1, 2, 3))
 
     def compute_output_shape(self, input_shape):
@@ -95,7 +103,63 @@ class EnergyConvNet(keras.layers.Layer):
             channels=self.channels,
             filters=self.filters,
             negative_slope=self.negative_slope,
+            activation=self.activation,
         )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_shortrun")
+class MultiscaleEnergy(keras.layers.Layer):
+    """One energy per resolution, chosen by the input's size: images ``(B, r, r, C)`` -> ``(B,)``.
+
+    The potential of a ``CoarseToFineChain``: each stage's state goes to the energy of its own
+    resolution. ``energies`` are layers with an ``image_size`` (e.g. ``EnergyConvNet``), one per size.
+    """
+
+    def __init__(self, energies, **kwargs):
+        super().__init__(**kwargs)
+        self.energies = [
+            keras.saving.deserialize_keras_object(e) if isinstance(e, dict) else e for e in energies
+        ]
+        sizes = [e.image_size for e in self.energies]
+        if not sizes or len(set(sizes)) != len(sizes):
+            raise ValueError(f"MultiscaleEnergy needs one energy per distinct image size, got sizes {sizes}.")
+        self.by_size = dict(zip(sizes, self.energies))
+
+    @classmethod
+    def with_convnets(cls, resolutions, channels=3, filters=16, activation="leaky_relu", **kwargs):
+        """One ``EnergyConvNet`` of width ``filters`` per resolution."""
+        return cls(
+            [
+                EnergyConvNet(image_size=r, channels=channels, filters=filters, activation=activation,
+                              name=f"energy_{r}")
+                for r in resolutions
+            ],
+            **kwargs,
+        )
+
+    @property
+    def image_size(self):
+        """The largest resolution (the data's)."""
+        return max(self.by_size)
+
+    def build(self, input_shape):
+        for size, energy in self.by_size.items():
+            if not energy.built:
+                energy.build((input_shape[0], size, size) + tuple(input_shape[3:]))
+
+    def call(self, x):
+        size = x.shape[1]
+        if size not in self.by_size:
+            raise ValueError(f"No energy for images of size {size}; this one has sizes {sorted(self.by_size)}.")
+        return self.by_size[size](x)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0],)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(energies=[keras.saving.serialize_keras_object(e) for e in self.energies])
         return config
 
 
