@@ -143,9 +143,10 @@ def face_detector():
     return MTCNN(device="CPU:0")
 
 
-def face_rate(images, threshold=FACE_THRESHOLD, upscale=2):
+def face_rate(images, threshold=FACE_THRESHOLD, upscale=1):
     """The fraction of images ``(N, H, W, 3)`` in ``[-1, 1]`` in which MTCNN finds a face with confidence
-    ``>= threshold``, each image upscaled ``upscale``x (nearest) first: MTCNN's smallest face is 12 px.
+    ``>= threshold``, each image upscaled ``upscale``x (nearest) first (MTCNN finds faces of 12 px and up; on 200
+    held-out 64x64 CelebA faces it finds 100 % at 1x, 99.5 % at 2x).
     Returns a dict (``rate``, ``n``, ``threshold``, ``detector``)."""
     pixels = _to_uint8(images)
     upscale = check_positive_int(upscale, "upscale")

@@ -70,9 +70,10 @@ def start_from_entry(model, run_dir, entry, verbose=True):
 
 
 def _same_architecture(a, b):
-    """Same weight shapes and the same config, but for the models' (auto-numbered) names."""
+    """Same weight shapes and the same config (as JSON: a loaded config has lists for tuples), but for the
+    models' (auto-numbered) names."""
     def config(model):
-        return {k: v for k, v in model.get_config().items() if k != "name"}
+        return json.dumps({k: v for k, v in model.get_config().items() if k != "name"}, sort_keys=True, default=str)
 
     return [tuple(v.shape) for v in a.weights] == [tuple(v.shape) for v in b.weights] and config(a) == config(b)
 

@@ -2,6 +2,8 @@
 
     python tools/study_celeba_ebm.py train a --cpu-minutes 25   # one process, one thread: run two side by side
     python tools/study_celeba_ebm.py score a                    # Inception FID (N=1000) and face rate (200)
+    python tools/study_celeba_ebm.py score d --campaign          # scores the celeba_ebm campaign run
+                                                   # (trained by: python tools/train_ebm.py celeba_ebm train)
     python tools/study_celeba_ebm.py table                      # the markdown table of the scored candidates
 
 Runs live in ``$KERAS_SHORTRUN_HOME/runs/study_celeba_ebm/<candidate>`` (``keras_shortrun.training.runs_home``)
@@ -25,7 +27,7 @@ CANDIDATES = {
 }
 SHARED = {"image_size": 64, "channels": 3, "filters": 16, "clip": (-1.0, 1.0), "seed": 0}
 TRAINING = {"batch_size": 32, "learning_rate": 2e-4, "beta_1": 0.9, "seed": 0, "iterations_per_epoch": 10}
-SCORE = {"fid_samples": 1000, "fid_reference": ("train", 5000), "face_samples": 200, "seed": 123}
+SCORE = {"fid_samples": 1000, "fid_reference": 5000, "face_samples": 200, "seed": 123}
 
 
 def build(candidate):
@@ -51,11 +53,17 @@ def train(candidate, cpu_minutes, data_path=None):
                   max_cpu_seconds=60.0 * cpu_minutes, **TRAINING)
 
 
-def last_model(candidate):
-    """The candidate's model at its last kept snapshot, and that snapshot's log row."""
+def campaign_dir():
+    from keras_shortrun.training import runs_home
+
+    return runs_home() / "celeba_ebm"
+
+
+def last_model(candidate, folder):
+    """The candidate's model at the last kept snapshot of its run ``folder``, that snapshot's log row and the
+    updates so far."""
     import csv
 
-    folder = run_dir(candidate)
     with open(folder / "log.csv") as f:
         rows = list(csv.DictReader(f))
     epoch = int(rows[-1]["epoch"]) + 1
@@ -64,33 +72,38 @@ def last_model(candidate):
     return model, rows[-1], epoch * TRAINING["iterations_per_epoch"]
 
 
-def score(candidate, data_path=None):
+def score(candidate, folder, fid_samples, reference, data_path=None):
+    """Inception FID of ``fid_samples`` samples against the first ``reference`` training faces (with its
+    real-versus-real floor) and the face rate of the first ``face_samples``; writes ``folder/score.json``."""
     from keras_shortrun import evaluation
     from keras_shortrun.images import save_grid
 
-    model, row, updates = last_model(candidate)
-    samples = model.sample(SCORE["fid_samples"], seed=SCORE["seed"])
-    save_grid(run_dir(candidate) / "score_samples.png", samples[:64], scale=2)
-    split, count = SCORE["fid_reference"]
-    fid = evaluation.inception_fid(samples, "celeba", split=split, reference_images=count, data_path=data_path)
+    model, row, updates = last_model(candidate, folder)
+    samples = model.sample(max(fid_samples, SCORE["face_samples"]), seed=SCORE["seed"])
+    save_grid(folder / "score_samples.png", samples[:64], scale=2)
+    fid = evaluation.inception_fid(samples[:fid_samples], "celeba", split="train", reference_images=reference,
+                                   data_path=data_path)
     faces = evaluation.face_rate(samples[: SCORE["face_samples"]])
     result = {"candidate": candidate, "updates": updates, "cpu_minutes": float(row["cpu_time_s"]) / 60,
-              "wall_minutes": float(row["wall_time_s"]) / 60, "fid": fid, "face_rate": faces}
-    (run_dir(candidate) / "score.json").write_text(json.dumps(result, indent=1))
+              "wall_minutes": float(row["wall_time_s"]) / 60, "fid": fid, "face_rate": faces,
+              "command": f"python tools/study_celeba_ebm.py score {candidate} --fid-samples {fid_samples} "
+                         f"--reference {reference}" + (" --campaign" if folder == campaign_dir() else "")}
+    (folder / "score.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
     return result
 
 
 def table():
-    lines = ["| candidate | CPU-minutes | updates | face rate (200 samples) | Inception FID (N=1,000 vs 5,000 train) |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = ["| candidate | CPU-minutes | updates | face rate (200 samples) | Inception FID (N, reference) | floor |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for candidate, (text, _, _) in CANDIDATES.items():
         path = run_dir(candidate) / "score.json"
         if not path.is_file():
             continue
         r = json.loads(path.read_text())
         lines.append(f"| ({candidate}) {text} | {r['cpu_minutes']:.0f} | {r['updates']} | "
-                     f"{100 * r['face_rate']['rate']:.1f} % | {r['fid']['fid']:.1f} (floor {r['fid']['floor']:.1f}) |")
+                     f"{100 * r['face_rate']['rate']:.1f} % | {r['fid']['fid']:.1f} (N={r['fid']['n']:,}, "
+                     f"{r['fid']['reference']}) | {r['fid']['floor']:.1f} |")
     print("\n".join(lines))
 
 
@@ -100,6 +113,9 @@ if __name__ == "__main__":
     parser.add_argument("candidate", nargs="?", choices=sorted(CANDIDATES))
     parser.add_argument("--cpu-minutes", type=float, default=25.0)
     parser.add_argument("--data-path", default=None)
+    parser.add_argument("--fid-samples", type=int, default=SCORE["fid_samples"])
+    parser.add_argument("--reference", type=int, default=SCORE["fid_reference"], help="training faces for the FID")
+    parser.add_argument("--campaign", action="store_true", help="score the celeba_ebm campaign run")
     args = parser.parse_args()
     if args.action != "table" and args.candidate is None:
         parser.error(f"{args.action} needs a candidate")
@@ -108,6 +124,7 @@ if __name__ == "__main__":
         os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
         train(args.candidate, args.cpu_minutes, args.data_path)
     elif args.action == "score":
-        score(args.candidate, args.data_path)
+        folder = campaign_dir() if args.campaign else run_dir(args.candidate)
+        score(args.candidate, folder, args.fid_samples, args.reference, args.data_path)
     else:
         table()

@@ -1,9 +1,10 @@
 """Recipe of the EBM zoo entries (``RECIPES`` in ``ebm_recipe.py``): train (resumable), then export with a card.
 
-    python tools/train_ebm.py mnist_ebm train [--iterations N]   # resumes from runs/<entry>
+    python tools/train_ebm.py mnist_ebm train [--iterations N]   # resumes $KERAS_SHORTRUN_HOME/runs/<entry>
     python tools/train_ebm.py mnist_ebm export [--epoch E]       # writes zoo/<entry>
     python tools/train_ebm.py mnist_ebm quality [--samples N]    # re-measures FD/KID of zoo/<entry> in place
-    python tools/train_ebm.py mnist_ebm card                     # renders zoo/<entry>/README.md again
+    python tools/train_ebm.py mnist_ebm card                     # renders zoo/<entry>/README.md again (with
+                                                                 # the run's Inception score, if scored)
 
 Entries: mnist_ebm, fashion_mnist_ebm, cifar10_ebm, celeba_ebm. Each entry's card
 states what was run and measured (iterations, hardware, wall time).
@@ -22,12 +23,15 @@ from ebm_recipe import refresh_quality  # noqa: E402
 from ebm_recipe import rewrite_card  # noqa: E402
 from ebm_recipe import train  # noqa: E402
 
+from keras_shortrun.training import runs_home  # noqa: E402
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("entry", choices=sorted(RECIPES))
     parser.add_argument("action", choices=("train", "export", "quality", "card"))
     parser.add_argument("--iterations", type=int, default=None, help="total updates (default: the recipe's)")
-    parser.add_argument("--run-dir", default=None, help="default: runs/<entry>")
+    parser.add_argument("--run-dir", default=None, help="default: $KERAS_SHORTRUN_HOME/runs/<entry>")
+    parser.add_argument("--cpu-minutes", type=float, default=None, help="stop once the run used this much CPU")
     parser.add_argument("--entry-dir", default=None, help="default: zoo/<entry>")
     parser.add_argument("--data-path", default=None)
     parser.add_argument("--epoch", type=int, default=None, help="snapshot to export (default: the last)")
@@ -37,11 +41,12 @@ if __name__ == "__main__":
                         help="held-out images also reconstructed with 200 iterations")
     parser.add_argument("--samples", type=int, default=5000, help="samples for FD/KID")
     args = parser.parse_args()
-    run_dir = args.run_dir or str(ROOT / "runs" / args.entry)
+    run_dir = args.run_dir or str(runs_home() / args.entry)
     if args.action == "train":
-        train(args.entry, run_dir, args.iterations or RECIPES[args.entry]["iterations"], args.data_path)
+        max_cpu = None if args.cpu_minutes is None else 60.0 * args.cpu_minutes
+        train(args.entry, run_dir, args.iterations or RECIPES[args.entry]["iterations"], args.data_path, max_cpu)
     elif args.action == "card":
-        rewrite_card(args.entry_dir or str(ROOT / "zoo" / args.entry))
+        rewrite_card(args.entry_dir or str(ROOT / "zoo" / args.entry), run_dir)
     elif args.action == "quality":
         print(refresh_quality(args.entry, args.entry_dir or str(ROOT / "zoo" / args.entry), args.samples,
                               args.data_path))

@@ -46,7 +46,8 @@ class CoarseToFineChain(keras.layers.Layer):
         clip, bptt, seed, unroll: as for ``LangevinChain``, for every stage.
 
     Call arguments: as ``LangevinChain`` (``x0``, ``potential``, ``noise``, ``seed``,
-    ``trajectory_every``, ``bptt``); ``steps`` may only repeat the total. Trajectory states are
+    ``trajectory_every``, ``bptt``); ``steps`` (at most the total) runs only the schedule's first
+    that many updates, the state then upsampled to full resolution. Trajectory states are
     upsampled to full resolution. Returns ``x_K`` ``(B, H, W, C)`` or ``(x_K, trajectory)``.
     """
 
@@ -111,26 +112,30 @@ class CoarseToFineChain(keras.layers.Layer):
 
     def stage_outputs(self, x0, potential, seed=None):
         """Every stage's final state, coarsest first (the training negatives at each resolution)."""
-        return self._stages(x0, potential, None, seed, None, self.bptt)[0]
+        return self._stages(x0, potential, None, seed, None, self.bptt, self.steps)[0]
 
     def call(self, x0, potential, noise=None, seed=None, trajectory_every=None, steps=None, bptt=None,
              step_size=None):
-        if steps is not None and int(steps) != self.steps:
-            raise ValueError(f"A coarse-to-fine chain runs its stages' {self.steps} updates; got steps={steps}.")
+        steps = self.steps if steps is None else int(steps)
+        if not 1 <= steps <= self.steps:
+            raise ValueError(
+                f"A coarse-to-fine chain runs at most its stages' {self.steps} updates; got steps={steps}."
+            )
         if step_size is not None:
             raise ValueError("A coarse-to-fine chain's step size is fixed by its config; no override.")
         bptt = self.bptt if bptt is None else bool(bptt)
-        outputs, paths = self._stages(x0, potential, noise, seed, trajectory_every, bptt)
+        outputs, paths = self._stages(x0, potential, noise, seed, trajectory_every, bptt, steps)
+        final = upsample(outputs[-1], x0.shape[1] // outputs[-1].shape[1])
         if trajectory_every is None:
-            return outputs[-1]
-        return outputs[-1], ops.concatenate(paths, axis=1)
+            return final
+        return final, ops.concatenate(paths, axis=1)
 
-    def _stages(self, x0, potential, noise, seed, trajectory_every, bptt):
+    def _stages(self, x0, potential, noise, seed, trajectory_every, bptt, steps):
         x0 = ops.convert_to_tensor(x0)
         factors = self._factors(x0)
         if noise is not None:
             noise = ops.convert_to_tensor(noise)
-            expected = (x0.shape[0], self.steps) + tuple(x0.shape[1:])
+            expected = (x0.shape[0], steps) + tuple(x0.shape[1:])
             if tuple(noise.shape)[1:] != expected[1:]:
                 raise ValueError(f"noise must have shape (batch, steps, ...) = {expected}, got {tuple(noise.shape)}.")
         elif seed is None:
@@ -138,12 +143,15 @@ class CoarseToFineChain(keras.layers.Layer):
         x = x0[:, :: factors[0], :: factors[0]]
         outputs, paths, start = [], [], 0
         for i, (stage, factor) in enumerate(zip(self.stages, factors)):
+            if start == steps:
+                break
             if i:
                 x = upsample(x, self.resolutions[i] // self.resolutions[i - 1])
-            stop = start + stage.steps
+            stop = min(start + stage.steps, steps)
             kwargs = {"noise": noise[:, start:stop, ::factor, ::factor]} if noise is not None else {
                 "seed": backend.fold_in(seed, i)}
-            result = stage(x, potential=potential, bptt=bptt, trajectory_every=trajectory_every, **kwargs)
+            result = stage(x, potential=potential, bptt=bptt, trajectory_every=trajectory_every, steps=stop - start,
+                           **kwargs)
             if trajectory_every is None:
                 x = result
             else:
