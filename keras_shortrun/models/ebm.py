@@ -143,8 +143,11 @@ class ShortRunEBM(CheckedInputsMixin, backend.TrainStepMixin, keras.Model):
         """``sum_r mean E(x_data_r) - mean E(x_sample_r)`` over the chain's resolutions; the logged energies
         are those of the last (full) resolution."""
         del x, y, training
+        data, samples = aux
+        if not isinstance(data, (list, tuple)):  # one resolution given as plain tensors (subclasses' prepare_batch)
+            data, samples = [data], [samples]
         loss = 0.0
-        for x_data, x_sample in zip(*aux):
+        for x_data, x_sample in zip(data, samples):
             energy_data = ops.mean(self.energy(x_data))
             energy_sample = ops.mean(self.energy(x_sample))
             loss = loss + (energy_data - energy_sample)

@@ -40,8 +40,8 @@ SHORT_RUN_EBM_PRESETS = {
         "description": "Short-run EBM on CelebA 64x64: coarse-to-fine chain 8->16->32->64 (K=75, clamped, noise "
                        "annealed), one nf=16 paper-1 ConvNet per resolution; CPU campaign.",
         "sha256": {
-            "config.json": "d01ac13aedd5402e0aaea7f2a12c697f5c163ac3f9e82472597f3b489f5fd61b",
-            "model.weights.h5": "9c487724ee1c4d40071b8e69290c53e5be4e0451e009f02cbb5aa7e0284a8e54",
+            "config.json": "ebd642724b7d2bbb155ee16d2173b07e844b60952c881505b0e872a36c17e485",
+            "model.weights.h5": "812c08efc268b9862329f6171b3e4cae8dcd996244beebe194ffbeeb911308b3",
         },
     },
 }
