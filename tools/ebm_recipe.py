@@ -354,7 +354,7 @@ BUDGET_NOTES = {
                    "JPEG-compressed (see shared/data/README.md), so the model also learns JPEG block artefacts.",
     "celeba_ebm": "No GPU was lent to this project's sessions. What differs from paper 1, and why: paper 1 runs "
                   "K=100 steps of one nf=64 ConvNet at 64x64; on CPU cores that is about 7 s per update even at "
-                  "nf=16, K=50, and 950 such updates drew speckled blobs (face rate 1.5 %). This entry uses the "
+                  "nf=16, K=50, and 950 such updates drew speckled blobs. This entry uses the "
                   "coarse-to-fine chain of CF-EBM instead (candidate d of the study below): the chain starts at 8x8 "
                   "and spends most of its updates at low resolution, so one update costs about 2.5 s on one core, "
                   "and each resolution's energy learns its own scale (training contrasts data and chain states at "
