@@ -92,11 +92,6 @@ class CoarseToFineChain(keras.layers.Layer):
         """``K``, the total number of updates over all stages."""
         return sum(self.stage_steps)
 
-    @property
-    def step_size(self):
-        """``(1,)``: the step size of every stage."""
-        return ops.convert_to_tensor([self.step_size_value])
-
     def _factors(self, x0):
         size = x0.shape[1]
         if size != self.resolutions[-1] or x0.shape[2] != size:
