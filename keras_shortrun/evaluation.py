@@ -90,16 +90,23 @@ def inception_features(images, batch_size=50):
 
 
 def reference_features(dataset, split, count, data_path=None, cache_dir=None):
-    """Inception features of the first ``count`` images of a dataset split, cached in ``cache_dir``
-    (default: beside the runs, see ``training.runs_home``) under the npz file's SHA-256."""
+    """Inception features ``(count, 2048)`` of the first ``count`` images of a dataset split, cached in
+    ``cache_dir`` (default: beside the runs, see ``training.runs_home``) under the npz file's SHA-256; a cached
+    longer prefix of the same split serves shorter ones."""
     from keras_shortrun import data
     from keras_shortrun.training import runs_home
 
     count = check_positive_int(count, "count")
     cache_dir = Path(cache_dir) if cache_dir is not None else runs_home().parent / "cache"
-    path = cache_dir / f"inception_{dataset}_{split}_{count}_{data.NPZ_FILES[dataset][1][:16]}.npy"
-    if path.is_file():
-        return np.load(path)
+    stem = f"inception_{dataset}_{split}_"
+    suffix = f"_{data.NPZ_FILES[dataset][1][:16]}.npy"
+    path = cache_dir / f"{stem}{count}{suffix}"
+    # Features are per image, so the first ``count`` rows of a larger cached prefix are this prefix's features.
+    cached = {int(p.name[len(stem):-len(suffix)]): p for p in cache_dir.glob(f"{stem}*{suffix}")
+              if p.name[len(stem):-len(suffix)].isdigit()}
+    larger = [n for n in cached if n >= count]
+    if larger:
+        return np.load(cached[min(larger)])[:count]
     images, _ = data.load(dataset, split, path=data_path)
     if len(images) < count:
         raise ValueError(f"{dataset} {split} has {len(images)} images, fewer than count={count}.")

@@ -46,3 +46,22 @@ def test_resampling_is_exact_on_closed_forms_and_features_have_the_fid_shape():
     features = evaluation.inception_features(images)
     assert features.shape == (3, 2048) and np.all(np.isfinite(features)) and np.all(features >= 0)  # post-ReLU pool
     assert evaluation.face_rate(images)["rate"] == 0.0  # uniform noise has no face
+
+
+def test_reference_features_serve_a_shorter_prefix_from_a_longer_cached_one(tmp_path, monkeypatch):
+    from keras_shortrun import data
+
+    digest = data.NPZ_FILES["celeba"][1][:16]
+    longer = np.arange(10 * 3, dtype="float64").reshape(10, 3)
+    np.save(tmp_path / f"inception_celeba_train_10_{digest}.npy", longer)
+    np.save(tmp_path / f"inception_celeba_test_10_{digest}.npy", -longer)  # another split: never used for train
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the cached prefix should have served this request")
+
+    monkeypatch.setattr(evaluation, "inception_features", no_work)
+    monkeypatch.setattr(data, "load", no_work)
+    np.testing.assert_array_equal(evaluation.reference_features("celeba", "train", 4, cache_dir=tmp_path), longer[:4])
+    np.testing.assert_array_equal(evaluation.reference_features("celeba", "train", 10, cache_dir=tmp_path), longer)
+    with pytest.raises(AssertionError, match="cached prefix"):
+        evaluation.reference_features("celeba", "train", 11, cache_dir=tmp_path)

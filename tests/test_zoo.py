@@ -115,6 +115,35 @@ def test_ebm_card_reports_quality_reconstruction_and_budget(name):
         assert number in card, (name, number)
     for figure in ("samples", "chain", "interpolation", "nearest", "reconstruction"):
         assert f"({figure}.png)" in card and (registry.resolve(name) / f"{figure}.png").is_file()
+    score = meta.get("inception")
+    if score:  # scored with the [eval] extra: the FID beside its floor, and on CelebA the face rate
+        assert score["updates"] == training["iterations"]
+        for number in (f"**{score['fid']['fid']:.1f}**", f"{score['fid']['floor']:.1f}"):
+            assert number in card, (name, number)
+        if "face_rate" in score:
+            assert f"**{100 * score['face_rate']['rate']:.1f} %**" in card
+
+
+def test_scored_runs_take_this_snapshots_largest_score_and_the_protocol_curve(tmp_path, monkeypatch):
+    import ebm_recipe
+
+    monkeypatch.setenv("KERAS_SHORTRUN_HOME", str(tmp_path / "home"))
+    n = ebm_recipe.SCORE["fid_samples"]
+
+    def score(updates, samples, fid):
+        return {"updates": updates, "cpu_minutes": updates / 10, "fid": {"n": samples, "fid": fid, "floor": 14.0,
+                                                                         "reference": "celeba train"}}
+
+    for row in (score(100, n, 300.0), score(200, 250, 280.0), score(200, n, 250.0), score(300, n, 200.0)):
+        ebm_recipe.record_score(tmp_path, row)
+    assert json.loads((tmp_path / "score.json").read_text()) == score(300, n, 200.0)  # the latest
+    found = ebm_recipe.scored_runs(tmp_path, 200)
+    assert found["inception"] == score(200, n, 250.0)  # this snapshot, at the protocol's N
+    assert [r["updates"] for r in found["quality_curve"]] == [100, 200, 300]  # the N=250 row is not on the curve
+    assert "recipe_study" not in found
+    table = ebm_recipe.curve_table({"name": "celeba_ebm", **found})
+    assert "| 200 | 0.33 | - | 250.0 |" in table and "floor 14.0" in table
+    assert ebm_recipe.scored_runs(tmp_path / "elsewhere", 200) == {}
 
 
 @pytest.mark.parametrize("name", FEATURE_ENTRIES)

@@ -43,10 +43,12 @@ RECIPES = {
         "batch_size": 64, "learning_rate": 2e-4, "clip": (-1.0, 1.0), "beta_1": 0.9,
         "iterations": 3000, "iterations_per_epoch": 50, "seed": 0,
     },
+    # celeba_ebm's coarse-to-fine recipe at 32x32 (its 64x64 stage dropped), trained as a campaign.
     "cifar10_ebm": {
-        "dataset": "cifar10", "image_size": 32, "channels": 3, "filters": 16, "steps": 50,
-        "batch_size": 64, "learning_rate": 2e-4, "clip": (-1.0, 1.0), "beta_1": 0.9,
-        "iterations": 3000, "iterations_per_epoch": 50, "seed": 0,
+        "dataset": "cifar10", "image_size": 32, "channels": 3, "filters": 16,
+        "coarse_to_fine": {"resolutions": (8, 16, 32), "steps": (30, 20, 15), "anneal_steps": 5},
+        "batch_size": 32, "learning_rate": 2e-4, "clip": (-1.0, 1.0), "beta_1": 0.9,
+        "iterations": 100_000, "iterations_per_epoch": 10, "seed": 0,
     },
     # The winner of tools/study_celeba_ebm.py (candidate d): a coarse-to-fine chain, trained as a campaign
     # (reruns resume runs_home()/celeba_ebm, until the CPU budget or iterations run out).
@@ -213,15 +215,75 @@ def export_entry(entry, run_dir, entry_dir, data_path=None, recon_images=1000, r
     return directory
 
 
+# The scoring protocol of the Inception FID and the face rate (``keras_shortrun.evaluation``, ``[eval]`` extra):
+# N samples of seed 123 against the first ``fid_reference`` training images; the face rate on the first 200.
+SCORE = {"fid_samples": 1000, "fid_reference": 5000, "face_samples": 200, "seed": 123}
+SCORES_FILE = "scores.jsonl"  # in a run folder: one scored snapshot per line, the run's quality curve
+
+
+def score_model(model, dataset, fid_samples=SCORE["fid_samples"], reference=SCORE["fid_reference"],
+                data_path=None):
+    """``(score, samples)``: the Inception FID of ``fid_samples`` chain samples (with its real-versus-real floor)
+    and, on CelebA, the face rate of the first ``SCORE["face_samples"]``; ``samples`` ``(N, H, W, C)``."""
+    from keras_shortrun import evaluation
+
+    samples = model.sample(max(fid_samples, SCORE["face_samples"]), seed=SCORE["seed"])
+    score = {"fid": evaluation.inception_fid(samples[:fid_samples], dataset, split="train",
+                                             reference_images=reference, data_path=data_path)}
+    if dataset == "celeba":
+        score["face_rate"] = evaluation.face_rate(samples[: SCORE["face_samples"]])
+    return score, samples
+
+
+def record_score(folder, score):
+    """Writes ``folder/score.json`` (the latest score) and appends it to ``folder/scores.jsonl``."""
+    folder = Path(folder)
+    (folder / "score.tmp.json").write_text(json.dumps(score, indent=1))
+    os.replace(folder / "score.tmp.json", folder / "score.json")
+    with open(folder / SCORES_FILE, "a") as f:
+        f.write(json.dumps(score) + "\n")
+
+
+def score_snapshot(entry, run_dir, epoch=None, fid_samples=SCORE["fid_samples"], reference=SCORE["fid_reference"],
+                   data_path=None):
+    """Scores a kept snapshot of an entry's run (default: the last) with ``score_model`` and records it with
+    the updates and CPU time it took (``record_score``)."""
+    run_dir = Path(run_dir)
+    epoch = last_epoch(run_dir) if epoch is None else epoch
+    model, row = load_checkpoint(entry, run_dir, epoch)
+    score, samples = score_model(model, RECIPES[entry]["dataset"], fid_samples, reference, data_path)
+    save_grid(run_dir / "score_samples.png", samples[:64], scale=2)
+    score.update(updates=epoch * RECIPES[entry]["iterations_per_epoch"],
+                 cpu_minutes=float(row["cpu_time_s"]) / 60, wall_minutes=float(row["wall_time_s"]) / 60,
+                 command=f"python tools/train_ebm.py {entry} score --epoch {epoch} --fid-samples {fid_samples} "
+                         f"--reference {reference}")
+    record_score(run_dir, score)
+    return score
+
+
+def run_scores(run_dir):
+    """Every score recorded in a run folder (``record_score``), oldest first."""
+    path = Path(run_dir) / SCORES_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
+
+
 def scored_runs(run_dir, iterations):
-    """``inception``: the run's ``score.json`` (``tools/study_celeba_ebm.py score``) when it scored this
-    snapshot; ``recipe_study``: the study's scored candidates beside it."""
+    """``inception``: the run's latest score of this snapshot at the largest N (``score_snapshot``);
+    ``quality_curve``: the run's scores under the ``SCORE`` protocol; ``recipe_study``: the study's scored
+    candidates beside it."""
     from keras_shortrun.training import runs_home
 
     found = {}
+    scores = run_scores(run_dir)
     path = Path(run_dir) / "score.json"
-    if path.is_file() and json.loads(path.read_text())["updates"] == iterations:
-        found["inception"] = json.loads(path.read_text())
+    if not scores and path.is_file():
+        scores = [json.loads(path.read_text())]
+    this_snapshot = [s for s in scores if s["updates"] == iterations]
+    if this_snapshot:
+        found["inception"] = max(this_snapshot, key=lambda s: s["fid"]["n"])
+    curve = [s for s in scores if s["fid"]["n"] == SCORE["fid_samples"]]
+    if curve:
+        found["quality_curve"] = curve
     study = sorted((runs_home() / f"study_{Path(run_dir).name}").glob("*/score.json"))
     if study:
         found["recipe_study"] = [json.loads(p.read_text()) for p in study]
@@ -301,7 +363,7 @@ def rewrite_card(entry_dir, run_dir=None):
     if run_dir is not None:
         metadata.update(scored_runs(run_dir, metadata["training"]["iterations"]))
         stored = json.loads((entry_dir / "metadata.json").read_text())
-        stored.update({k: metadata[k] for k in ("inception", "recipe_study") if k in metadata})
+        stored.update({k: metadata[k] for k in ("inception", "quality_curve", "recipe_study") if k in metadata})
         (entry_dir / "metadata.tmp.json").write_text(json.dumps(stored, indent=1, sort_keys=True))
     (entry_dir / "README.tmp.md").write_text(render_card(metadata, load_entry(entry_dir)))
     if run_dir is not None:
@@ -342,7 +404,7 @@ def flat_card_fields(metadata, model):
         nn_images=metadata["sample_quality"]["nearest_train_rms"]["images"],
         nn_samples=metadata["sample_quality"]["nearest_train_rms"]["samples_median"],
         nn_heldout=metadata["sample_quality"]["nearest_train_rms"]["heldout_median"],
-        budget_note=BUDGET_NOTES[metadata["name"]] + study_table(metadata),
+        budget_note=BUDGET_NOTES[metadata["name"]] + curve_table(metadata) + study_table(metadata),
     )
 
 
@@ -381,15 +443,33 @@ def model_text(metadata, filters, params):
 
 
 def inception_rows(metadata):
-    """Card rows of the Inception FID and face rate, when the entry was scored (``[eval]`` extra)."""
+    """Card rows of the Inception FID and, on CelebA, the face rate, when the entry was scored (``[eval]``)."""
     score = metadata.get("inception")
     if not score:
         return ""
-    fid, faces = score["fid"], score["face_rate"]
-    return (f"| **Inception FID**, {fid['n']:,} samples vs {fid['reference']} | **{fid['fid']:.1f}** |\n"
-            f"| real-vs-real floor: {fid['floor_n']:,} held-out faces vs the same reference | {fid['floor']:.1f} |\n"
-            f"| **face rate**: {faces['detector']}, confidence >= {faces['threshold']}, {faces['n']} samples | "
-            f"**{100 * faces['rate']:.1f} %** |\n")
+    fid = score["fid"]
+    rows = (f"| **Inception FID**, {fid['n']:,} samples vs {fid['reference']} | **{fid['fid']:.1f}** |\n"
+            f"| real-vs-real floor: {fid['floor_n']:,} held-out images vs the same reference | {fid['floor']:.1f} |\n")
+    faces = score.get("face_rate")
+    if faces:
+        rows += (f"| **face rate**: {faces['detector']}, confidence >= {faces['threshold']}, {faces['n']} samples | "
+                 f"**{100 * faces['rate']:.1f} %** |\n")
+    return rows
+
+
+def curve_table(metadata):
+    """The campaign's quality curve on the card: every snapshot scored under the ``SCORE`` protocol."""
+    rows = metadata.get("quality_curve")
+    if not rows:
+        return ""
+    fid = rows[-1]["fid"]
+    lines = ["", f"The campaign's quality curve (`python tools/train_ebm.py {metadata['name']} score`; Inception FID "
+             f"of {fid['n']:,} samples vs {fid['reference']}, floor {fid['floor']:.1f}):", "",
+             "| updates | CPU-hours | face rate | Inception FID |", "| --- | --- | --- | --- |"]
+    for r in rows:
+        faces = f"{100 * r['face_rate']['rate']:.1f} %" if "face_rate" in r else "-"
+        lines.append(f"| {r['updates']:,} | {r['cpu_minutes'] / 60:.2f} | {faces} | {r['fid']['fid']:.1f} |")
+    return "\n".join(lines) + "\n"
 
 
 CARD = """# {name}

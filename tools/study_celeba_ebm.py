@@ -2,8 +2,8 @@
 
     python tools/study_celeba_ebm.py train a --cpu-minutes 25   # one process, one thread: run two side by side
     python tools/study_celeba_ebm.py score a                    # Inception FID (N=1000) and face rate (200)
-    python tools/study_celeba_ebm.py score d --campaign          # scores the celeba_ebm campaign run
-                                                   # (trained by: python tools/train_ebm.py celeba_ebm train)
+                                                                # (ebm_recipe.SCORE; the campaign's own scores:
+                                                                # python tools/train_ebm.py celeba_ebm score)
     python tools/study_celeba_ebm.py table                      # the markdown table of the scored candidates
 
 Runs live in ``$KERAS_SHORTRUN_HOME/runs/study_celeba_ebm/<candidate>`` (``keras_shortrun.training.runs_home``)
@@ -15,6 +15,12 @@ batch 32, Adam 2e-4 (beta_1 0.9), data noise 0.03, the [-1, 1] clamp and seed 0.
 import argparse
 import json
 import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ebm_recipe import SCORE  # noqa: E402
 
 CANDIDATES = {
     "a": ("today's recipe: paper-1 net nf=16, LeakyReLU, K=50", "with_convnet", {"steps": 50}),
@@ -27,7 +33,6 @@ CANDIDATES = {
 }
 SHARED = {"image_size": 64, "channels": 3, "filters": 16, "clip": (-1.0, 1.0), "seed": 0}
 TRAINING = {"batch_size": 32, "learning_rate": 2e-4, "beta_1": 0.9, "seed": 0, "iterations_per_epoch": 10}
-SCORE = {"fid_samples": 1000, "fid_reference": 5000, "face_samples": 200, "seed": 123}
 
 
 def build(candidate):
@@ -53,12 +58,6 @@ def train(candidate, cpu_minutes, data_path=None):
                   max_cpu_seconds=60.0 * cpu_minutes, **TRAINING)
 
 
-def campaign_dir():
-    from keras_shortrun.training import runs_home
-
-    return runs_home() / "celeba_ebm"
-
-
 def last_model(candidate, folder):
     """The candidate's model at the last kept snapshot of its run ``folder``, that snapshot's log row and the
     updates so far."""
@@ -72,23 +71,22 @@ def last_model(candidate, folder):
     return model, rows[-1], epoch * TRAINING["iterations_per_epoch"]
 
 
-def score(candidate, folder, fid_samples, reference, data_path=None):
-    """Inception FID of ``fid_samples`` samples against the first ``reference`` training faces (with its
-    real-versus-real floor) and the face rate of the first ``face_samples``; writes ``folder/score.json``."""
-    from keras_shortrun import evaluation
+def score(candidate, fid_samples, reference, data_path=None):
+    """``ebm_recipe.score_model`` of the candidate's last snapshot, recorded in its run folder."""
+    from ebm_recipe import record_score
+    from ebm_recipe import score_model
+
     from keras_shortrun.images import save_grid
 
+    folder = run_dir(candidate)
     model, row, updates = last_model(candidate, folder)
-    samples = model.sample(max(fid_samples, SCORE["face_samples"]), seed=SCORE["seed"])
+    result, samples = score_model(model, "celeba", fid_samples, reference, data_path)
     save_grid(folder / "score_samples.png", samples[:64], scale=2)
-    fid = evaluation.inception_fid(samples[:fid_samples], "celeba", split="train", reference_images=reference,
-                                   data_path=data_path)
-    faces = evaluation.face_rate(samples[: SCORE["face_samples"]])
-    result = {"candidate": candidate, "updates": updates, "cpu_minutes": float(row["cpu_time_s"]) / 60,
-              "wall_minutes": float(row["wall_time_s"]) / 60, "fid": fid, "face_rate": faces,
-              "command": f"python tools/study_celeba_ebm.py score {candidate} --fid-samples {fid_samples} "
-                         f"--reference {reference}" + (" --campaign" if folder == campaign_dir() else "")}
-    (folder / "score.json").write_text(json.dumps(result, indent=1))
+    result.update(candidate=candidate, updates=updates, cpu_minutes=float(row["cpu_time_s"]) / 60,
+                  wall_minutes=float(row["wall_time_s"]) / 60,
+                  command=f"python tools/study_celeba_ebm.py score {candidate} --fid-samples {fid_samples} "
+                          f"--reference {reference}")
+    record_score(folder, result)
     print(json.dumps(result, indent=1))
     return result
 
@@ -115,7 +113,6 @@ if __name__ == "__main__":
     parser.add_argument("--data-path", default=None)
     parser.add_argument("--fid-samples", type=int, default=SCORE["fid_samples"])
     parser.add_argument("--reference", type=int, default=SCORE["fid_reference"], help="training faces for the FID")
-    parser.add_argument("--campaign", action="store_true", help="score the celeba_ebm campaign run")
     args = parser.parse_args()
     if args.action != "table" and args.candidate is None:
         parser.error(f"{args.action} needs a candidate")
@@ -124,7 +121,6 @@ if __name__ == "__main__":
         os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
         train(args.candidate, args.cpu_minutes, args.data_path)
     elif args.action == "score":
-        folder = campaign_dir() if args.campaign else run_dir(args.candidate)
-        score(args.candidate, folder, args.fid_samples, args.reference, args.data_path)
+        score(args.candidate, args.fid_samples, args.reference, args.data_path)
     else:
         table()

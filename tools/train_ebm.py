@@ -3,8 +3,10 @@
     python tools/train_ebm.py mnist_ebm train [--iterations N]   # resumes $KERAS_SHORTRUN_HOME/runs/<entry>
     python tools/train_ebm.py mnist_ebm export [--epoch E]       # writes zoo/<entry>
     python tools/train_ebm.py mnist_ebm quality [--samples N]    # re-measures FD/KID of zoo/<entry> in place
+    python tools/train_ebm.py celeba_ebm score [--epoch E]       # Inception FID (and face rate) of a snapshot,
+                                                                 # appended to the run's scores.jsonl ([eval])
     python tools/train_ebm.py mnist_ebm card                     # renders zoo/<entry>/README.md again (with
-                                                                 # the run's Inception score, if scored)
+                                                                 # the run's Inception scores, if scored)
 
 Entries: mnist_ebm, fashion_mnist_ebm, cifar10_ebm, celeba_ebm. Each entry's card
 states what was run and measured (iterations, hardware, wall time).
@@ -18,9 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
 from ebm_recipe import RECIPES  # noqa: E402
+from ebm_recipe import SCORE  # noqa: E402
 from ebm_recipe import export_entry  # noqa: E402
 from ebm_recipe import refresh_quality  # noqa: E402
 from ebm_recipe import rewrite_card  # noqa: E402
+from ebm_recipe import score_snapshot  # noqa: E402
 from ebm_recipe import train  # noqa: E402
 
 from keras_shortrun.training import runs_home  # noqa: E402
@@ -28,7 +32,7 @@ from keras_shortrun.training import runs_home  # noqa: E402
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("entry", choices=sorted(RECIPES))
-    parser.add_argument("action", choices=("train", "export", "quality", "card"))
+    parser.add_argument("action", choices=("train", "export", "quality", "score", "card"))
     parser.add_argument("--iterations", type=int, default=None, help="total updates (default: the recipe's)")
     parser.add_argument("--run-dir", default=None, help="default: $KERAS_SHORTRUN_HOME/runs/<entry>")
     parser.add_argument("--cpu-minutes", type=float, default=None, help="stop once the run used this much CPU")
@@ -40,11 +44,16 @@ if __name__ == "__main__":
     parser.add_argument("--convergence-images", type=int, default=16,
                         help="held-out images also reconstructed with 200 iterations")
     parser.add_argument("--samples", type=int, default=5000, help="samples for FD/KID")
+    parser.add_argument("--fid-samples", type=int, default=SCORE["fid_samples"], help="samples for Inception FID")
+    parser.add_argument("--reference", type=int, default=SCORE["fid_reference"],
+                        help="training images for Inception FID")
     args = parser.parse_args()
     run_dir = args.run_dir or str(runs_home() / args.entry)
     if args.action == "train":
         max_cpu = None if args.cpu_minutes is None else 60.0 * args.cpu_minutes
         train(args.entry, run_dir, args.iterations or RECIPES[args.entry]["iterations"], args.data_path, max_cpu)
+    elif args.action == "score":
+        print(score_snapshot(args.entry, run_dir, args.epoch, args.fid_samples, args.reference, args.data_path))
     elif args.action == "card":
         rewrite_card(args.entry_dir or str(ROOT / "zoo" / args.entry), run_dir)
     elif args.action == "quality":
