@@ -21,6 +21,11 @@ INCEPTION_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"  # as fid-helper-pyt
 INCEPTION_INPUT_RANGE = (-1.0, 0.9921875)  # the TF graph's x / 128 - 1 on 8-bit pixels
 INCEPTION_SIZE = 299
 FACE_THRESHOLD = 0.9  # MTCNN's confidence for "a face was found"
+FACE_DATASETS = ("celeba", "celeba32")  # the datasets whose samples get a face rate
+FACE_SIZE = 64  # smaller images are upscaled to at least this size for the detector (it finds faces of 12 px up)
+# The zoo's scoring protocol: an FID of 1,000 samples (seed 123) against the first 5,000 training images, beside
+# its floor; on the face datasets, the face rate of the first 200 samples.
+SCORE_PROTOCOL = {"fid_samples": 1000, "fid_reference": 5000, "face_samples": 200, "seed": 123}
 
 
 def _missing(package):
@@ -165,3 +170,45 @@ def face_rate(images, threshold=FACE_THRESHOLD, upscale=1):
         found += any(face["confidence"] >= threshold for face in faces)
     return {"rate": found / len(pixels), "n": int(len(pixels)), "threshold": threshold,
             "detector": f"MTCNN (mtcnn 1.0.0), images upscaled {upscale}x"}
+
+
+def heldout_face_rate(dataset, count, upscale=1, data_path=None, cache_dir=None):
+    """``face_rate`` of the first ``count`` held-out images of ``dataset``, cached beside the reference
+    features: the rate a model's samples are read against."""
+    import json
+
+    from keras_shortrun import data
+    from keras_shortrun.training import runs_home
+
+    count = check_positive_int(count, "count")
+    cache_dir = Path(cache_dir) if cache_dir is not None else runs_home().parent / "cache"
+    path = cache_dir / f"faces_{dataset}_test_{count}_x{upscale}_{data.NPZ_FILES[dataset][1][:16]}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    images, _ = data.load(dataset, "test", path=data_path)
+    if len(images) < count:
+        raise ValueError(f"{dataset} test has {len(images)} images, fewer than count={count}.")
+    rate = face_rate(images[:count], upscale=upscale)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".partial").write_text(json.dumps(rate))
+    path.with_suffix(".partial").replace(path)
+    return rate
+
+
+def score_samples(samples, dataset, fid_samples=SCORE_PROTOCOL["fid_samples"],
+                  reference_images=SCORE_PROTOCOL["fid_reference"], data_path=None):
+    """The Inception FID of the first ``fid_samples`` of ``samples`` ``(N, H, W, 3)`` against the first
+    ``reference_images`` training images of ``dataset`` (``inception_fid``, with its floor) and, on
+    ``FACE_DATASETS``, the face rate of the first ``SCORE_PROTOCOL["face_samples"]`` beside that of as many
+    held-out images. Returns ``{"fid": ..., "face_rate": ...}``."""
+    fid_samples = check_positive_int(fid_samples, "fid_samples")
+    faces = SCORE_PROTOCOL["face_samples"] if dataset in FACE_DATASETS else 0
+    if len(samples) < max(fid_samples, faces):
+        raise ValueError(f"score_samples needs {max(fid_samples, faces)} samples (fid_samples={fid_samples}"
+                         + (f", {faces} for the face rate" if faces else "") + f"); got {len(samples)}.")
+    score = {"fid": inception_fid(samples[:fid_samples], dataset, "train", reference_images, data_path)}
+    if faces:
+        upscale = max(1, -(-FACE_SIZE // samples.shape[1]))
+        score["face_rate"] = face_rate(samples[:faces], upscale=upscale)
+        score["face_rate"]["heldout_rate"] = heldout_face_rate(dataset, faces, upscale, data_path)["rate"]
+    return score

@@ -65,3 +65,16 @@ def test_reference_features_serve_a_shorter_prefix_from_a_longer_cached_one(tmp_
     np.testing.assert_array_equal(evaluation.reference_features("celeba", "train", 10, cache_dir=tmp_path), longer)
     with pytest.raises(AssertionError, match="cached prefix"):
         evaluation.reference_features("celeba", "train", 11, cache_dir=tmp_path)
+
+
+def test_score_samples_refuses_too_few_samples_before_any_work(monkeypatch):
+    def no_work(*args, **kwargs):
+        raise AssertionError("no network may run on refused input")
+
+    monkeypatch.setattr(evaluation, "inception_features", no_work)
+    monkeypatch.setattr(evaluation, "face_rate", no_work)
+    images = np.zeros((150, 64, 64, 3), "float32")
+    with pytest.raises(ValueError, match=r"needs 200 samples \(fid_samples=100, 200 for the face rate\); got 150"):
+        evaluation.score_samples(images, "celeba", fid_samples=100)
+    with pytest.raises(ValueError, match=r"needs 1000 samples \(fid_samples=1000\); got 150"):
+        evaluation.score_samples(images[:, :32, :32], "cifar10")

@@ -18,9 +18,14 @@ from keras_shortrun.models import ShortRunEBM
 from keras_shortrun.zoo import registry
 
 sys.path.insert(0, str(ROOT / "tools"))
+from eval_zoo import GENERATIVE_FAMILIES  # noqa: E402
+from eval_zoo import INCEPTION_DATASETS  # noqa: E402
 from make_golden import EBM_ENTRIES  # noqa: E402  (the entries and probes that the golden files were made from)
 from make_golden import FEATURE_ENTRIES  # noqa: E402
 from make_golden import probe_images  # noqa: E402
+
+INCEPTION_ENTRIES = [r["name"] for r in zoo.list() if zoo.info(r["name"])["family"] in GENERATIVE_FAMILIES
+                     and zoo.info(r["name"])["dataset"]["name"] in INCEPTION_DATASETS]
 
 
 @pytest.fixture
@@ -115,20 +120,29 @@ def test_ebm_card_reports_quality_reconstruction_and_budget(name):
         assert number in card, (name, number)
     for figure in ("samples", "chain", "interpolation", "nearest", "reconstruction"):
         assert f"({figure}.png)" in card and (registry.resolve(name) / f"{figure}.png").is_file()
-    score = meta.get("inception")
-    if score:  # scored with the [eval] extra: the FID beside its floor, and on CelebA the face rate
-        assert score["updates"] == training["iterations"]
-        for number in (f"**{score['fid']['fid']:.1f}**", f"{score['fid']['floor']:.1f}"):
-            assert number in card, (name, number)
-        if "face_rate" in score:
-            assert f"**{100 * score['face_rate']['rate']:.1f} %**" in card
+    if "inception" in meta and "updates" in meta["inception"]:  # a campaign's score: of this very snapshot
+        assert meta["inception"]["updates"] == training["iterations"]
+
+
+@pytest.mark.parametrize("name", INCEPTION_ENTRIES)
+def test_scored_entries_show_the_inception_fid_its_floor_and_face_rate_on_their_card(name):
+    score = zoo.info(name).get("inception")
+    if not score:
+        pytest.skip(f"{name} has no Inception score (tools/eval_zoo.py --inception, the [eval] extra)")
+    card = (registry.resolve(name) / "README.md").read_text()
+    fid = score["fid"]
+    assert fid["n"] >= 250 and fid["floor_n"] == fid["n"] and fid["floor"] < fid["fid"]
+    for number in (f"**{fid['fid']:.1f}**", f"{fid['floor']:.1f}", f"{fid['n']:,} samples vs {fid['reference']}"):
+        assert number in card, (name, number)
+    if "face_rate" in score:
+        assert f"**{100 * score['face_rate']['rate']:.1f} %**" in card
 
 
 def test_scored_runs_take_this_snapshots_largest_score_and_the_protocol_curve(tmp_path, monkeypatch):
     import ebm_recipe
 
     monkeypatch.setenv("KERAS_SHORTRUN_HOME", str(tmp_path / "home"))
-    n = ebm_recipe.SCORE["fid_samples"]
+    n = ebm_recipe.SCORE_PROTOCOL["fid_samples"]
 
     def score(updates, samples, fid):
         return {"updates": updates, "cpu_minutes": updates / 10, "fid": {"n": samples, "fid": fid, "floor": 14.0,

@@ -13,6 +13,7 @@ from machine import cpu_model
 
 from keras_shortrun import data
 from keras_shortrun import metrics
+from keras_shortrun.evaluation import SCORE_PROTOCOL
 from keras_shortrun.images import save_grid
 from keras_shortrun.models import ShortRunEBM
 from keras_shortrun.training import fit_resumable
@@ -215,24 +216,17 @@ def export_entry(entry, run_dir, entry_dir, data_path=None, recon_images=1000, r
     return directory
 
 
-# The scoring protocol of the Inception FID and the face rate (``keras_shortrun.evaluation``, ``[eval]`` extra):
-# N samples of seed 123 against the first ``fid_reference`` training images; the face rate on the first 200.
-SCORE = {"fid_samples": 1000, "fid_reference": 5000, "face_samples": 200, "seed": 123}
 SCORES_FILE = "scores.jsonl"  # in a run folder: one scored snapshot per line, the run's quality curve
 
 
-def score_model(model, dataset, fid_samples=SCORE["fid_samples"], reference=SCORE["fid_reference"],
+def score_model(model, dataset, fid_samples=SCORE_PROTOCOL["fid_samples"], reference=SCORE_PROTOCOL["fid_reference"],
                 data_path=None):
-    """``(score, samples)``: the Inception FID of ``fid_samples`` chain samples (with its real-versus-real floor)
-    and, on CelebA, the face rate of the first ``SCORE["face_samples"]``; ``samples`` ``(N, H, W, C)``."""
+    """``(score, samples)``: ``evaluation.score_samples`` of chain samples (seed ``SCORE_PROTOCOL["seed"]``), and the
+    samples ``(N, H, W, C)``."""
     from keras_shortrun import evaluation
 
-    samples = model.sample(max(fid_samples, SCORE["face_samples"]), seed=SCORE["seed"])
-    score = {"fid": evaluation.inception_fid(samples[:fid_samples], dataset, split="train",
-                                             reference_images=reference, data_path=data_path)}
-    if dataset == "celeba":
-        score["face_rate"] = evaluation.face_rate(samples[: SCORE["face_samples"]])
-    return score, samples
+    samples = model.sample(max(fid_samples, SCORE_PROTOCOL["face_samples"]), seed=SCORE_PROTOCOL["seed"])
+    return evaluation.score_samples(samples, dataset, fid_samples, reference, data_path), samples
 
 
 def record_score(folder, score):
@@ -244,8 +238,8 @@ def record_score(folder, score):
         f.write(json.dumps(score) + "\n")
 
 
-def score_snapshot(entry, run_dir, epoch=None, fid_samples=SCORE["fid_samples"], reference=SCORE["fid_reference"],
-                   data_path=None):
+def score_snapshot(entry, run_dir, epoch=None, fid_samples=SCORE_PROTOCOL["fid_samples"],
+                   reference=SCORE_PROTOCOL["fid_reference"], data_path=None):
     """Scores a kept snapshot of an entry's run (default: the last) with ``score_model`` and records it with
     the updates and CPU time it took (``record_score``)."""
     run_dir = Path(run_dir)
@@ -269,7 +263,7 @@ def run_scores(run_dir):
 
 def scored_runs(run_dir, iterations):
     """``inception``: the run's latest score of this snapshot at the largest N (``score_snapshot``);
-    ``quality_curve``: the run's scores under the ``SCORE`` protocol; ``recipe_study``: the study's scored
+    ``quality_curve``: the run's scores under the ``SCORE_PROTOCOL`` protocol; ``recipe_study``: the study's scored
     candidates beside it."""
     from keras_shortrun.training import runs_home
 
@@ -281,7 +275,7 @@ def scored_runs(run_dir, iterations):
     this_snapshot = [s for s in scores if s["updates"] == iterations]
     if this_snapshot:
         found["inception"] = max(this_snapshot, key=lambda s: s["fid"]["n"])
-    curve = [s for s in scores if s["fid"]["n"] == SCORE["fid_samples"]]
+    curve = [s for s in scores if s["fid"]["n"] == SCORE_PROTOCOL["fid_samples"]]
     if curve:
         found["quality_curve"] = curve
     study = sorted((runs_home() / f"study_{Path(run_dir).name}").glob("*/score.json"))
@@ -452,13 +446,14 @@ def inception_rows(metadata):
             f"| real-vs-real floor: {fid['floor_n']:,} held-out images vs the same reference | {fid['floor']:.1f} |\n")
     faces = score.get("face_rate")
     if faces:
+        heldout = f" (held-out images: {100 * faces['heldout_rate']:.1f} %)" if "heldout_rate" in faces else ""
         rows += (f"| **face rate**: {faces['detector']}, confidence >= {faces['threshold']}, {faces['n']} samples | "
-                 f"**{100 * faces['rate']:.1f} %** |\n")
+                 f"**{100 * faces['rate']:.1f} %**{heldout} |\n")
     return rows
 
 
 def curve_table(metadata):
-    """The campaign's quality curve on the card: every snapshot scored under the ``SCORE`` protocol."""
+    """The campaign's quality curve on the card: every snapshot scored under the ``SCORE_PROTOCOL`` protocol."""
     rows = metadata.get("quality_curve")
     if not rows:
         return ""

@@ -1,6 +1,6 @@
 """Sample quality of every generative zoo entry, measured the same way, as one markdown table.
 
-    python tools/eval_zoo.py [--samples 5000] [--entries a,b] [--force] [--write-metadata]
+    python tools/eval_zoo.py [--samples 5000] [--entries a,b] [--force] [--write-metadata] [--inception]
 
 For each entry: ``--samples`` samples (seed 0; EBM: the K-step chain from noise; latent models: ancestral
 samples of the generator) against the held-out split of its dataset (MNIST/Fashion: the 10k test set;
@@ -14,6 +14,11 @@ the EBM exports write one, because 5,000 chains take minutes to half an hour on 
 unless ``--force``; other rows are cached in ``runs/eval/<entry>.json`` keyed by the weights' sha256.
 ``--write-metadata`` copies fresh FD/KID into each entry's ``metadata.json`` so that ``keras-shortrun zoo list``
 shows them.
+
+``--inception`` (the ``[eval]`` extra) adds, for the RGB entries, the Inception FID and, on CelebA, the face rate
+under ``keras_shortrun.evaluation.SCORE_PROTOCOL`` (``score_samples``: 1,000 samples of seed 123 against the first
+5,000 training images, beside the real-versus-real floor), read from the entry's metadata when it was scored
+there (an EBM campaign scores at export), else measured and cached like the other rows.
 """
 
 import argparse
@@ -31,6 +36,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 from machine import cpu_model  # noqa: E402
 
 from keras_shortrun import data  # noqa: E402
+from keras_shortrun import evaluation  # noqa: E402
 from keras_shortrun import metrics  # noqa: E402
 from keras_shortrun import zoo  # noqa: E402
 from keras_shortrun.zoo.registry import METADATA_FILE  # noqa: E402
@@ -84,13 +90,55 @@ def evaluate(name, n, force=False, data_path=None):
     return row
 
 
+INCEPTION_DATASETS = ("celeba", "celeba32", "cifar10")  # RGB: the Inception network's domain
+
+
+def inception_score(name, force=False, data_path=None):
+    """The entry's Inception FID (and face rate) under ``evaluation.SCORE_PROTOCOL``: recorded in its metadata,
+    cached in ``runs/eval/<entry>.inception.json`` (keyed by the weights' sha256), or measured."""
+    meta = zoo.info(name)
+    protocol = evaluation.SCORE_PROTOCOL
+    dataset = meta["dataset"]["name"]
+    reference = f"{dataset} train, first {protocol['fid_reference']:,} images"
+
+    def matches(score):
+        return score.get("fid", {}).get("n") == protocol["fid_samples"] and score["fid"]["reference"] == reference
+
+    recorded = meta.get("inception", {})
+    if not force and matches(recorded):
+        return {**recorded, "source": "metadata.json"}
+    cache = ROOT / "runs" / "eval" / f"{name}.inception.json"
+    weights = meta["files"]["model.weights.h5"]["sha256"]
+    if cache.is_file() and not force:
+        cached = json.loads(cache.read_text())
+        if cached.get("weights_sha256") == weights and matches(cached):
+            return cached
+    start = time.time()
+    samples = draw_samples(zoo.load(name), meta["family"], max(protocol["fid_samples"], protocol["face_samples"]),
+                           seed=protocol["seed"])
+    score = evaluation.score_samples(samples, dataset, data_path=data_path)
+    score.update(weights_sha256=weights, source="measured", wall_time_s=round(time.time() - start, 1),
+                 machine=f"{cpu_model()}, {keras.backend.backend()}",
+                 command=f"python tools/eval_zoo.py --entries {name} --inception --write-metadata")
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(score, indent=1))
+    return score
+
+
 def write_metadata(row):
     path = resolve(row["entry"]) / METADATA_FILE
+    fresh_quality = row.get("source") == "measured"
+    fresh_inception = row.get("inception", {}).get("source") == "measured"
+    if not (fresh_quality or fresh_inception):
+        return
     meta = json.loads(path.read_text())
-    meta.setdefault("metrics", {}).update(fd=row["fd"], kid=row["kid"])
-    meta["sample_quality"] = {k: row[k] for k in QUALITY_FIELDS}
-    meta["sample_quality"]["command"] = f"python tools/eval_zoo.py --entries {row['entry']} --samples " \
-                                        f"{row['n_samples']} --write-metadata"
+    if fresh_quality:
+        meta.setdefault("metrics", {}).update(fd=row["fd"], kid=row["kid"])
+        meta["sample_quality"] = {k: row[k] for k in QUALITY_FIELDS}
+        meta["sample_quality"]["command"] = f"python tools/eval_zoo.py --entries {row['entry']} --samples " \
+                                            f"{row['n_samples']} --write-metadata"
+    if fresh_inception:
+        meta["inception"] = {k: v for k, v in row["inception"].items() if k not in ("source", "weights_sha256")}
     tmp = path.with_suffix(".tmp.json")
     tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
     os.replace(tmp, path)
@@ -100,16 +148,25 @@ QUALITY_FIELDS = ("fd", "kid", "kid_std", "kid_feature_scale", "n_samples", "n_r
                   "protocol", "wall_time_s", "machine")
 
 
-def table(rows):
-    lines = ["| entry | family | dataset | feature network | FD | KID x 1e3 | held-out recon MSE | test accuracy |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+def table(rows, inception=False):
+    head = "| entry | family | dataset | feature network | FD | KID x 1e3 | held-out recon MSE | test accuracy |"
+    if inception:
+        head += " Inception FID (floor) | face rate (held-out) |"
+    lines = [head, "|" + " --- |" * head.count(" |")]
     for r in rows:
         fd = f"{r['fd']:.2f}" if "fd" in r else "-"
         kid = f"{1e3 * r['kid']:.2f} +- {1e3 * r['kid_std']:.2f}" if "kid" in r else "-"
         mse = f"{r['recon_mse']:.4f}" if r.get("recon_mse") is not None else "-"
         acc = f"{100 * r['accuracy']:.2f} %" if r.get("accuracy") is not None else "-"
-        lines.append(f"| {r['entry']} | {r['family']} | {r['dataset']} | {r.get('feature_network', '-')} | {fd} | "
-                     f"{kid} | {mse} | {acc} |")
+        line = f"| {r['entry']} | {r['family']} | {r['dataset']} | {r.get('feature_network', '-')} | {fd} | " \
+               f"{kid} | {mse} | {acc} |"
+        if inception:
+            score = r.get("inception", {})
+            fid = f"{score['fid']['fid']:.1f} ({score['fid']['floor']:.1f})" if score else "-"
+            faces = score.get("face_rate")
+            rate = f"{100 * faces['rate']:.1f} % ({100 * faces['heldout_rate']:.1f} %)" if faces else "-"
+            line += f" {fid} | {rate} |"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -120,12 +177,16 @@ if __name__ == "__main__":
     parser.add_argument("--force", action="store_true", help="measure again even if a cached row matches")
     parser.add_argument("--write-metadata", action="store_true")
     parser.add_argument("--data-path", default=None)
+    parser.add_argument("--inception", action="store_true", help="also the Inception FID and face rate of the RGB "
+                        'entries (pip install "keras_shortrun[eval]")')
     args = parser.parse_args()
     names = args.entries.split(",") if args.entries else [r["name"] for r in zoo.list()]
     rows = []
     for name in names:
         rows.append(evaluate(name, args.samples, args.force, args.data_path))
-        if args.write_metadata and rows[-1].get("source") == "measured":
+        if args.inception and rows[-1]["family"] in GENERATIVE_FAMILIES and rows[-1]["dataset"] in INCEPTION_DATASETS:
+            rows[-1]["inception"] = inception_score(name, args.force, args.data_path)
+        if args.write_metadata:
             write_metadata(rows[-1])
         print(f"done {name}", file=sys.stderr, flush=True)
-    print(table(rows))
+    print(table(rows, args.inception))

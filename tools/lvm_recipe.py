@@ -13,6 +13,7 @@ import keras
 import numpy as np
 from ebm_recipe import DATA_LICENCES
 from ebm_recipe import hardware
+from ebm_recipe import inception_rows
 from ebm_recipe import last_epoch
 from ebm_recipe import log_row
 
@@ -24,6 +25,7 @@ from keras_shortrun.models import TopDownGenerator
 from keras_shortrun.models import posterior_chain
 from keras_shortrun.training import fit_resumable
 from keras_shortrun.zoo import info as read_metadata
+from keras_shortrun.zoo import load as load_entry
 from keras_shortrun.zoo import save_entry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -232,6 +234,7 @@ def card_text(metadata, model, results):
         if "vae" in results else ""
     )
     mse = f"{m['recon_mse_test']:.4f} (std {m['recon_mse_test_std']:.4f})"
+    inception = inception_rows(metadata)
     inpainting = (
         "## Inpainting (lower half missing): originals, inputs, completions\n![inpainting](inpainting.png)\n"
         if is_lvm else ""
@@ -270,7 +273,7 @@ Each row: a held-out image, then 9 images with one latent layer redrawn from N(0
 | --- | --- |
 | reconstruction MSE per pixel, {e['images']} held-out images | {mse} |
 | inference | {e['inference']} |
-{comparison}
+{inception}{comparison}
 
 ## Training budget
 | | |
@@ -294,12 +297,24 @@ Data licence: {metadata['dataset']['licence']}.
 """
 
 
+def rewrite_cards(entry):
+    """Renders the cards of ``zoo/<entry>`` and ``zoo/<entry>_vae`` again from their metadata (e.g. after
+    ``tools/eval_zoo.py --inception --write-metadata`` added the Inception FID and face rate)."""
+    names = {"lvm": entry, "vae": f"{entry}_vae"}
+    metadata = {kind: read_metadata(ROOT / "zoo" / name) for kind, name in names.items()}
+    results = {kind: meta["metrics"]["recon_mse_test"] for kind, meta in metadata.items()}
+    for kind, name in names.items():
+        card = ROOT / "zoo" / name / "README.md"
+        card.with_suffix(".tmp.md").write_text(card_text(metadata[kind], load_entry(ROOT / "zoo" / name), results))
+        card.with_suffix(".tmp.md").replace(card)
+
+
 def main(entry, doc):
     """Command line of ``tools/train_<entry>.py``."""
     import argparse
 
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=("train", "export"))
+    parser.add_argument("action", choices=("train", "export", "card"))
     parser.add_argument("--kind", choices=("lvm", "vae"), default="lvm")
     parser.add_argument("--iterations", type=int, default=RECIPES[entry]["iterations"])
     parser.add_argument("--data-path", default=None)
@@ -307,5 +322,7 @@ def main(entry, doc):
     args = parser.parse_args()
     if args.action == "train":
         train(entry, args.kind, args.iterations, args.data_path)
+    elif args.action == "card":
+        rewrite_cards(entry)
     else:
         export_entry(entry, args.epoch, args.data_path)

@@ -2,7 +2,7 @@
 
     python tools/study_celeba_ebm.py train a --cpu-minutes 25   # one process, one thread: run two side by side
     python tools/study_celeba_ebm.py score a                    # Inception FID (N=1000) and face rate (200)
-                                                                # (ebm_recipe.SCORE; the campaign's own scores:
+                                                                # (evaluation.SCORE_PROTOCOL; the campaign's own scores:
                                                                 # python tools/train_ebm.py celeba_ebm score)
     python tools/study_celeba_ebm.py table                      # the markdown table of the scored candidates
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ebm_recipe import SCORE  # noqa: E402
+from keras_shortrun.evaluation import SCORE_PROTOCOL  # noqa: E402
 
 CANDIDATES = {
     "a": ("today's recipe: paper-1 net nf=16, LeakyReLU, K=50", "with_convnet", {"steps": 50}),
@@ -111,8 +111,9 @@ if __name__ == "__main__":
     parser.add_argument("candidate", nargs="?", choices=sorted(CANDIDATES))
     parser.add_argument("--cpu-minutes", type=float, default=25.0)
     parser.add_argument("--data-path", default=None)
-    parser.add_argument("--fid-samples", type=int, default=SCORE["fid_samples"])
-    parser.add_argument("--reference", type=int, default=SCORE["fid_reference"], help="training faces for the FID")
+    parser.add_argument("--fid-samples", type=int, default=SCORE_PROTOCOL["fid_samples"])
+    parser.add_argument("--reference", type=int, default=SCORE_PROTOCOL["fid_reference"],
+                        help="training faces for the FID")
     args = parser.parse_args()
     if args.action != "table" and args.candidate is None:
         parser.error(f"{args.action} needs a candidate")

@@ -2,6 +2,7 @@
 
     python tools/train_celeba_lvm.py train [--kind lvm|vae] [--iterations N]   # resumes from runs/
     python tools/train_celeba_lvm.py export --epoch E                           # writes zoo/celeba_lvm
+    python tools/train_celeba_lvm.py card                                       # renders both cards again
 """
 
 import sys

@@ -20,13 +20,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
 from ebm_recipe import RECIPES  # noqa: E402
-from ebm_recipe import SCORE  # noqa: E402
 from ebm_recipe import export_entry  # noqa: E402
 from ebm_recipe import refresh_quality  # noqa: E402
 from ebm_recipe import rewrite_card  # noqa: E402
 from ebm_recipe import score_snapshot  # noqa: E402
 from ebm_recipe import train  # noqa: E402
 
+from keras_shortrun.evaluation import SCORE_PROTOCOL  # noqa: E402
 from keras_shortrun.training import runs_home  # noqa: E402
 
 if __name__ == "__main__":
@@ -44,8 +44,9 @@ if __name__ == "__main__":
     parser.add_argument("--convergence-images", type=int, default=16,
                         help="held-out images also reconstructed with 200 iterations")
     parser.add_argument("--samples", type=int, default=5000, help="samples for FD/KID")
-    parser.add_argument("--fid-samples", type=int, default=SCORE["fid_samples"], help="samples for Inception FID")
-    parser.add_argument("--reference", type=int, default=SCORE["fid_reference"],
+    parser.add_argument("--fid-samples", type=int, default=SCORE_PROTOCOL["fid_samples"],
+                        help="samples for Inception FID")
+    parser.add_argument("--reference", type=int, default=SCORE_PROTOCOL["fid_reference"],
                         help="training images for Inception FID")
     args = parser.parse_args()
     run_dir = args.run_dir or str(runs_home() / args.entry)

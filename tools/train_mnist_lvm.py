@@ -2,6 +2,7 @@
 
     python tools/train_mnist_lvm.py train [--kind lvm|vae] [--iterations N]   # resumes from runs/
     python tools/train_mnist_lvm.py export --epoch E                           # writes zoo/mnist_lvm
+    python tools/train_mnist_lvm.py card                                       # renders both cards again
 """
 
 import sys
