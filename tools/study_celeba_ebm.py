@@ -4,7 +4,8 @@
     python tools/study_celeba_ebm.py score a                    # Inception FID (N=1000) and face rate (200)
                                                                 # (evaluation.SCORE_PROTOCOL; the campaign's own scores:
                                                                 # python tools/train_ebm.py celeba_ebm score)
-    python tools/study_celeba_ebm.py table                      # the markdown table of the scored candidates
+    python tools/study_celeba_ebm.py table                      # the markdown table of the scored candidates,
+                                                                # then the celeba_ebm campaign's quality curve
 
 Runs live in ``$KERAS_SHORTRUN_HOME/runs/study_celeba_ebm/<candidate>`` (``keras_shortrun.training.runs_home``)
 and resume; the budget counts this process's CPU time (``fit_resumable(max_cpu_seconds=...)``), so other load on
@@ -103,6 +104,12 @@ def table():
                      f"{100 * r['face_rate']['rate']:.1f} % | {r['fid']['fid']:.1f} (N={r['fid']['n']:,}, "
                      f"{r['fid']['reference']}) | {r['fid']['floor']:.1f} |")
     print("\n".join(lines))
+    from ebm_recipe import curve_table
+    from ebm_recipe import scored_runs
+
+    from keras_shortrun.training import runs_home
+
+    print(curve_table({"name": "celeba_ebm", **scored_runs(runs_home() / "celeba_ebm", None)}))
 
 
 if __name__ == "__main__":
