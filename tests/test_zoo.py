@@ -22,6 +22,7 @@ from eval_zoo import GENERATIVE_FAMILIES  # noqa: E402
 from eval_zoo import INCEPTION_DATASETS  # noqa: E402
 from make_golden import EBM_ENTRIES  # noqa: E402  (the entries and probes that the golden files were made from)
 from make_golden import FEATURE_ENTRIES  # noqa: E402
+from make_golden import FULL_CHAIN_ENTRIES  # noqa: E402
 from make_golden import probe_images  # noqa: E402
 
 INCEPTION_ENTRIES = [r["name"] for r in zoo.list() if zoo.info(r["name"])["family"] in GENERATIVE_FAMILIES
@@ -99,6 +100,17 @@ def test_ebm_entry_loads_and_matches_golden_samples(name):
         return model.sample(2, seed=0, steps=10)
 
     assert_matches_golden(ten_steps(), f"{name}_sample_seed0_k10.npy", atol=rounding_tolerance(model, ten_steps))
+
+
+@pytest.mark.parametrize("name", FULL_CHAIN_ENTRIES)
+def test_coarse_to_fine_entry_matches_its_golden_full_chain(name):
+    """All stages of the chain (8x8 up to full size), not only the first 10 steps at 8x8."""
+    model = zoo.load(name)
+
+    def full_chain():
+        return model.sample(2, seed=0)
+
+    assert_matches_golden(full_chain(), f"{name}_sample_seed0_full.npy", atol=rounding_tolerance(model, full_chain))
 
 
 @pytest.mark.parametrize("name", EBM_ENTRIES)

@@ -15,6 +15,8 @@ GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "golden"
 
 EBM_ENTRIES = ("mnist_ebm", "fashion_mnist_ebm", "cifar10_ebm", "celeba_ebm")
 FEATURE_ENTRIES = ("celeba_features", "cifar10_features")
+# Coarse-to-fine chains: their first 10 steps stay at the coarsest resolution, so the whole chain is pinned too.
+FULL_CHAIN_ENTRIES = tuple(name for name in EBM_ENTRIES if zoo.info(name)["chain"].get("form") == "coarse_to_fine")
 
 
 def probe_images(shape, n=2):
@@ -24,9 +26,11 @@ def probe_images(shape, n=2):
 
 
 def golden_outputs():
-    """{file name: array}: seeded outputs of each entry (EBMs: 10 chain steps; LVMs: an inferred image;
-    classifiers: 8-chain probabilities of their own samples; feature networks: features of fixed images)."""
+    """{file name: array}: seeded outputs of each entry (EBMs: 10 chain steps, and the whole coarse-to-fine
+    chain; LVMs: an inferred image; classifiers: 8-chain probabilities of their own samples; feature networks:
+    features of fixed images)."""
     outputs = {f"{name}_sample_seed0_k10.npy": zoo.load(name).sample(2, seed=0, steps=10) for name in EBM_ENTRIES}
+    outputs.update({f"{name}_sample_seed0_full.npy": zoo.load(name).sample(2, seed=0) for name in FULL_CHAIN_ENTRIES})
     for name in FEATURE_ENTRIES:
         model = zoo.load(name)
         outputs[f"{name}_probe.npy"] = np.asarray(model(probe_images(model.input_shape[1:])))
