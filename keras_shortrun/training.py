@@ -236,7 +236,8 @@ class DivergenceGuard(keras.callbacks.Callback):
     """Rolls a diverging run back to its last good state instead of letting it train on, or save, NaN weights.
 
     After every batch the guard reads the logs: a non-finite value, or (EBM) an energy gap
-    ``|energy_data - energy_sample|`` above ``max_energy_gap``, is divergence (the logs are the epoch's
+    ``|energy_data - energy_sample|`` or loss (the gaps summed over a multiscale EBM's resolutions) above
+    ``max_energy_gap``, is divergence (the logs are the epoch's
     running means, so a NaN step shows at once and an exploding gap within a few steps). It then restores
     the weights and optimizer state of the last good snapshot (taken at the first batch, so after any
     callback such as ``ResumableBackup`` restored a state, and after every epoch without incident) and
@@ -280,6 +281,12 @@ class DivergenceGuard(keras.callbacks.Callback):
             gap = abs(float(logs["energy_data"]) - float(logs["energy_sample"]))
             if gap > self.max_energy_gap:
                 return f"energy gap |energy_data - energy_sample| = {gap:.3g} > max_energy_gap {self.max_energy_gap:g}"
+            # A multiscale EBM logs the full-resolution energies; its loss sums the gaps of every resolution,
+            # so an exploding coarse energy shows only there.
+            loss = abs(float(logs.get("loss", 0.0)))
+            if loss > self.max_energy_gap:
+                return (f"EBM loss |sum of the energy gaps over resolutions| = {loss:.3g} > max_energy_gap "
+                        f"{self.max_energy_gap:g}")
         return None
 
     def on_train_begin(self, logs=None):

@@ -371,6 +371,9 @@ def test_guard_names_non_finite_logs_and_exploding_gaps():
     assert guard.problem({"loss": 1.0, "energy_data": 2.0, "energy_sample": 3.0}) is None
     assert guard.problem({"loss": float("nan"), "energy_data": 1.0}) == "non-finite loss"
     assert "energy gap" in guard.problem({"loss": 1.0, "energy_data": 50.0, "energy_sample": -1.0})
+    # A multiscale EBM whose coarse energy explodes: the full-resolution gap is small, the summed loss is not
+    # (the cifar10_ebm campaign of 2026-12-04 drifted to a loss of -4e4 this way with gaps near 3).
+    assert "sum of the energy gaps" in guard.problem({"loss": -136.8, "energy_data": -12.8, "energy_sample": -13.4})
 
 
 def test_divergence_rolls_back_to_the_last_good_weights_and_stops():

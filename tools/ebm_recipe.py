@@ -16,6 +16,7 @@ from keras_shortrun import metrics
 from keras_shortrun.evaluation import SCORE_PROTOCOL
 from keras_shortrun.images import save_grid
 from keras_shortrun.models import ShortRunEBM
+from keras_shortrun.training import DivergenceGuard
 from keras_shortrun.training import fit_resumable
 from keras_shortrun.training import start_from_entry
 from keras_shortrun.zoo import info as read_metadata
@@ -45,11 +46,16 @@ RECIPES = {
         "iterations": 3000, "iterations_per_epoch": 50, "seed": 0,
     },
     # celeba_ebm's coarse-to-fine recipe at 32x32 (its 64x64 stage dropped), trained as a campaign.
+    # "divergence": the DivergenceGuard of a campaign. Its summed loss stays within 11 in healthy runs (at most
+    # 21 in the study's first epochs); the first cifar10_ebm run drifted from 0.2 to -4e4 over 60 epochs after
+    # 3,100 updates, unseen by the default guard (1e4 on the full-resolution gap). Above 30 it rolls back to
+    # the last good epoch and halves the learning rate (at most 3 times).
     "cifar10_ebm": {
         "dataset": "cifar10", "image_size": 32, "channels": 3, "filters": 16,
         "coarse_to_fine": {"resolutions": (8, 16, 32), "steps": (30, 20, 15), "anneal_steps": 5},
         "batch_size": 32, "learning_rate": 2e-4, "clip": (-1.0, 1.0), "beta_1": 0.9,
         "iterations": 100_000, "iterations_per_epoch": 10, "seed": 0,
+        "divergence": {"max_energy_gap": 30.0, "learning_rate_factor": 0.5},
     },
     # The winner of tools/study_celeba_ebm.py (candidate d): a coarse-to-fine chain, trained as a campaign
     # (reruns resume runs_home()/celeba_ebm, until the CPU budget or iterations run out).
@@ -58,6 +64,7 @@ RECIPES = {
         "coarse_to_fine": {"resolutions": (8, 16, 32, 64), "steps": (30, 20, 15, 10), "anneal_steps": 5},
         "batch_size": 32, "learning_rate": 2e-4, "clip": (-1.0, 1.0), "beta_1": 0.9,
         "iterations": 100_000, "iterations_per_epoch": 10, "seed": 0,
+        "divergence": {"max_energy_gap": 30.0, "learning_rate_factor": 0.5},
     },
 }
 
@@ -89,6 +96,7 @@ def train(entry, run_dir, iterations, data_path=None, max_cpu_seconds=None):
         model, x, run_dir, iterations, batch_size=r["batch_size"],
         iterations_per_epoch=r["iterations_per_epoch"], learning_rate=r["learning_rate"],
         beta_1=r["beta_1"], seed=r["seed"], grid_size=16, verbose=2, max_cpu_seconds=max_cpu_seconds,
+        guard=DivergenceGuard(**r["divergence"]) if "divergence" in r else None,
     )
     return model
 
