@@ -32,8 +32,8 @@ SHORT_RUN_EBM_PRESETS = {
         "description": "Short-run EBM (paper-1 ConvNet, nf=16, K=50, clamped) on the JPEG CIFAR-10 subset 32x32, "
                        "CPU budget.",
         "sha256": {
-            "config.json": "b5c32a9013ba518483256322d28bb379c5356f7c958e8cb273835a69548825e8",
-            "model.weights.h5": "da00b4d59460bebd700ad270c226deec4bccb9ad38b5b1f19b37c28eed237c32",
+            "config.json": "a7d0e53a088a00f66ee0cad68977c1a3d57da5164b8b46817d4dc25066885e49",
+            "model.weights.h5": "d11bba323750ec934507c6c6b5529d9db3979c4c0575c7e9224c0ce558c1fdd1",
         },
     },
     "celeba_ebm": {
@@ -41,7 +41,7 @@ SHORT_RUN_EBM_PRESETS = {
                        "annealed), one nf=16 paper-1 ConvNet per resolution; CPU campaign.",
         "sha256": {
             "config.json": "ebd642724b7d2bbb155ee16d2173b07e844b60952c881505b0e872a36c17e485",
-            "model.weights.h5": "812c08efc268b9862329f6171b3e4cae8dcd996244beebe194ffbeeb911308b3",
+            "model.weights.h5": "7ba2fec0fd8e2b07faaeabb984c5b15383d0497c9bc3664fd99ef330f789964d",
         },
     },
 }
