@@ -297,7 +297,7 @@ def study_table(metadata):
     rows = metadata.get("recipe_study")
     if not rows:
         return ""
-    lines = ["", "Recipe study at equal CPU time (`python tools/study_celeba_ebm.py table`; one core each):", "",
+    lines = ["", "", "Recipe study at equal CPU time (`python tools/study_celeba_ebm.py table`; one core each):", "",
              "| candidate | CPU-minutes | updates | face rate | Inception FID | floor |",
              "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
@@ -471,7 +471,7 @@ def curve_table(metadata):
     if not rows:
         return ""
     fid = rows[-1]["fid"]
-    lines = ["", f"The campaign's quality curve (`python tools/train_ebm.py {metadata['name']} score`; Inception FID "
+    lines = ["", "", f"The campaign's quality curve (`python tools/train_ebm.py {metadata['name']} score`; Inception FID "
              f"of {fid['n']:,} samples vs {fid['reference']}, floor {fid['floor']:.1f}):", "",
              "| updates | CPU-hours | face rate | Inception FID |", "| --- | --- | --- | --- |"]
     for r in rows:
