@@ -471,8 +471,8 @@ def curve_table(metadata):
     if not rows:
         return ""
     fid = rows[-1]["fid"]
-    lines = ["", "", f"The campaign's quality curve (`python tools/train_ebm.py {metadata['name']} score`; Inception FID "
-             f"of {fid['n']:,} samples vs {fid['reference']}, floor {fid['floor']:.1f}):", "",
+    lines = ["", "", f"The campaign's quality curve (`python tools/train_ebm.py {metadata['name']} score`; "
+             f"Inception FID of {fid['n']:,} samples vs {fid['reference']}, floor {fid['floor']:.1f}):", "",
              "| updates | CPU-hours | face rate | Inception FID |", "| --- | --- | --- | --- |"]
     for r in rows:
         faces = f"{100 * r['face_rate']['rate']:.1f} %" if "face_rate" in r else "-"
