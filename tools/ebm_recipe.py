@@ -418,8 +418,15 @@ BUDGET_NOTES = {
                    "coarse-to-fine chain without its 64x64 stage (8 -> 16 -> 32, one nf=16 energy per resolution, "
                    "see docs/celeba_ebm_study.md for why that recipe), on one CPU core beside the celeba_ebm "
                    "campaign on the other. It is a campaign entry too: `python tools/train_ebm.py cifar10_ebm "
-                   "train` resumes its run folder. The CIFAR-10 subset's images are JPEG-compressed (see "
-                   "shared/data/README.md), so the model also learns JPEG block artefacts.",
+                   "train` resumes its run folder. The snapshot of 2026-12-04 (3,080 updates) is the last healthy "
+                   "one of the first run: after it a coarse resolution's energy ran away (the summed loss went "
+                   "from -0.2 to -4e4 in 60 epochs while the 32x32 gap stayed near 3), and campaign runs are now "
+                   "guarded on the summed loss. Against the previous entry (paper 1's chain, K=50, 1,750 updates; "
+                   "its card in the git history) it halves FD and KID but reconstructs worse (held-out MSE 0.087 "
+                   "against 0.067): the chain reads its start on the 8x8 subgrid, so reconstruction can move only "
+                   "8x8x3 of the start's values. The CIFAR-10 "
+                   "subset's images are JPEG-compressed (see shared/data/README.md), so the model also learns JPEG "
+                   "block artefacts.",
     "celeba_ebm": "No GPU was lent to this project's sessions. What differs from paper 1, and why: paper 1 runs "
                   "K=100 steps of one nf=64 ConvNet at 64x64; on CPU cores that is about 7 s per update even at "
                   "nf=16, K=50, and 950 such updates drew speckled blobs. This entry uses the "
