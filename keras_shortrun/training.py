@@ -36,12 +36,17 @@ def runs_home():
     return Path(home) / "runs"
 
 
+# What a run started from a committed entry keeps of the entry's metadata (``started_from.json``): its training
+# (updates, time) and scores, so that a campaign's counts and quality curve run on across machines.
+INHERITED_METADATA = ("training", "quality_curve", "recipe_study")
+
+
 def start_from_entry(model, run_dir, entry, verbose=True):
     """Before a run's first epoch: loads the zoo ``entry``'s weights into ``model`` (a fresh optimizer follows),
     when the run folder has no backup yet and the entry has the same architecture; records the start in
-    ``run_dir/started_from.json``. A run with a backup resumes from it instead (``fit_resumable``). Returns
-    what the run starts from: ``"backup"``, ``"entry"`` or ``"scratch"`` (no such entry, or another
-    architecture), and says so when ``verbose``."""
+    ``run_dir/started_from.json`` (with the entry's ``INHERITED_METADATA``). A run with a backup resumes from it
+    instead (``fit_resumable``). Returns what the run starts from: ``"backup"``, ``"entry"`` or ``"scratch"`` (no
+    such entry, or another architecture), and says so when ``verbose``."""
     from keras_shortrun import zoo
 
     run_dir = Path(run_dir)
@@ -62,7 +67,9 @@ def start_from_entry(model, run_dir, entry, verbose=True):
         run_dir.mkdir(parents=True, exist_ok=True)
         record = {"start": start, "entry": str(entry), "reason": why}
         if start == "entry":
-            record["weights_sha256"] = zoo.info(entry)["files"]["model.weights.h5"]["sha256"]
+            metadata = zoo.info(entry)
+            record["weights_sha256"] = metadata["files"]["model.weights.h5"]["sha256"]
+            record["entry_metadata"] = {k: metadata[k] for k in INHERITED_METADATA if k in metadata}
         _atomic_write_text(run_dir / "started_from.json", json.dumps(record))
     if verbose:
         print(why)

@@ -179,7 +179,8 @@ def test_fit_stops_at_the_cpu_budget_and_records_it(tmp_path):
 
 def test_campaign_starts_from_the_entry_then_resumes_its_folder(tmp_path, capsys):
     entry = _tiny_cf_model(seed=7)
-    entry_dir = zoo.save_entry(entry, tmp_path / "tiny_entry", {"name": "tiny_entry"})
+    training = {"iterations": 4, "wall_time_s": 1.5}
+    entry_dir = zoo.save_entry(entry, tmp_path / "tiny_entry", {"name": "tiny_entry", "training": training})
     x = np.random.RandomState(0).uniform(-1, 1, (16, 8, 8, 1)).astype("float32")
     run_dir = tmp_path / "runs" / "tiny_entry"
 
@@ -193,6 +194,7 @@ def test_campaign_starts_from_the_entry_then_resumes_its_folder(tmp_path, capsys
     record = json.loads((run_dir / "started_from.json").read_text())
     assert record["start"] == "entry" and record["weights_sha256"] == zoo.info(entry_dir)["files"][
         "model.weights.h5"]["sha256"]
+    assert record["entry_metadata"] == {"training": training}  # the run's counts go on from the entry's
     fit_resumable(model, x, run_dir, iterations=2, batch_size=4, iterations_per_epoch=2, verbose=0, grid_size=4)
     trained = model.get_weights()
 

@@ -172,6 +172,35 @@ def test_scored_runs_take_this_snapshots_largest_score_and_the_protocol_curve(tm
     assert ebm_recipe.scored_runs(tmp_path / "elsewhere", 200) == {}
 
 
+def test_a_run_started_from_an_entry_counts_on_from_it_and_keeps_its_curve(tmp_path, monkeypatch):
+    import ebm_recipe
+
+    monkeypatch.setenv("KERAS_SHORTRUN_HOME", str(tmp_path / "home"))
+    assert ebm_recipe.run_origin(tmp_path)["updates"] == 0  # no started_from.json: a run from scratch
+    n = ebm_recipe.SCORE_PROTOCOL["fid_samples"]
+
+    def score(updates, fid):
+        return {"updates": updates, "cpu_minutes": updates / 20, "fid": {"n": n, "fid": fid, "floor": 14.0,
+                                                                         "reference": "celeba train"}}
+
+    study = [{"candidate": "a", **score(50, 400.0)}]
+    inherited = {"training": {"iterations": 100, "wall_time_s": 400.0}, "quality_curve": [score(100, 300.0)],
+                 "recipe_study": study}
+    (tmp_path / "started_from.json").write_text(json.dumps(
+        {"start": "entry", "weights_sha256": "ab" * 32, "entry_metadata": inherited}))
+    origin = ebm_recipe.run_origin(tmp_path)
+    # The entry recorded no cpu_time_s: its score of the exported snapshot (100 updates) has it, 5 minutes.
+    assert (origin["updates"], origin["cpu_time_s"], origin["wall_time_s"]) == (100, 300.0, 400.0)
+    per_epoch = ebm_recipe.RECIPES["celeba_ebm"]["iterations_per_epoch"]
+    totals = ebm_recipe.snapshot_totals("celeba_ebm", tmp_path, 3, {"cpu_time_s": "20.0", "wall_time_s": "25.0"})
+    assert totals == (100 + 3 * per_epoch, 320.0, 425.0)
+    ebm_recipe.record_score(tmp_path, score(130, 250.0))
+    found = ebm_recipe.scored_runs(tmp_path, 130)
+    assert found["inception"] == score(130, 250.0)
+    assert [r["updates"] for r in found["quality_curve"]] == [100, 130]  # the entry's curve, then the run's
+    assert found["recipe_study"] == study  # no study folders on this machine: the entry's rows stay
+
+
 @pytest.mark.parametrize("name", FEATURE_ENTRIES)
 def test_feature_network_entry_matches_golden_features(name):
     model = zoo.load(name)

@@ -138,6 +138,33 @@ def log_row(run_dir, epoch):
         return [row for row in csv.DictReader(f) if int(row["epoch"]) == epoch - 1][-1]
 
 
+def run_origin(run_dir):
+    """What a run's weights had been through before its first epoch: ``updates``, ``cpu_time_s``,
+    ``wall_time_s`` and the inherited ``metadata`` (``training.INHERITED_METADATA``) of the committed entry it
+    started from (``started_from.json``), else zeros and ``{}``."""
+    path = Path(run_dir) / "started_from.json"
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    inherited = record.get("entry_metadata", {})
+    training = inherited.get("training")
+    if training is None:
+        return {"updates": 0, "cpu_time_s": 0.0, "wall_time_s": 0.0, "metadata": {}, "weights_sha256": None}
+    updates = training["iterations"]
+    # Entries exported before cpu_time_s was recorded: their score of the exported snapshot has it, else the
+    # wall time bounds it (one training thread).
+    scored = [60 * s["cpu_minutes"] for s in inherited.get("quality_curve", []) if s["updates"] == updates]
+    cpu = training.get("cpu_time_s", scored[0] if scored else training["wall_time_s"])
+    return {"updates": updates, "cpu_time_s": cpu, "wall_time_s": training["wall_time_s"], "metadata": inherited,
+            "weights_sha256": record["weights_sha256"]}
+
+
+def snapshot_totals(entry, run_dir, epoch, row):
+    """``(updates, cpu_time_s, wall_time_s)`` that the snapshot after ``epoch`` (1-based; ``row`` its
+    ``log_row``) has been trained for, counting what the run started from (``run_origin``)."""
+    origin = run_origin(run_dir)
+    return (origin["updates"] + epoch * RECIPES[entry]["iterations_per_epoch"],
+            origin["cpu_time_s"] + float(row["cpu_time_s"]), origin["wall_time_s"] + float(row["wall_time_s"]))
+
+
 def load_checkpoint(entry, run_dir, epoch):
     """The model after ``epoch`` (1-based) of a run, and that epoch's log row (wall time, energies)."""
     r = RECIPES[entry]
@@ -177,7 +204,12 @@ def export_entry(entry, run_dir, entry_dir, data_path=None, recon_images=1000, r
     _, mse_200 = model.reconstruct(x_test[:convergence_images], iterations=200, seed=0)
     pairs = np.stack([x_test[:32], x_hat[:32]], axis=1).reshape((-1,) + x_test.shape[1:])
     save_grid(figures / "reconstruction.png", pairs, columns=16, scale=2)
-    iterations = epoch * r["iterations_per_epoch"]
+    iterations, cpu_seconds, wall_seconds = snapshot_totals(entry, run_dir, epoch, row)
+    origin = run_origin(run_dir)
+    train_command = f"python tools/train_ebm.py {entry} train --iterations {epoch * r['iterations_per_epoch']}"
+    if origin["updates"]:
+        train_command += (f"  # starts from the entry of {origin['updates']:,} updates (weights sha256 "
+                          f"{origin['weights_sha256'][:12]}...), see git history")
     dataset_file = data.find_npz(r["dataset"], data_path)
     metadata = {
         "name": entry,
@@ -191,8 +223,8 @@ def export_entry(entry, run_dir, entry_dir, data_path=None, recon_images=1000, r
         "training": {
             "iterations": iterations, "batch_size": r["batch_size"], "optimizer": "Adam",
             "learning_rate": r["learning_rate"], "beta_1": r["beta_1"], "data_noise": 0.03,
-            "hardware": training_hardware(run_dir), "wall_time_s": round(float(row["wall_time_s"]), 1),
-            "command": f"python tools/train_ebm.py {entry} train --iterations {iterations}",
+            "hardware": training_hardware(run_dir), "wall_time_s": round(wall_seconds, 1),
+            "cpu_time_s": round(cpu_seconds, 1), "command": train_command,
             "final_energy_data": float(row["energy_data"]),
             "final_energy_sample": float(row["energy_sample"]),
         },
@@ -249,14 +281,14 @@ def record_score(folder, score):
 def score_snapshot(entry, run_dir, epoch=None, fid_samples=SCORE_PROTOCOL["fid_samples"],
                    reference=SCORE_PROTOCOL["fid_reference"], data_path=None):
     """Scores a kept snapshot of an entry's run (default: the last) with ``score_model`` and records it with
-    the updates and CPU time it took (``record_score``)."""
+    the updates and CPU time it took, all told (``snapshot_totals``; ``record_score``)."""
     run_dir = Path(run_dir)
     epoch = last_epoch(run_dir) if epoch is None else epoch
     model, row = load_checkpoint(entry, run_dir, epoch)
     score, samples = score_model(model, RECIPES[entry]["dataset"], fid_samples, reference, data_path)
     save_grid(run_dir / "score_samples.png", samples[:64], scale=2)
-    score.update(updates=epoch * RECIPES[entry]["iterations_per_epoch"],
-                 cpu_minutes=float(row["cpu_time_s"]) / 60, wall_minutes=float(row["wall_time_s"]) / 60,
+    updates, cpu_seconds, wall_seconds = snapshot_totals(entry, run_dir, epoch, row)
+    score.update(updates=updates, cpu_minutes=cpu_seconds / 60, wall_minutes=wall_seconds / 60,
                  command=f"python tools/train_ebm.py {entry} score --epoch {epoch} --fid-samples {fid_samples} "
                          f"--reference {reference}")
     record_score(run_dir, score)
@@ -271,24 +303,25 @@ def run_scores(run_dir):
 
 def scored_runs(run_dir, iterations):
     """``inception``: the run's latest score of this snapshot at the largest N (``score_snapshot``);
-    ``quality_curve``: the run's scores under the ``SCORE_PROTOCOL`` protocol; ``recipe_study``: the study's scored
-    candidates beside it."""
+    ``quality_curve``: the scores under the ``SCORE_PROTOCOL`` protocol of the entry the run started from
+    (``run_origin``), then of the run; ``recipe_study``: the study's scored candidates beside it (else the
+    entry's)."""
     from keras_shortrun.training import runs_home
 
     found = {}
+    inherited = run_origin(run_dir)["metadata"]
     scores = run_scores(run_dir)
-    path = Path(run_dir) / "score.json"
-    if not scores and path.is_file():
-        scores = [json.loads(path.read_text())]
     this_snapshot = [s for s in scores if s["updates"] == iterations]
     if this_snapshot:
         found["inception"] = max(this_snapshot, key=lambda s: s["fid"]["n"])
-    curve = [s for s in scores if s["fid"]["n"] == SCORE_PROTOCOL["fid_samples"]]
+    curve = inherited.get("quality_curve", []) + [s for s in scores if s["fid"]["n"] == SCORE_PROTOCOL["fid_samples"]]
     if curve:
         found["quality_curve"] = curve
     study = sorted((runs_home() / f"study_{Path(run_dir).name}").glob("*/score.json"))
     if study:
         found["recipe_study"] = [json.loads(p.read_text()) for p in study]
+    elif "recipe_study" in inherited:
+        found["recipe_study"] = inherited["recipe_study"]
     return found
 
 
