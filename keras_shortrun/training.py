@@ -36,6 +36,8 @@ def runs_home():
     return Path(home) / "runs"
 
 
+# Config keys that shape training, not the model: a run with another value still starts from an entry's weights.
+TRAINING_ONLY_CONFIG = ("gradient_penalty",)
 # What a run started from a committed entry keeps of the entry's metadata (``started_from.json``): its training
 # (updates, time) and scores, so that a campaign's counts and quality curve run on across machines.
 INHERITED_METADATA = ("training", "quality_curve", "recipe_study")
@@ -78,9 +80,11 @@ def start_from_entry(model, run_dir, entry, verbose=True):
 
 def _same_architecture(a, b):
     """Same weight shapes and the same config (as JSON: a loaded config has lists for tuples), but for the
-    models' (auto-numbered) names."""
+    models' (auto-numbered) names and ``TRAINING_ONLY_CONFIG``."""
     def config(model):
-        return json.dumps({k: v for k, v in model.get_config().items() if k != "name"}, sort_keys=True, default=str)
+        ignored = {"name", *TRAINING_ONLY_CONFIG}
+        return json.dumps({k: v for k, v in model.get_config().items() if k not in ignored}, sort_keys=True,
+                          default=str)
 
     return [tuple(v.shape) for v in a.weights] == [tuple(v.shape) for v in b.weights] and config(a) == config(b)
 
@@ -288,9 +292,9 @@ class DivergenceGuard(keras.callbacks.Callback):
             gap = abs(float(logs["energy_data"]) - float(logs["energy_sample"]))
             if gap > self.max_energy_gap:
                 return f"energy gap |energy_data - energy_sample| = {gap:.3g} > max_energy_gap {self.max_energy_gap:g}"
-            # A multiscale EBM logs the full-resolution energies; its loss sums the gaps of every resolution,
-            # so an exploding coarse energy shows only there.
-            loss = abs(float(logs.get("loss", 0.0)))
+            # A multiscale EBM logs the full-resolution energies; its loss sums the gaps of every resolution
+            # (plus the logged gradient penalty, if trained with one), so an exploding coarse energy shows only there.
+            loss = abs(float(logs.get("loss", 0.0)) - float(logs.get("gradient_penalty", 0.0)))
             if loss > self.max_energy_gap:
                 return (f"EBM loss |sum of the energy gaps over resolutions| = {loss:.3g} > max_energy_gap "
                         f"{self.max_energy_gap:g}")

@@ -168,6 +168,56 @@ def test_multiscale_ebm_loss_sums_every_resolution_and_round_trips(tmp_path):
     assert type(loaded.chain) is CoarseToFineChain and loaded.chain.anneal_steps == 1
 
 
+@keras.saving.register_keras_serializable(package="tests")
+class QuadraticEnergy(keras.layers.Layer):
+    """E(x) = a |x|^2 / 2 with a trainable ``a``: dE/dx = a x, so |dE/dx|^2 = a^2 |x|^2."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.a = self.add_weight(shape=(), initializer=keras.initializers.Constant(1.5))
+
+    def call(self, x):
+        return 0.5 * self.a * ops.sum(ops.reshape(x, (ops.shape(x)[0], -1)) ** 2, axis=1)
+
+
+def test_gradient_penalty_matches_its_closed_form_and_its_weight_gradient():
+    import tensorflow as tf
+
+    model = ShortRunEBM(QuadraticEnergy(), (3,), chain=LangevinChain(steps=2, step_size=0.1), gradient_penalty=0.2)
+    rng = np.random.RandomState(3)
+    x_data, x_sample = (tf.constant(rng.randn(5, 3).astype("float32")) for _ in range(2))
+    with tf.GradientTape() as tape:
+        loss, logs = model.compute_training_loss(None, None, (x_data, x_sample))
+    d_loss_d_a = float(tape.gradient(loss, model.energy.a))
+    squares_data, squares_sample = (float(np.mean(np.sum(v.numpy() ** 2, axis=1))) for v in (x_data, x_sample))
+    a = 1.5
+    penalty = 0.2 * a**2 * (squares_data + squares_sample)
+    # loss = a/2 (S_data - S_sample) + 0.2 a^2 (S_data + S_sample); float32 sums of O(1) terms: a few ulps.
+    np.testing.assert_allclose(float(logs["gradient_penalty"]), penalty, **F32)
+    np.testing.assert_allclose(float(loss), 0.5 * a * (squares_data - squares_sample) + penalty, **F32)
+    expected = 0.5 * (squares_data - squares_sample) + 0.4 * a * (squares_data + squares_sample)
+    np.testing.assert_allclose(d_loss_d_a, expected, **F32)
+    assert ShortRunEBM.from_config(model.get_config()).gradient_penalty == 0.2
+    assert "gradient_penalty" not in ShortRunEBM(QuadraticEnergy(), (3,)).metrics_trackers  # logs keep their columns
+    with pytest.raises(ValueError, match="gradient_penalty must be a float >= 0"):
+        ShortRunEBM(QuadraticEnergy(), (3,), gradient_penalty=-1.0)
+
+
+def test_a_penalised_multiscale_ebm_trains_and_its_guard_reads_the_gaps(tmp_path):
+    from keras_shortrun.training import DivergenceGuard
+
+    model = ShortRunEBM.from_config({**_tiny_cf_model().get_config(), "gradient_penalty": 0.5})
+    x = np.random.RandomState(0).uniform(-1, 1, (16, 8, 8, 1)).astype("float32")
+    fit_resumable(model, x, tmp_path / "run", iterations=2, batch_size=4, iterations_per_epoch=2, verbose=0,
+                  grid_size=4)
+    header = (tmp_path / "run" / "log.csv").read_text().splitlines()[0]
+    assert "gradient_penalty" in header.split(",")
+    guard = DivergenceGuard(max_energy_gap=30.0)
+    logs = {"energy_data": 0.0, "energy_sample": 0.0, "gradient_penalty": 40.0}
+    assert guard.problem(dict(logs, loss=41.0)) is None  # summed gaps 1: a large penalty is no divergence
+    assert "sum of the energy gaps" in guard.problem(dict(logs, loss=80.0))
+
+
 def test_fit_stops_at_the_cpu_budget_and_records_it(tmp_path):
     model = _tiny_cf_model()
     x = np.random.RandomState(0).uniform(-1, 1, (16, 8, 8, 1)).astype("float32")
@@ -205,6 +255,9 @@ def test_campaign_starts_from_the_entry_then_resumes_its_folder(tmp_path, capsys
     for mine, theirs in zip(again.get_weights(), trained):
         np.testing.assert_array_equal(mine, theirs)
 
+    penalised = ShortRunEBM.from_config({**_tiny_cf_model(seed=7).get_config(), "gradient_penalty": 0.1})
+    assert start_from_entry(penalised, tmp_path / "runs" / "penalised", entry_dir) == "entry"  # a training setting
+    capsys.readouterr()
     other = ShortRunEBM.with_convnet(image_size=8, channels=1, filters=2, steps=2, seed=7)
     assert start_from_entry(other, tmp_path / "runs" / "other", entry_dir) == "scratch"
     assert "another architecture" in capsys.readouterr().out

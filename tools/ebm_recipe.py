@@ -50,12 +50,17 @@ RECIPES = {
     # 21 in the study's first epochs); the first cifar10_ebm run drifted from 0.2 to -4e4 over 60 epochs after
     # 3,100 updates, unseen by the default guard (1e4 on the full-resolution gap). Above 30 it rolls back to
     # the last good epoch and halves the learning rate (at most 3 times).
+    # "gradient_penalty" (ShortRunEBM's): restarted from their entries with a fresh optimizer, both campaigns'
+    # 8x8 energies ran away within 200-600 updates (input gradient norm 0.3 -> 7, 15 % of the samples' pixels
+    # on the clip walls, 8x8 gap +28). From cifar10_ebm's entry (summed gaps; tools' stability probe in the
+    # card): no penalty -26 after 180 updates; 0.1 on data -27 after 190; 1.0 on data -16 after 390; lr 5e-5
+    # -4.4 after 400 and drifting; 1.0 on data and samples -1.6, flat over 400. Sessions since use the last.
     "cifar10_ebm": {
         "dataset": "cifar10", "image_size": 32, "channels": 3, "filters": 16,
         "coarse_to_fine": {"resolutions": (8, 16, 32), "steps": (30, 20, 15), "anneal_steps": 5},
         "batch_size": 32, "learning_rate": 2e-4, "clip": (-1.0, 1.0), "beta_1": 0.9,
         "iterations": 100_000, "iterations_per_epoch": 10, "seed": 0,
-        "divergence": {"max_energy_gap": 30.0, "learning_rate_factor": 0.5},
+        "divergence": {"max_energy_gap": 30.0, "learning_rate_factor": 0.5}, "gradient_penalty": 1.0,
     },
     # The winner of tools/study_celeba_ebm.py (candidate d): a coarse-to-fine chain, trained as a campaign
     # (reruns resume runs_home()/celeba_ebm, until the CPU budget or iterations run out).
@@ -64,7 +69,7 @@ RECIPES = {
         "coarse_to_fine": {"resolutions": (8, 16, 32, 64), "steps": (30, 20, 15, 10), "anneal_steps": 5},
         "batch_size": 32, "learning_rate": 2e-4, "clip": (-1.0, 1.0), "beta_1": 0.9,
         "iterations": 100_000, "iterations_per_epoch": 10, "seed": 0,
-        "divergence": {"max_energy_gap": 30.0, "learning_rate_factor": 0.5},
+        "divergence": {"max_energy_gap": 30.0, "learning_rate_factor": 0.5}, "gradient_penalty": 1.0,
     },
 }
 
@@ -78,7 +83,7 @@ def chain_steps(recipe):
 def build(entry):
     r = RECIPES[entry]
     shared = {"image_size": r["image_size"], "channels": r["channels"], "filters": r["filters"], "clip": r["clip"],
-              "seed": r["seed"]}
+              "seed": r["seed"], "gradient_penalty": r.get("gradient_penalty", 0.0)}
     if "coarse_to_fine" in r:
         return ShortRunEBM.with_coarse_to_fine(**shared, **r["coarse_to_fine"])
     return ShortRunEBM.with_convnet(steps=r["steps"], **shared)

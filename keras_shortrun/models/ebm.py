@@ -35,7 +35,10 @@ class ShortRunEBM(CheckedInputsMixin, backend.TrainStepMixin, keras.Model):
 
     Training (``fit``) follows the paper: each batch of data ``x`` (in
     ``[-1, 1]``, plus ``N(0, data_noise^2)``) is contrasted with chain samples
-    treated as constants, loss ``mean E(x_data) - mean E(x_sample)``.
+    treated as constants, loss ``mean E(x_data) - mean E(x_sample)``. With
+    ``gradient_penalty = g > 0`` (paper 1: 0) the loss adds ``g mean ||dE/dx||^2`` at the data and
+    at the samples, which keeps the energy smooth enough for the chain's fixed step (see
+    ``compute_training_loss``).
 
     Args:
         energy: a layer mapping ``(B, *data_shape)`` to ``(B,)``.
@@ -43,12 +46,15 @@ class ShortRunEBM(CheckedInputsMixin, backend.TrainStepMixin, keras.Model):
         chain: a ``LangevinChain`` (default: the paper-1 chain, K=100).
         data_noise: std of the Gaussian noise added to data (paper: 0.03).
         seed: seed for the data noise and the chain's start (and of the default chain's noise).
+        gradient_penalty: ``g >= 0``, the weight of the input-gradient penalty (a training setting only).
 
     ``model(x)`` returns the energy ``(B,)``.
     """
 
-    def __init__(self, energy, data_shape, chain=None, data_noise=0.03, seed=None, **kwargs):
+    def __init__(self, energy, data_shape, chain=None, data_noise=0.03, seed=None, gradient_penalty=0.0, **kwargs):
         super().__init__(**kwargs)
+        if not (isinstance(gradient_penalty, (int, float)) and gradient_penalty >= 0):
+            raise ValueError(f"gradient_penalty must be a float >= 0, got {gradient_penalty!r}.")
         if isinstance(energy, dict):
             energy = keras.saving.deserialize_keras_object(energy)
         if isinstance(chain, dict):
@@ -59,11 +65,12 @@ class ShortRunEBM(CheckedInputsMixin, backend.TrainStepMixin, keras.Model):
         if self.chain.num_groups != 1:
             raise ValueError("A ShortRunEBM chain has one state group (the image).")
         self.data_noise = float(data_noise)
+        self.gradient_penalty = float(gradient_penalty)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
-        self.metrics_trackers = {
-            name: keras.metrics.Mean(name=name) for name in ("loss", "energy_data", "energy_sample")
-        }
+        # "gradient_penalty" is logged only when it is trained with: a run's log.csv keeps its columns.
+        logged = ("loss", "energy_data", "energy_sample") + (("gradient_penalty",) if self.gradient_penalty else ())
+        self.metrics_trackers = {name: keras.metrics.Mean(name=name) for name in logged}
         self._compiled = {}
         self.build((None,) + self.data_shape)
 
@@ -105,7 +112,8 @@ class ShortRunEBM(CheckedInputsMixin, backend.TrainStepMixin, keras.Model):
         energy.set_weights(self.energy.get_weights())
         chain = type(self.chain).from_config(self.chain.get_config())
         chain.set_weights(self.chain.get_weights())
-        return type(self)(energy, self.data_shape, chain=chain, data_noise=self.data_noise, seed=self.seed)
+        return type(self)(energy, self.data_shape, chain=chain, data_noise=self.data_noise, seed=self.seed,
+                          gradient_penalty=self.gradient_penalty)
 
     def build(self, input_shape):
         if not self.energy.built:  # deserialised layers arrive built
@@ -140,18 +148,40 @@ class ShortRunEBM(CheckedInputsMixin, backend.TrainStepMixin, keras.Model):
         return self.chain.pyramid(x_data), [ops.stop_gradient(s) for s in samples]
 
     def compute_training_loss(self, x, y, aux, training=False):
-        """``sum_r mean E(x_data_r) - mean E(x_sample_r)`` over the chain's resolutions; the logged energies
-        are those of the last (full) resolution."""
+        """``sum_r mean E(x_data_r) - mean E(x_sample_r)`` over the chain's resolutions, plus (``g > 0``)
+        ``g sum_r mean_b (||dE/dx (x_data_r)_b||^2 + ||dE/dx (x_sample_r)_b||^2)``; the logged energies are
+        those of the last (full)
+        resolution, the logged ``gradient_penalty`` the weighted penalty (``loss`` minus it: the summed gaps).
+
+        The penalty is this library's addition, for long CPU campaigns: with the chain's fixed step
+        (``x - dE/dx``) an energy whose input gradient grows makes the chain overshoot to the clip walls,
+        where training raises the energy further (a multiscale EBM's 8x8 energy ran away so after a few
+        hundred updates, its input gradient norm growing 20-fold). Penalising the input gradient, as R1 does
+        for GAN critics at the data, at the data and where the chain is holds the energy smooth for it."""
         del x, y, training
         data, samples = aux
         if not isinstance(data, (list, tuple)):  # one resolution given as plain tensors (subclasses' prepare_batch)
             data, samples = [data], [samples]
-        loss = 0.0
+        gaps, penalty = 0.0, 0.0
         for x_data, x_sample in zip(data, samples):
-            energy_data = ops.mean(self.energy(x_data))
-            energy_sample = ops.mean(self.energy(x_sample))
-            loss = loss + (energy_data - energy_sample)
-        return loss, {"energy_data": energy_data, "energy_sample": energy_sample}
+            if self.gradient_penalty:
+                (energy_data, penalty_data), (energy_sample, penalty_sample) = (
+                    self._energy_and_gradient_norm(v) for v in (x_data, x_sample))
+                penalty = penalty + penalty_data + penalty_sample
+            else:
+                energy_data = ops.mean(self.energy(x_data))
+                energy_sample = ops.mean(self.energy(x_sample))
+            gaps = gaps + (energy_data - energy_sample)
+        logs = {"energy_data": energy_data, "energy_sample": energy_sample}
+        if not self.gradient_penalty:
+            return gaps, logs
+        penalty = self.gradient_penalty * penalty
+        return gaps + penalty, dict(logs, gradient_penalty=penalty)
+
+    def _energy_and_gradient_norm(self, x):
+        """``mean_b E(x_b)`` and ``mean_b ||dE/dx (x_b)||^2`` of a batch ``(B, ...)``, differentiable in the weights."""
+        energies, grads = backend.value_and_grad(self.energy, x)
+        return ops.mean(energies), ops.mean(ops.sum(ops.reshape(grads, (ops.shape(grads)[0], -1)) ** 2, axis=1))
 
     # Generation ---------------------------------------------------------------
     def _compiled_chain(self, steps, trajectory_every, bptt=False, with_noise=False):
@@ -310,5 +340,6 @@ class ShortRunEBM(CheckedInputsMixin, backend.TrainStepMixin, keras.Model):
             chain=keras.saving.serialize_keras_object(self.chain),
             data_noise=self.data_noise,
             seed=self.seed,
+            gradient_penalty=self.gradient_penalty,
         )
         return config
