@@ -150,14 +150,14 @@ class ShortRunEBM(CheckedInputsMixin, backend.TrainStepMixin, keras.Model):
     def compute_training_loss(self, x, y, aux, training=False):
         """``sum_r mean E(x_data_r) - mean E(x_sample_r)`` over the chain's resolutions, plus (``g > 0``)
         ``g sum_r mean_b (||dE/dx (x_data_r)_b||^2 + ||dE/dx (x_sample_r)_b||^2)``; the logged energies are
-        those of the last (full)
-        resolution, the logged ``gradient_penalty`` the weighted penalty (``loss`` minus it: the summed gaps).
+        those of the last (full) resolution, the logged ``gradient_penalty`` the weighted penalty (``loss``
+        minus it: the summed gaps).
 
         The penalty is this library's addition, for long CPU campaigns: with the chain's fixed step
         (``x - dE/dx``) an energy whose input gradient grows makes the chain overshoot to the clip walls,
         where training raises the energy further (a multiscale EBM's 8x8 energy ran away so after a few
-        hundred updates, its input gradient norm growing 20-fold). Penalising the input gradient, as R1 does
-        for GAN critics at the data, at the data and where the chain is holds the energy smooth for it."""
+        hundred updates, its input gradient norm growing 20-fold). Penalising the input gradient (as R1 does
+        for GAN critics) at the data and at the samples holds the energy smooth where the chain runs."""
         del x, y, training
         data, samples = aux
         if not isinstance(data, (list, tuple)):  # one resolution given as plain tensors (subclasses' prepare_batch)
