@@ -423,6 +423,13 @@ DATA_LICENCES = {
 }
 
 
+def penalty_text(trained, recipe):
+    """The card's penalty row: the weight this snapshot was trained with, and the recipe's when they differ."""
+    if trained == recipe:
+        return f"{trained:g}"
+    return f"{trained:g} (the recipe has used {recipe:g} since this snapshot was trained)"
+
+
 def flat_card_fields(metadata, model):
     filters = RECIPES[metadata["name"]]["filters"]
     t, e, m = metadata["training"], metadata["evaluation"], metadata["metrics"]
@@ -444,6 +451,7 @@ def flat_card_fields(metadata, model):
         nn_images=metadata["sample_quality"]["nearest_train_rms"]["images"],
         nn_samples=metadata["sample_quality"]["nearest_train_rms"]["samples_median"],
         nn_heldout=metadata["sample_quality"]["nearest_train_rms"]["heldout_median"],
+        penalty=penalty_text(model.gradient_penalty, RECIPES[metadata["name"]].get("gradient_penalty", 0.0)),
         budget_note=BUDGET_NOTES[metadata["name"]] + curve_table(metadata) + study_table(metadata),
     )
 
@@ -575,6 +583,7 @@ CPU cores, so the table uses {recon_iterations}, and the {conv_images}-image row
 | batch size | {batch_size} |
 | optimizer | Adam, lr {lr}, beta_1 0.9 |
 | data noise | N(0, 0.03^2) |
+| input-gradient penalty weight | {penalty} |
 | hardware | {hardware} |
 | wall time | {wall_time_min:.0f} min |
 

@@ -40,8 +40,8 @@ SHORT_RUN_EBM_PRESETS = {
         "description": "Short-run EBM on CelebA 64x64: coarse-to-fine chain 8->16->32->64 (K=75, clamped, noise "
                        "annealed), one nf=16 paper-1 ConvNet per resolution; CPU campaign.",
         "sha256": {
-            "config.json": "ebd642724b7d2bbb155ee16d2173b07e844b60952c881505b0e872a36c17e485",
-            "model.weights.h5": "7ba2fec0fd8e2b07faaeabb984c5b15383d0497c9bc3664fd99ef330f789964d",
+            "config.json": "242a4584a6685fb02350951fa3c02a06e4de631bb3ab7dbe4a0eaedd884d1284",
+            "model.weights.h5": "7e327b92956c08573ae60b2b94b14e8e18602ed1d9d50497d43893b21240c1a7",
         },
     },
 }
