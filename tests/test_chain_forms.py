@@ -18,6 +18,7 @@ from conftest import ROOT
 from conftest import run_python
 from keras import ops
 
+from keras_shortrun import backend
 from keras_shortrun import zoo
 from keras_shortrun.layers import CoarseToFineChain
 from keras_shortrun.layers import LangevinChain
@@ -85,8 +86,9 @@ def test_moments_match_closed_forms(check):
     check()
 
 
-@pytest.mark.parametrize("check", ["check_annealed_moments", "check_coarse_to_fine_moments"])
-def test_moments_match_closed_forms_on_jax(check):
+@pytest.mark.parametrize("check", ["check_annealed_moments", "check_coarse_to_fine_moments",
+                                   "check_gradient_penalty"])
+def test_closed_forms_hold_on_jax(check):
     code = f"import keras\nimport test_chain_forms as t\nt.{check}()\nprint(keras.backend.backend())"
     out = run_python(code, backend="jax", env={"PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"})
     assert out.strip().endswith("jax")
@@ -180,23 +182,37 @@ class QuadraticEnergy(keras.layers.Layer):
         return 0.5 * self.a * ops.sum(ops.reshape(x, (ops.shape(x)[0], -1)) ** 2, axis=1)
 
 
-def test_gradient_penalty_matches_its_closed_form_and_its_weight_gradient():
-    import tensorflow as tf
-
+def check_gradient_penalty():
+    """The penalised loss on ``QuadraticEnergy``, its logged penalty and its gradient in the weight ``a``
+    against their closed forms; backend-agnostic (the weight gradient goes through ``backend.value_and_grad``
+    with ``a`` fed by a ``StatelessScope``)."""
     model = ShortRunEBM(QuadraticEnergy(), (3,), chain=LangevinChain(steps=2, step_size=0.1), gradient_penalty=0.2)
     rng = np.random.RandomState(3)
-    x_data, x_sample = (tf.constant(rng.randn(5, 3).astype("float32")) for _ in range(2))
-    with tf.GradientTape() as tape:
-        loss, logs = model.compute_training_loss(None, None, (x_data, x_sample))
-    d_loss_d_a = float(tape.gradient(loss, model.energy.a))
-    squares_data, squares_sample = (float(np.mean(np.sum(v.numpy() ** 2, axis=1))) for v in (x_data, x_sample))
+    x_data, x_sample = (ops.convert_to_tensor(rng.randn(5, 3).astype("float32")) for _ in range(2))
+    logged = {}
+
+    def loss_of(a):
+        with keras.StatelessScope(state_mapping=[(model.energy.a, ops.reshape(a, ()))]):
+            loss, logs = model.compute_training_loss(None, None, (x_data, x_sample))
+        logged.update(logs)
+        return ops.reshape(loss, (1,))
+
+    loss, d_loss_d_a = backend.value_and_grad(loss_of, ops.convert_to_tensor(np.array([1.5], "float32")))
+    squares_data, squares_sample = (float(np.mean(np.sum(ops.convert_to_numpy(v) ** 2, axis=1)))
+                                    for v in (x_data, x_sample))
     a = 1.5
     penalty = 0.2 * a**2 * (squares_data + squares_sample)
     # loss = a/2 (S_data - S_sample) + 0.2 a^2 (S_data + S_sample); float32 sums of O(1) terms: a few ulps.
-    np.testing.assert_allclose(float(logs["gradient_penalty"]), penalty, **F32)
-    np.testing.assert_allclose(float(loss), 0.5 * a * (squares_data - squares_sample) + penalty, **F32)
+    np.testing.assert_allclose(float(ops.convert_to_numpy(logged["gradient_penalty"])), penalty, **F32)
+    np.testing.assert_allclose(float(ops.convert_to_numpy(loss)[0]),
+                               0.5 * a * (squares_data - squares_sample) + penalty, **F32)
     expected = 0.5 * (squares_data - squares_sample) + 0.4 * a * (squares_data + squares_sample)
-    np.testing.assert_allclose(d_loss_d_a, expected, **F32)
+    np.testing.assert_allclose(float(ops.convert_to_numpy(d_loss_d_a)[0]), expected, **F32)
+    return model
+
+
+def test_gradient_penalty_matches_its_closed_form_and_its_weight_gradient():
+    model = check_gradient_penalty()
     assert ShortRunEBM.from_config(model.get_config()).gradient_penalty == 0.2
     assert "gradient_penalty" not in ShortRunEBM(QuadraticEnergy(), (3,)).metrics_trackers  # logs keep their columns
     with pytest.raises(ValueError, match="gradient_penalty must be a float >= 0"):

@@ -52,9 +52,9 @@ RECIPES = {
     # the last good epoch and halves the learning rate (at most 3 times).
     # "gradient_penalty" (ShortRunEBM's): restarted from their entries with a fresh optimizer, both campaigns'
     # 8x8 energies ran away within 200-600 updates (input gradient norm 0.3 -> 7, 15 % of the samples' pixels
-    # on the clip walls, 8x8 gap +28). From cifar10_ebm's entry (summed gaps; tools' stability probe in the
-    # card): no penalty -26 after 180 updates; 0.1 on data -27 after 190; 1.0 on data -16 after 390; lr 5e-5
-    # -4.4 after 400 and drifting; 1.0 on data and samples -1.6, flat over 400. Sessions since use the last.
+    # on the clip walls, 8x8 gap +28). From cifar10_ebm's entry, `python tools/probe_ebm_stability.py
+    # cifar10_ebm` (summed gaps): no penalty -26 after 180 updates (diverged); lr 5e-5 -4.4 after 400 and
+    # drifting; penalty 1.0 between -0.8 and -1.9 over 400 (docs/celeba_ebm_study.md, "Stability").
     "cifar10_ebm": {
         "dataset": "cifar10", "image_size": 32, "channels": 3, "filters": 16,
         "coarse_to_fine": {"resolutions": (8, 16, 32), "steps": (30, 20, 15), "anneal_steps": 5},
