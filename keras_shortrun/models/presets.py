@@ -40,8 +40,8 @@ SHORT_RUN_EBM_PRESETS = {
         "description": "Short-run EBM on CelebA 64x64: coarse-to-fine chain 8->16->32->64 (K=75, clamped, noise "
                        "annealed), one nf=16 paper-1 ConvNet per resolution; CPU campaign.",
         "sha256": {
-            "config.json": "242a4584a6685fb02350951fa3c02a06e4de631bb3ab7dbe4a0eaedd884d1284",
-            "model.weights.h5": "7e327b92956c08573ae60b2b94b14e8e18602ed1d9d50497d43893b21240c1a7",
+            "config.json": "103d9b10be8e46c5fcdd437d681b3c44e658b0bb7b9c9e71fc7ac6e66c9334b3",
+            "model.weights.h5": "db10d5093afbb337201ca4729ee4abf77be0cc875bef13daa50021b3b9c35b79",
         },
     },
 }
