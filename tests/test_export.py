@@ -125,7 +125,7 @@ def test_handler_converts_its_op_and_matches_tensorflow(op):
 
 
 def test_without_a_handler_export_fails_loudly(monkeypatch, ebm, tmp_path):
-    """tf2onnx itself writes a graph that no runtime can load when an op is missing (DESIGN §5): to_onnx
+    """tf2onnx itself writes a graph that no runtime can load when an op has no handler: to_onnx
     refuses instead."""
     from tf2onnx.handler import tf_op
 

@@ -3,7 +3,7 @@
     python tools/export_zoo.py                                  # every entry of an exportable family
     python tools/export_zoo.py --entries mnist_ebm celeba_lvm   # some (names or entry folders)
     python tools/export_zoo.py --verify                         # check existing exports against their manifests
-    python tools/export_zoo.py --table                          # the README table, from the manifests
+    python tools/export_zoo.py --table                          # the docs/export.md table, from the manifests
 
 The manifest (``keras_shortrun.export.artifacts``) records per graph K, the
 opset, the inputs and outputs with shapes, the file's sha256, max |ONNX - Keras|
@@ -88,7 +88,7 @@ def manifest_rows(manifest):
 
 
 def print_table(header, rows):
-    """A Markdown table (pastes into the README)."""
+    """A Markdown table (pastes into docs/export.md)."""
     print("| " + " | ".join(header) + " |")
     print("|" + " --- |" * len(header))
     for row in rows:

@@ -74,9 +74,9 @@ def compiles_with_xla():
     """Whether ``compile_method`` uses XLA: where an accelerator is present (as Keras's ``jit_compile="auto"``),
     and on the CPU when ``KERAS_SHORTRUN_TF_XLA=1``.
 
-    On CPU, XLA's while loop runs a chain step slower than TensorFlow's (DESIGN §2), but XLA on the unrolled
+    On CPU, XLA's while loop runs a chain step slower than TensorFlow's, but XLA on the unrolled
     chain (which ``LangevinChain(unroll="auto")`` then chooses) measured 1.6x faster than the default, at a longer
-    compile (README, "Speed of the chain"). Opt-in until the whole suite has run under it.
+    compile (docs/performance.md, "XLA on the CPU"). Opt-in until the whole suite has run under it.
     """
     return os.environ.get(XLA_ON_CPU_ENV) == "1" or any(
         d.device_type != "CPU" for d in tf.config.list_physical_devices()

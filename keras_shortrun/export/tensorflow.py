@@ -4,7 +4,7 @@ The graph is traced as a ``tf.function`` with batch-dynamic, named inputs; the
 chain stays a while loop (an ONNX ``Loop``: one body for any K). Internal noise
 is ``tf.random.normal`` of a shape that holds the dynamic batch size, so neither
 TensorFlow nor tf2onnx can fold it into a constant; it becomes ONNX
-``RandomNormalLike`` (DESIGN §5).
+``RandomNormalLike``.
 """
 
 import contextlib

@@ -2,7 +2,7 @@
 
 ``value_and_grad`` on the TensorFlow backend records the energy's (or the
 posterior's) backward pass with ``tf.GradientTape``, so the traced chain holds
-gradient ops that tf2onnx 1.17 cannot convert (DESIGN §5); with a dynamic batch
+gradient ops that tf2onnx 1.17 has no handler for; with a dynamic batch
 grappler cannot fold the shape bookkeeping away either. Importing this module
 registers, through tf2onnx's ``tf_op`` decorator, one handler per op:
 

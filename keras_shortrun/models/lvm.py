@@ -39,7 +39,7 @@ class MultiLayerLVM(ShortRunPosterior, LatentImageModel, backend.TrainStepMixin,
     (``LangevinChain.log_det_covariance``): ``entropy="propagated"`` (the
     default) tracks the injected noise too and is exact for Gaussian posteriors;
     ``"noise_conditional"`` is the papers' fixed-noise change of variables,
-    which upper-bounds the KL and prefers smaller step sizes (see the README).
+    which upper-bounds the KL and prefers smaller step sizes (see docs/lvm.md).
 
     Args:
         generator: a ``TopDownGenerator`` (or any layer with ``latent_dims``, ``image_shape``).

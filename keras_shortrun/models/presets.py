@@ -2,7 +2,7 @@
 
 ``sha256`` pins the digests of each entry's files in code: ``zoo.load`` refuses
 an entry whose files differ, even if its ``metadata.json`` was edited to match.
-``tools/train_<entry>.py export`` prints the new digests to paste here.
+``python tools/pin_zoo_hashes.py <entry>`` writes them here after an export.
 """
 
 import keras
