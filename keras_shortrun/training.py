@@ -38,6 +38,9 @@ def runs_home():
 
 # Config keys that shape training, not the model: a run with another value still starts from an entry's weights.
 TRAINING_ONLY_CONFIG = ("gradient_penalty",)
+# The chain (its schedule, step size and noise) is how a model's weights are sampled, not what they are: a run
+# with another chain also starts from an entry's weights (and says so); the chain's own weights must still fit.
+CHAIN_CONFIG = "chain"
 # What a run started from a committed entry keeps of the entry's metadata (``started_from.json``): its training
 # (updates, time) and scores, so that a campaign's counts and quality curve run on across machines.
 INHERITED_METADATA = ("training", "quality_curve", "recipe_study")
@@ -62,6 +65,8 @@ def start_from_entry(model, run_dir, entry, verbose=True):
         if committed is not None and _same_architecture(committed, model):
             model.set_weights(committed.get_weights())
             start, why = "entry", f"no run in {run_dir}: starting from the committed {entry!r} weights, fresh optimizer"
+            if _as_json(committed.get_config().get(CHAIN_CONFIG)) != _as_json(model.get_config().get(CHAIN_CONFIG)):
+                why += ", with another chain than the entry's"
         else:
             start = "scratch"
             if committed is not None:
@@ -78,13 +83,18 @@ def start_from_entry(model, run_dir, entry, verbose=True):
     return start
 
 
+def _as_json(config):
+    """A config as comparable JSON: a loaded config has lists where a built one has tuples."""
+    return json.dumps(config, sort_keys=True, default=str)
+
+
 def _same_architecture(a, b):
-    """Same weight shapes and the same config (as JSON: a loaded config has lists for tuples), but for the
-    models' (auto-numbered) names and ``TRAINING_ONLY_CONFIG``."""
+    """Same weight shapes and the same config, but for the models' (auto-numbered) names,
+    ``TRAINING_ONLY_CONFIG`` and the chain (``CHAIN_CONFIG``)."""
+    ignored = {"name", CHAIN_CONFIG, *TRAINING_ONLY_CONFIG}
+
     def config(model):
-        ignored = {"name", *TRAINING_ONLY_CONFIG}
-        return json.dumps({k: v for k, v in model.get_config().items() if k not in ignored}, sort_keys=True,
-                          default=str)
+        return _as_json({k: v for k, v in model.get_config().items() if k not in ignored})
 
     return [tuple(v.shape) for v in a.weights] == [tuple(v.shape) for v in b.weights] and config(a) == config(b)
 

@@ -271,7 +271,13 @@ def test_campaign_starts_from_the_entry_then_resumes_its_folder(tmp_path, capsys
 
     penalised = ShortRunEBM.from_config({**_tiny_cf_model(seed=7).get_config(), "gradient_penalty": 0.1})
     assert start_from_entry(penalised, tmp_path / "runs" / "penalised", entry_dir) == "entry"  # a training setting
-    capsys.readouterr()
+    assert "another chain" not in capsys.readouterr().out
+    longer = ShortRunEBM.with_coarse_to_fine(image_size=8, channels=1, filters=2, resolutions=(4, 8), steps=(5, 2),
+                                             anneal_steps=1, seed=7)
+    assert start_from_entry(longer, tmp_path / "runs" / "longer", entry_dir) == "entry"  # the chain is a setting
+    assert "with another chain than the entry's" in capsys.readouterr().out
+    for mine, theirs in zip(longer.get_weights(), entry.get_weights()):
+        np.testing.assert_array_equal(mine, theirs)
     other = ShortRunEBM.with_convnet(image_size=8, channels=1, filters=2, steps=2, seed=7)
     assert start_from_entry(other, tmp_path / "runs" / "other", entry_dir) == "scratch"
     assert "another architecture" in capsys.readouterr().out

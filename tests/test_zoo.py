@@ -201,6 +201,32 @@ def test_a_run_started_from_an_entry_counts_on_from_it_and_keeps_its_curve(tmp_p
     assert found["recipe_study"] == study  # no study folders on this machine: the entry's rows stay
 
 
+def test_a_run_records_its_recipe_overrides_and_resumes_only_with_them(tmp_path):
+    import ebm_recipe
+
+    overrides = ebm_recipe.parse_overrides(["coarse_to_fine.steps=[50,20,15,10]", "learning_rate=1e-4"])
+    assert overrides == {"coarse_to_fine.steps": [50, 20, 15, 10], "learning_rate": 1e-4}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        ebm_recipe.parse_overrides(["steps"])
+    with pytest.raises(KeyError, match="no field 'coarse_to_fine.stages'"):
+        ebm_recipe.apply_overrides(ebm_recipe.RECIPES["celeba_ebm"], {"coarse_to_fine.stages": 3})
+    with pytest.raises(KeyError, match="no field 'steps'"):  # a coarse-to-fine recipe has no single K
+        ebm_recipe.apply_overrides(ebm_recipe.RECIPES["celeba_ebm"], {"steps": 3})
+
+    recipe = ebm_recipe.record_overrides("celeba_ebm", tmp_path / "variant", overrides)
+    assert recipe["coarse_to_fine"]["steps"] == [50, 20, 15, 10] and recipe["learning_rate"] == 1e-4
+    assert ebm_recipe.RECIPES["celeba_ebm"]["coarse_to_fine"]["steps"] == (30, 20, 15, 10)  # the recipe is untouched
+    assert ebm_recipe.run_recipe("celeba_ebm", tmp_path / "variant") == recipe  # score and export read it back
+    assert ebm_recipe.record_overrides("celeba_ebm", tmp_path / "variant", {}) == recipe  # a rerun resumes it
+    with pytest.raises(ValueError, match="resumes only with those"):
+        ebm_recipe.record_overrides("celeba_ebm", tmp_path / "variant", {"learning_rate": 5e-5})
+    (tmp_path / "plain" / "backup").mkdir(parents=True)  # a run started without overrides keeps none
+    with pytest.raises(ValueError, match="resumes only with those"):
+        ebm_recipe.record_overrides("celeba_ebm", tmp_path / "plain", overrides)
+    model = ebm_recipe.build(recipe)
+    assert model.chain.stage_steps == (50, 20, 15, 10) and model.chain.steps == 95
+
+
 @pytest.mark.parametrize("name", FEATURE_ENTRIES)
 def test_feature_network_entry_matches_golden_features(name):
     model = zoo.load(name)

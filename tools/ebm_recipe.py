@@ -80,8 +80,65 @@ def chain_steps(recipe):
     return sum(stages["steps"]) if stages else recipe["steps"]
 
 
-def build(entry):
-    r = RECIPES[entry]
+OVERRIDES_FILE = "recipe_overrides.json"
+
+
+def parse_overrides(pairs):
+    """``{"a.b": value}`` from ``--set a.b=VALUE`` strings; a VALUE is read as JSON where it parses (numbers,
+    lists), else kept as a string."""
+    overrides = {}
+    for pair in pairs or ():
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set takes KEY=VALUE (e.g. coarse_to_fine.steps=[50,20,15,10]), got {pair!r}.")
+        try:
+            overrides[key] = json.loads(text)
+        except json.JSONDecodeError:
+            overrides[key] = text
+    return overrides
+
+
+def apply_overrides(recipe, overrides):
+    """A copy of ``recipe`` with dotted ``overrides`` applied; each key must already be in the recipe."""
+    recipe = json.loads(json.dumps(recipe))
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = recipe
+        for name in parents:
+            node = node.get(name) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            raise KeyError(f"The recipe has no field {key!r}; fields: {', '.join(sorted(recipe))}.")
+        node[leaf] = value
+    return recipe
+
+
+def run_recipe(entry, run_dir):
+    """The recipe a run was trained with: ``RECIPES[entry]`` with the overrides it recorded at its start."""
+    path = Path(run_dir) / OVERRIDES_FILE
+    return apply_overrides(RECIPES[entry], json.loads(path.read_text()) if path.is_file() else {})
+
+
+def record_overrides(entry, run_dir, overrides):
+    """Checks ``overrides`` against the recipe and what ``run_dir`` recorded: a new run records them; a run
+    resumes only with the overrides it started with (none given: the recorded ones). Returns the run's recipe."""
+    path = Path(run_dir) / OVERRIDES_FILE
+    recorded = json.loads(path.read_text()) if path.is_file() else None
+    started = (Path(run_dir) / "backup").is_dir() or (Path(run_dir) / "log.csv").is_file()
+    if recorded is None and started:
+        recorded = {}
+    if recorded is not None and overrides and overrides != recorded:
+        raise ValueError(f"The run in {run_dir} was started with the overrides {recorded}; it resumes only with "
+                         f"those (got {overrides}). Use another --run-dir for another recipe.")
+    overrides = recorded if recorded is not None else overrides
+    recipe = apply_overrides(RECIPES[entry], overrides)
+    if recorded is None and overrides:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(overrides, sort_keys=True))
+    return recipe
+
+
+def build(r):
+    """The ``ShortRunEBM`` of a recipe ``r`` (an item of ``RECIPES``, or ``run_recipe``'s)."""
     shared = {"image_size": r["image_size"], "channels": r["channels"], "filters": r["filters"], "clip": r["clip"],
               "seed": r["seed"], "gradient_penalty": r.get("gradient_penalty", 0.0)}
     if "coarse_to_fine" in r:
@@ -89,12 +146,13 @@ def build(entry):
     return ShortRunEBM.with_convnet(steps=r["steps"], **shared)
 
 
-def train(entry, run_dir, iterations, data_path=None, max_cpu_seconds=None):
+def train(entry, run_dir, iterations, data_path=None, max_cpu_seconds=None, overrides=None):
     """Trains ``entry`` in ``run_dir``: resumes the run there, else starts from the committed entry's weights
-    (same architecture) or from scratch (``training.start_from_entry`` says which)."""
-    r = RECIPES[entry]
+    (same architecture) or from scratch (``training.start_from_entry`` says which). ``overrides``
+    (``{"dotted.key": value}``) change the recipe of a new run, which records them (``record_overrides``)."""
+    r = record_overrides(entry, run_dir, overrides or {})
     x, _ = data.load(r["dataset"], "train", path=data_path)
-    model = build(entry)
+    model = build(r)
     start_from_entry(model, run_dir, entry)
     record_hardware(run_dir)
     fit_resumable(
@@ -166,14 +224,14 @@ def snapshot_totals(entry, run_dir, epoch, row):
     """``(updates, cpu_time_s, wall_time_s)`` that the snapshot after ``epoch`` (1-based; ``row`` its
     ``log_row``) has been trained for, counting what the run started from (``run_origin``)."""
     origin = run_origin(run_dir)
-    return (origin["updates"] + epoch * RECIPES[entry]["iterations_per_epoch"],
+    return (origin["updates"] + epoch * run_recipe(entry, run_dir)["iterations_per_epoch"],
             origin["cpu_time_s"] + float(row["cpu_time_s"]), origin["wall_time_s"] + float(row["wall_time_s"]))
 
 
 def load_checkpoint(entry, run_dir, epoch):
     """The model after ``epoch`` (1-based) of a run, and that epoch's log row (wall time, energies)."""
-    r = RECIPES[entry]
-    model = build(entry)
+    r = run_recipe(entry, run_dir)
+    model = build(r)
     model.compile(optimizer=keras.optimizers.Adam(r["learning_rate"], beta_1=r["beta_1"]))
     model.optimizer.build(model.trainable_variables)
     model.load_weights(Path(run_dir) / "checkpoints" / f"epoch_{epoch:04d}.weights.h5")
@@ -189,7 +247,7 @@ def export_entry(entry, run_dir, entry_dir, data_path=None, recon_images=1000, r
     ``recon_iterations`` Adam iterations; on the first ``convergence_images``
     it is also measured at 200 iterations, to show what fewer iterations cost.
     """
-    r = RECIPES[entry]
+    r = run_recipe(entry, run_dir)
     run_dir = Path(run_dir)
     epoch = last_epoch(run_dir) if epoch is None else epoch
     model, row = load_checkpoint(entry, run_dir, epoch)
@@ -290,7 +348,7 @@ def score_snapshot(entry, run_dir, epoch=None, fid_samples=SCORE_PROTOCOL["fid_s
     run_dir = Path(run_dir)
     epoch = last_epoch(run_dir) if epoch is None else epoch
     model, row = load_checkpoint(entry, run_dir, epoch)
-    score, samples = score_model(model, RECIPES[entry]["dataset"], fid_samples, reference, data_path)
+    score, samples = score_model(model, run_recipe(entry, run_dir)["dataset"], fid_samples, reference, data_path)
     save_grid(run_dir / "score_samples.png", samples[:64], scale=2)
     updates, cpu_seconds, wall_seconds = snapshot_totals(entry, run_dir, epoch, row)
     score.update(updates=updates, cpu_minutes=cpu_seconds / 60, wall_minutes=wall_seconds / 60,

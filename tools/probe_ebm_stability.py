@@ -42,7 +42,7 @@ def probe(entry, variant, iterations):
     penalty, learning_rate = VARIANTS[variant]
     recipe = RECIPES[entry]
     x, _ = data.load(recipe["dataset"], "train")
-    model = ShortRunEBM.from_config({**build(entry).get_config(), "gradient_penalty": penalty})
+    model = ShortRunEBM.from_config({**build(recipe).get_config(), "gradient_penalty": penalty})
     model.set_weights(zoo.load(entry).get_weights())
     run_dir = runs_home() / f"probe_{entry}" / variant
     try:

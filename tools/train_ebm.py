@@ -1,6 +1,9 @@
 """Recipe of the EBM zoo entries (``RECIPES`` in ``ebm_recipe.py``): train (resumable), then export with a card.
 
     python tools/train_ebm.py mnist_ebm train [--iterations N]   # resumes $KERAS_SHORTRUN_HOME/runs/<entry>
+    python tools/train_ebm.py celeba_ebm train --run-dir DIR --set 'coarse_to_fine.steps=[50,20,15,10]'
+                                                                 # a variant: the run records its overrides,
+                                                                 # which score and export then use
     python tools/train_ebm.py mnist_ebm export [--epoch E]       # writes zoo/<entry>
     python tools/train_ebm.py mnist_ebm quality [--samples N]    # re-measures FD/KID of zoo/<entry> in place
     python tools/train_ebm.py celeba_ebm score [--epoch E]       # Inception FID (and face rate) of a snapshot,
@@ -21,6 +24,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 from ebm_recipe import RECIPES  # noqa: E402
 from ebm_recipe import export_entry  # noqa: E402
+from ebm_recipe import parse_overrides  # noqa: E402
 from ebm_recipe import refresh_quality  # noqa: E402
 from ebm_recipe import rewrite_card  # noqa: E402
 from ebm_recipe import score_snapshot  # noqa: E402
@@ -35,6 +39,8 @@ if __name__ == "__main__":
     parser.add_argument("action", choices=("train", "export", "quality", "score", "card"))
     parser.add_argument("--iterations", type=int, default=None, help="total updates (default: the recipe's)")
     parser.add_argument("--run-dir", default=None, help="default: $KERAS_SHORTRUN_HOME/runs/<entry>")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="train: override a recipe field of a new run (dotted keys, JSON values)")
     parser.add_argument("--cpu-minutes", type=float, default=None, help="stop once the run used this much CPU")
     parser.add_argument("--entry-dir", default=None, help="default: zoo/<entry>")
     parser.add_argument("--data-path", default=None)
@@ -52,7 +58,8 @@ if __name__ == "__main__":
     run_dir = args.run_dir or str(runs_home() / args.entry)
     if args.action == "train":
         max_cpu = None if args.cpu_minutes is None else 60.0 * args.cpu_minutes
-        train(args.entry, run_dir, args.iterations or RECIPES[args.entry]["iterations"], args.data_path, max_cpu)
+        train(args.entry, run_dir, args.iterations or RECIPES[args.entry]["iterations"], args.data_path, max_cpu,
+              parse_overrides(args.set))
     elif args.action == "score":
         print(score_snapshot(args.entry, run_dir, args.epoch, args.fid_samples, args.reference, args.data_path))
     elif args.action == "card":
