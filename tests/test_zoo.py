@@ -227,6 +227,26 @@ def test_a_run_records_its_recipe_overrides_and_resumes_only_with_them(tmp_path)
     assert model.chain.stage_steps == (50, 20, 15, 10) and model.chain.steps == 95
 
 
+def test_an_entry_is_scored_under_another_chain_with_its_own_weights(monkeypatch):
+    import ebm_recipe
+
+    scored = {}
+
+    def score_model(model, dataset, fid_samples, reference, data_path):
+        scored.update(model=model, dataset=dataset)
+        return {"fid": {"fid": 1.0}}, None
+
+    monkeypatch.setattr(ebm_recipe, "score_model", score_model)
+    entry_dir = registry.resolve("celeba_ebm")
+    result = ebm_recipe.score_entry_chain("celeba_ebm", entry_dir, {"coarse_to_fine.steps": [50, 20, 15, 10]})
+    assert scored["dataset"] == "celeba" and scored["model"].chain.stage_steps == (50, 20, 15, 10)
+    for mine, theirs in zip(scored["model"].get_weights(), zoo.load("celeba_ebm").get_weights()):
+        np.testing.assert_array_equal(mine, theirs)
+    assert result["chain"]["steps"] == [50, 20, 15, 10]
+    assert result["command"] == ("python tools/train_ebm.py celeba_ebm score-entry "
+                                 "--set 'coarse_to_fine.steps=[50,20,15,10]'")
+
+
 @pytest.mark.parametrize("name", FEATURE_ENTRIES)
 def test_feature_network_entry_matches_golden_features(name):
     model = zoo.load(name)

@@ -341,6 +341,19 @@ def record_score(folder, score):
         f.write(json.dumps(score) + "\n")
 
 
+def score_entry_chain(entry, entry_dir, overrides, fid_samples=SCORE_PROTOCOL["fid_samples"],
+                      reference=SCORE_PROTOCOL["fid_reference"], data_path=None):
+    """``score_model`` of an exported entry's weights sampled by the chain of its recipe with ``overrides``
+    (e.g. another step count per stage): what a chain change does before any training. Records nothing."""
+    recipe = apply_overrides(RECIPES[entry], overrides)
+    model = build(recipe)
+    model.set_weights(load_entry(entry_dir).get_weights())
+    score, _ = score_model(model, recipe["dataset"], fid_samples, reference, data_path)
+    chain = recipe.get("coarse_to_fine") or {"steps": recipe["steps"]}
+    flags = " ".join(f"--set '{key}={json.dumps(value, separators=(',', ':'))}'" for key, value in overrides.items())
+    return {**score, "chain": chain, "command": f"python tools/train_ebm.py {entry} score-entry {flags}".strip()}
+
+
 def score_snapshot(entry, run_dir, epoch=None, fid_samples=SCORE_PROTOCOL["fid_samples"],
                    reference=SCORE_PROTOCOL["fid_reference"], data_path=None):
     """Scores a kept snapshot of an entry's run (default: the last) with ``score_model`` and records it with

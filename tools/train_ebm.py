@@ -8,6 +8,8 @@
     python tools/train_ebm.py mnist_ebm quality [--samples N]    # re-measures FD/KID of zoo/<entry> in place
     python tools/train_ebm.py celeba_ebm score [--epoch E]       # Inception FID (and face rate) of a snapshot,
                                                                  # appended to the run's scores.jsonl ([eval])
+    python tools/train_ebm.py celeba_ebm score-entry [--set K=V] # the same of zoo/<entry>'s weights under the
+                                                                 # recipe's chain, or another (no training)
     python tools/train_ebm.py mnist_ebm card                     # renders zoo/<entry>/README.md again (with
                                                                  # the run's Inception scores, if scored)
 
@@ -16,6 +18,7 @@ states what was run and measured (iterations, hardware, wall time).
 """
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -27,6 +30,7 @@ from ebm_recipe import export_entry  # noqa: E402
 from ebm_recipe import parse_overrides  # noqa: E402
 from ebm_recipe import refresh_quality  # noqa: E402
 from ebm_recipe import rewrite_card  # noqa: E402
+from ebm_recipe import score_entry_chain  # noqa: E402
 from ebm_recipe import score_snapshot  # noqa: E402
 from ebm_recipe import train  # noqa: E402
 
@@ -36,11 +40,11 @@ from keras_shortrun.training import runs_home  # noqa: E402
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("entry", choices=sorted(RECIPES))
-    parser.add_argument("action", choices=("train", "export", "quality", "score", "card"))
+    parser.add_argument("action", choices=("train", "export", "quality", "score", "score-entry", "card"))
     parser.add_argument("--iterations", type=int, default=None, help="total updates (default: the recipe's)")
     parser.add_argument("--run-dir", default=None, help="default: $KERAS_SHORTRUN_HOME/runs/<entry>")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="train: override a recipe field of a new run (dotted keys, JSON values)")
+                        help="train, score-entry: override a recipe field (dotted keys, JSON values)")
     parser.add_argument("--cpu-minutes", type=float, default=None, help="stop once the run used this much CPU")
     parser.add_argument("--entry-dir", default=None, help="default: zoo/<entry>")
     parser.add_argument("--data-path", default=None)
@@ -62,6 +66,10 @@ if __name__ == "__main__":
               parse_overrides(args.set))
     elif args.action == "score":
         print(score_snapshot(args.entry, run_dir, args.epoch, args.fid_samples, args.reference, args.data_path))
+    elif args.action == "score-entry":
+        print(json.dumps(score_entry_chain(args.entry, args.entry_dir or str(ROOT / "zoo" / args.entry),
+                                           parse_overrides(args.set), args.fid_samples, args.reference,
+                                           args.data_path)))
     elif args.action == "card":
         rewrite_card(args.entry_dir or str(ROOT / "zoo" / args.entry), run_dir)
     elif args.action == "quality":
