@@ -201,11 +201,12 @@ def test_a_run_started_from_an_entry_counts_on_from_it_and_keeps_its_curve(tmp_p
     assert found["recipe_study"] == study  # no study folders on this machine: the entry's rows stay
 
 
-def test_a_run_records_its_recipe_overrides_and_resumes_only_with_them(tmp_path):
+def test_a_run_records_its_recipe_and_resumes_only_with_its_overrides(tmp_path, monkeypatch):
     import ebm_recipe
 
-    overrides = ebm_recipe.parse_overrides(["coarse_to_fine.steps=[50,20,15,10]", "learning_rate=1e-4"])
-    assert overrides == {"coarse_to_fine.steps": [50, 20, 15, 10], "learning_rate": 1e-4}
+    before = json.dumps(ebm_recipe.RECIPES["celeba_ebm"])
+    overrides = ebm_recipe.parse_overrides(["coarse_to_fine.steps=[40,20,15,10]", "learning_rate=1e-4"])
+    assert overrides == {"coarse_to_fine.steps": [40, 20, 15, 10], "learning_rate": 1e-4}
     with pytest.raises(ValueError, match="KEY=VALUE"):
         ebm_recipe.parse_overrides(["steps"])
     with pytest.raises(KeyError, match="no field 'coarse_to_fine.stages'"):
@@ -213,18 +214,21 @@ def test_a_run_records_its_recipe_overrides_and_resumes_only_with_them(tmp_path)
     with pytest.raises(KeyError, match="no field 'steps'"):  # a coarse-to-fine recipe has no single K
         ebm_recipe.apply_overrides(ebm_recipe.RECIPES["celeba_ebm"], {"steps": 3})
 
-    recipe = ebm_recipe.record_overrides("celeba_ebm", tmp_path / "variant", overrides)
-    assert recipe["coarse_to_fine"]["steps"] == [50, 20, 15, 10] and recipe["learning_rate"] == 1e-4
-    assert ebm_recipe.RECIPES["celeba_ebm"]["coarse_to_fine"]["steps"] == (30, 20, 15, 10)  # the recipe is untouched
+    recipe = ebm_recipe.record_recipe("celeba_ebm", tmp_path / "variant", overrides)
+    assert recipe["coarse_to_fine"]["steps"] == [40, 20, 15, 10] and recipe["learning_rate"] == 1e-4
+    assert json.dumps(ebm_recipe.RECIPES["celeba_ebm"]) == before  # the recipe itself is untouched
     assert ebm_recipe.run_recipe("celeba_ebm", tmp_path / "variant") == recipe  # score and export read it back
-    assert ebm_recipe.record_overrides("celeba_ebm", tmp_path / "variant", {}) == recipe  # a rerun resumes it
+    changed = {**ebm_recipe.RECIPES["celeba_ebm"], "batch_size": 64}
+    monkeypatch.setitem(ebm_recipe.RECIPES, "celeba_ebm", changed)  # a later change of the recipe in code ...
+    assert ebm_recipe.run_recipe("celeba_ebm", tmp_path / "variant") == recipe  # ... leaves the run's alone
+    assert ebm_recipe.record_recipe("celeba_ebm", tmp_path / "variant", {}) == recipe  # a rerun resumes it
     with pytest.raises(ValueError, match="resumes only with those"):
-        ebm_recipe.record_overrides("celeba_ebm", tmp_path / "variant", {"learning_rate": 5e-5})
+        ebm_recipe.record_recipe("celeba_ebm", tmp_path / "variant", {"learning_rate": 5e-5})
     (tmp_path / "plain" / "backup").mkdir(parents=True)  # a run started without overrides keeps none
     with pytest.raises(ValueError, match="resumes only with those"):
-        ebm_recipe.record_overrides("celeba_ebm", tmp_path / "plain", overrides)
+        ebm_recipe.record_recipe("celeba_ebm", tmp_path / "plain", overrides)
     model = ebm_recipe.build(recipe)
-    assert model.chain.stage_steps == (50, 20, 15, 10) and model.chain.steps == 95
+    assert model.chain.stage_steps == (40, 20, 15, 10) and model.chain.steps == 85
 
 
 def test_an_entry_is_scored_under_another_chain_with_its_own_weights(monkeypatch):
@@ -238,13 +242,13 @@ def test_an_entry_is_scored_under_another_chain_with_its_own_weights(monkeypatch
 
     monkeypatch.setattr(ebm_recipe, "score_model", score_model)
     entry_dir = registry.resolve("celeba_ebm")
-    result = ebm_recipe.score_entry_chain("celeba_ebm", entry_dir, {"coarse_to_fine.steps": [50, 20, 15, 10]})
-    assert scored["dataset"] == "celeba" and scored["model"].chain.stage_steps == (50, 20, 15, 10)
+    result = ebm_recipe.score_entry_chain("celeba_ebm", entry_dir, {"coarse_to_fine.steps": [40, 20, 15, 10]})
+    assert scored["dataset"] == "celeba" and scored["model"].chain.stage_steps == (40, 20, 15, 10)
     for mine, theirs in zip(scored["model"].get_weights(), zoo.load("celeba_ebm").get_weights()):
         np.testing.assert_array_equal(mine, theirs)
-    assert result["chain"]["steps"] == [50, 20, 15, 10]
+    assert result["chain"]["steps"] == [40, 20, 15, 10]
     assert result["command"] == ("python tools/train_ebm.py celeba_ebm score-entry "
-                                 "--set 'coarse_to_fine.steps=[50,20,15,10]'")
+                                 "--set 'coarse_to_fine.steps=[40,20,15,10]'")
 
 
 @pytest.mark.parametrize("name", FEATURE_ENTRIES)

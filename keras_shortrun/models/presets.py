@@ -37,7 +37,7 @@ SHORT_RUN_EBM_PRESETS = {
         },
     },
     "celeba_ebm": {
-        "description": "Short-run EBM on CelebA 64x64: coarse-to-fine chain 8->16->32->64 (K=75, clamped, noise "
+        "description": "Short-run EBM on CelebA 64x64: coarse-to-fine chain 8->16->32->64 (K=95, clamped, noise "
                        "annealed), one nf=16 paper-1 ConvNet per resolution; CPU campaign.",
         "sha256": {
             "config.json": "103d9b10be8e46c5fcdd437d681b3c44e658b0bb7b9c9e71fc7ac6e66c9334b3",
