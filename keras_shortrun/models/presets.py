@@ -40,8 +40,8 @@ SHORT_RUN_EBM_PRESETS = {
         "description": "Short-run EBM on CelebA 64x64: coarse-to-fine chain 8->16->32->64 (K=95, clamped, noise "
                        "annealed), one nf=16 paper-1 ConvNet per resolution; CPU campaign.",
         "sha256": {
-            "config.json": "103d9b10be8e46c5fcdd437d681b3c44e658b0bb7b9c9e71fc7ac6e66c9334b3",
-            "model.weights.h5": "db10d5093afbb337201ca4729ee4abf77be0cc875bef13daa50021b3b9c35b79",
+            "config.json": "e5c8920e8bc5eaab1483a456536d8769893f35b869a4cd550d4a6b5626318de6",
+            "model.weights.h5": "273daa30f01f8e31dfc076b074a0546290fbe65545b0ca36bb615c4c18f7d3a8",
         },
     },
 }
