@@ -556,9 +556,10 @@ BUDGET_NOTES = {
                   "core, one TensorFlow thread, with the gradient penalty; the run's log.csv), "
                   "and each resolution's energy learns its own scale (training contrasts data and chain states at "
                   "every resolution, jointly rather than progressively as CF-EBM grows its network). Its 8x8 stage "
-                  "runs 50 updates (30 before the fifth session; with 30 the samples keep patches of the uniform start): "
-                  "the same weights sampled with 50 score Inception FID 109.1 against 117.1, and 55 CPU-minutes "
-                  "of training with 50 reached 102.5 against 106.0 with 30 (docs/celeba_ebm_study.md). Paper 1's "
+                  "runs 50 updates (30 before the fifth session; with 30 the samples keep patches of the uniform "
+                  "start): the same weights sampled with 50 score Inception FID 109.1 against 117.1, and 55 "
+                  "CPU-minutes of training with 50 reached 102.5 against 106.0 with 30 (docs/celeba_ebm_study.md). "
+                  "Paper 1's "
                   "model stays one call away: `ShortRunEBM.with_convnet(image_size=64, filters=64)`, whose chain is "
                   "`paper_chain`. This is a campaign entry: `python tools/train_ebm.py celeba_ebm train` resumes "
                   "its run folder and each session exports the best snapshot so far.",
