@@ -150,11 +150,13 @@ def build(r):
     return ShortRunEBM.with_convnet(steps=r["steps"], **shared)
 
 
-def train(entry, run_dir, iterations, data_path=None, max_cpu_seconds=None, overrides=None):
-    """Trains ``entry`` in ``run_dir``: resumes the run there, else starts from the committed entry's weights
-    (same architecture) or from scratch (``training.start_from_entry`` says which). ``overrides``
-    (``{"dotted.key": value}``) change the recipe of a new run, which records it (``record_recipe``)."""
+def train(entry, run_dir, iterations=None, data_path=None, max_cpu_seconds=None, overrides=None):
+    """Trains ``entry`` in ``run_dir`` for ``iterations`` updates in all (default: the run's recipe's): resumes
+    the run there, else starts from the committed entry's weights (same architecture) or from scratch
+    (``training.start_from_entry`` says which). ``overrides`` (``{"dotted.key": value}``) change the recipe of a
+    new run, which records it (``record_recipe``)."""
     r = record_recipe(entry, run_dir, overrides or {})
+    iterations = r["iterations"] if iterations is None else iterations
     x, _ = data.load(r["dataset"], "train", path=data_path)
     model = build(r)
     start_from_entry(model, run_dir, entry)

@@ -62,8 +62,7 @@ if __name__ == "__main__":
     run_dir = args.run_dir or str(runs_home() / args.entry)
     if args.action == "train":
         max_cpu = None if args.cpu_minutes is None else 60.0 * args.cpu_minutes
-        train(args.entry, run_dir, args.iterations or RECIPES[args.entry]["iterations"], args.data_path, max_cpu,
-              parse_overrides(args.set))
+        train(args.entry, run_dir, args.iterations, args.data_path, max_cpu, parse_overrides(args.set))
     elif args.action == "score":
         print(score_snapshot(args.entry, run_dir, args.epoch, args.fid_samples, args.reference, args.data_path))
     elif args.action == "score-entry":
