@@ -477,13 +477,33 @@ class ResumableBackup(keras.callbacks.Callback):
             (self.directory / f"state-{old['index']}.weights.h5").unlink(missing_ok=True)
 
 
+def checkpoint_path(run_dir, epoch):
+    """The kept weights snapshot after ``epoch`` (1-based) of a ``fit_resumable`` run in ``run_dir``."""
+    return Path(run_dir) / "checkpoints" / f"epoch_{epoch:04d}.weights.h5"
+
+
+def pin_checkpoint(run_dir, epoch):
+    """Marks the snapshot after ``epoch`` as one that ``EpochWeights`` never thins out (``epoch_NNNN.keep``
+    beside it): a scored or exported snapshot stays, whatever the thinning."""
+    path = checkpoint_path(run_dir, epoch)
+    if not path.is_file():
+        raise FileNotFoundError(f"No snapshot of epoch {epoch} in {path.parent}.")
+    path.with_name(f"epoch_{epoch:04d}.keep").touch()
+
+
 class EpochWeights(keras.callbacks.Callback):
     """Keeps ``epoch_NNNN.weights.h5`` in ``directory`` after every epoch (written atomically): the weights to
-    go back to, or to export, from any epoch of a run. An epoch that a ``DivergenceGuard`` rolled back is skipped."""
+    go back to, or to export, from any epoch of a run. An epoch that a ``DivergenceGuard`` rolled back is skipped.
 
-    def __init__(self, directory):
+    ``keep_every`` (default ``None``: keep all) thins the history: once a snapshot is ``keep_last`` epochs old it
+    is deleted unless its epoch is a multiple of ``keep_every`` or it is pinned (``pin_checkpoint``). Only the
+    snapshot that just left the window is looked at, so files from before the thinning are never touched."""
+
+    def __init__(self, directory, keep_every=None, keep_last=20):
         super().__init__()
         self.directory = Path(directory)
+        self.keep_every = None if keep_every is None else check_positive_int(keep_every, "keep_every")
+        self.keep_last = check_positive_int(keep_last, "keep_last")
 
     def on_epoch_end(self, epoch, logs=None):
         from keras_shortrun import backend
@@ -492,6 +512,11 @@ class EpochWeights(keras.callbacks.Callback):
             return
         backend.sync_training_state(self.model)
         atomic_save_weights(self.model, self.directory / f"epoch_{epoch + 1:04d}.weights.h5")
+        old = epoch + 1 - self.keep_last
+        if self.keep_every is None or old < 1 or old % self.keep_every == 0:
+            return
+        if not (self.directory / f"epoch_{old:04d}.keep").exists():
+            (self.directory / f"epoch_{old:04d}.weights.h5").unlink(missing_ok=True)
 
 
 def completed_epochs(backup_dir):
@@ -577,12 +602,13 @@ class _ResumedLearningRate(keras.callbacks.Callback):
 
 def fit_resumable(model, x, out_dir, iterations, batch_size=64, iterations_per_epoch=100,
                   learning_rate=1e-4, beta_1=0.9, seed=0, grid_size=64, verbose=1, guard=None,
-                  max_cpu_seconds=None):
+                  max_cpu_seconds=None, keep_every=None):
     """``model.fit`` for ``iterations`` updates with a progress bar, a sample grid, a
     resumable backup (weights + optimizer + epoch) and a kept weights snapshot
     (``checkpoints/epoch_NNNN.weights.h5``, to go back to if a run diverges)
-    every ``iterations_per_epoch``, under a ``DivergenceGuard`` (``guard``; default: roll
-    back and stop), which raises ``TrainingDiverged`` after ``fit`` when it stopped the run.
+    every ``iterations_per_epoch`` (thinned to every ``keep_every``-th as ``EpochWeights`` says), under a
+    ``DivergenceGuard`` (``guard``; default: roll back and stop), which raises ``TrainingDiverged`` after
+    ``fit`` when it stopped the run.
 
     ``x``: images or a tuple ``(x, y)`` of any array type (checked and converted once, see
     ``checked_data``), or a ready stream of batches (a ``PyDataset`` such as
@@ -606,6 +632,8 @@ def fit_resumable(model, x, out_dir, iterations, batch_size=64, iterations_per_e
     grid_size = check_positive_int(grid_size, "grid_size")
     if max_cpu_seconds is not None:
         max_cpu_seconds = check_positive_float(max_cpu_seconds, "max_cpu_seconds")
+    if keep_every is not None:
+        keep_every = check_positive_int(keep_every, "keep_every")
     if guard is not None and not isinstance(guard, DivergenceGuard):
         raise TypeError(f"guard must be a DivergenceGuard or None, got {type(guard).__name__}.")
     if iterations % iterations_per_epoch:
@@ -632,7 +660,7 @@ def fit_resumable(model, x, out_dir, iterations, batch_size=64, iterations_per_e
         callbacks.append(_ResumedLearningRate(learning_rate, out_dir, verbose))
     callbacks += [
         guard,  # snapshots at the first batch, after the restore
-        EpochWeights(out_dir / "checkpoints"),
+        EpochWeights(out_dir / "checkpoints", keep_every),
         WallClock(out_dir / "wall_time.json", max_cpu_seconds),
         SampleGrid(out_dir / "samples", n=grid_size, seed=seed),
         keras.callbacks.CSVLogger(str(out_dir / "log.csv"), append=True),

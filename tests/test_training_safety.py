@@ -21,6 +21,7 @@ from keras_shortrun.training import DivergenceGuard
 from keras_shortrun.training import batches
 from keras_shortrun.training import fine_tune
 from keras_shortrun.training import fit_resumable
+from keras_shortrun.training import pin_checkpoint
 
 
 def tiny_ebm():
@@ -105,6 +106,17 @@ def test_an_epoch_rolled_back_and_continued_is_not_checkpointed(tmp_path):
     assert guard.stopped is None and len(guard.events) == 1
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_0001.weights.h5",
                                                                          "epoch_0003.weights.h5"]
+
+
+def test_snapshots_past_the_window_are_thinned_except_every_nth_and_pinned(tmp_path):
+    out = tmp_path / "run"
+    run(tiny_ebm(), out, 22, iterations_per_epoch=1, keep_every=4)  # 20 kept: epochs 1, 2 left the window
+    pin_checkpoint(out, 3)
+    run(tiny_ebm(), out, 25, iterations_per_epoch=1, keep_every=4)  # 3 (pinned), 4 (a 4th), 5 leave the window
+    kept = sorted(int(p.name[6:10]) for p in (out / "checkpoints").glob("epoch_*.weights.h5"))
+    assert kept == [3, 4, *range(6, 26)]
+    with pytest.raises(FileNotFoundError, match="No snapshot of epoch 5"):
+        pin_checkpoint(out, 5)
 
 
 def test_the_guard_snapshots_after_other_callbacks_restore(tmp_path):
@@ -247,6 +259,7 @@ def test_fine_tune_refuses_a_users_folder_before_training(tmp_path, entry, no_lo
     ("beta_1", 7.0, r"beta_1 must be a number in \[0, 1\)"),
     ("beta_1", float("nan"), r"beta_1 must be a number in \[0, 1\)"),
     ("guard", "strict", "guard must be a DivergenceGuard"),
+    ("keep_every", 0, "keep_every must be a positive integer"),
 ])
 def test_fit_resumable_refuses_bad_arguments_before_any_work(tmp_path, argument, value, pattern):
     with pytest.raises((ValueError, TypeError), match=pattern):

@@ -17,7 +17,9 @@ from keras_shortrun.evaluation import SCORE_PROTOCOL
 from keras_shortrun.images import save_grid
 from keras_shortrun.models import ShortRunEBM
 from keras_shortrun.training import DivergenceGuard
+from keras_shortrun.training import checkpoint_path
 from keras_shortrun.training import fit_resumable
+from keras_shortrun.training import pin_checkpoint
 from keras_shortrun.training import start_from_entry
 from keras_shortrun.zoo import info as read_metadata
 from keras_shortrun.zoo import load as load_entry
@@ -84,6 +86,7 @@ def chain_steps(recipe):
 
 # What a run was trained with, written at its start (``record_recipe``).
 RECIPE_FILE = "recipe.json"
+KEEP_EVERY = 10  # a campaign keeps every 10th epoch's snapshot past its last 20 (8 MB each for celeba_ebm)
 
 
 def parse_overrides(pairs):
@@ -150,11 +153,13 @@ def build(r):
     return ShortRunEBM.with_convnet(steps=r["steps"], **shared)
 
 
-def train(entry, run_dir, iterations=None, data_path=None, max_cpu_seconds=None, overrides=None):
+def train(entry, run_dir, iterations=None, data_path=None, max_cpu_seconds=None, overrides=None,
+          keep_every=KEEP_EVERY):
     """Trains ``entry`` in ``run_dir`` for ``iterations`` updates in all (default: the run's recipe's): resumes
     the run there, else starts from the committed entry's weights (same architecture) or from scratch
     (``training.start_from_entry`` says which). ``overrides`` (``{"dotted.key": value}``) change the recipe of a
-    new run, which records it (``record_recipe``)."""
+    new run, which records it (``record_recipe``). Snapshots are thinned to every ``keep_every``-th epoch past
+    the last 20 (``None``: all kept); scored and exported ones stay (``training.pin_checkpoint``)."""
     r = record_recipe(entry, run_dir, overrides or {})
     iterations = r["iterations"] if iterations is None else iterations
     x, _ = data.load(r["dataset"], "train", path=data_path)
@@ -165,7 +170,7 @@ def train(entry, run_dir, iterations=None, data_path=None, max_cpu_seconds=None,
         model, x, run_dir, iterations, batch_size=r["batch_size"],
         iterations_per_epoch=r["iterations_per_epoch"], learning_rate=r["learning_rate"],
         beta_1=r["beta_1"], seed=r["seed"], grid_size=16, verbose=2, max_cpu_seconds=max_cpu_seconds,
-        guard=DivergenceGuard(**r["divergence"]) if "divergence" in r else None,
+        guard=DivergenceGuard(**r["divergence"]) if "divergence" in r else None, keep_every=keep_every,
     )
     return model
 
@@ -240,7 +245,7 @@ def load_checkpoint(entry, run_dir, epoch):
     model = build(r)
     model.compile(optimizer=keras.optimizers.Adam(r["learning_rate"], beta_1=r["beta_1"]))
     model.optimizer.build(model.trainable_variables)
-    model.load_weights(Path(run_dir) / "checkpoints" / f"epoch_{epoch:04d}.weights.h5")
+    model.load_weights(checkpoint_path(run_dir, epoch))
     return model, log_row(run_dir, epoch)
 
 
@@ -257,6 +262,7 @@ def export_entry(entry, run_dir, entry_dir, data_path=None, recon_images=1000, r
     run_dir = Path(run_dir)
     epoch = last_epoch(run_dir) if epoch is None else epoch
     model, row = load_checkpoint(entry, run_dir, epoch)
+    pin_checkpoint(run_dir, epoch)
     figures = run_dir / "figures"
     figures.mkdir(exist_ok=True)
     save_grid(figures / "samples.png", model.sample(64, seed=0), scale=2)
@@ -367,6 +373,7 @@ def score_snapshot(entry, run_dir, epoch=None, fid_samples=SCORE_PROTOCOL["fid_s
     run_dir = Path(run_dir)
     epoch = last_epoch(run_dir) if epoch is None else epoch
     model, row = load_checkpoint(entry, run_dir, epoch)
+    pin_checkpoint(run_dir, epoch)
     score, samples = score_model(model, run_recipe(entry, run_dir)["dataset"], fid_samples, reference, data_path)
     save_grid(run_dir / "score_samples.png", samples[:64], scale=2)
     updates, cpu_seconds, wall_seconds = snapshot_totals(entry, run_dir, epoch, row)
