@@ -6,10 +6,13 @@ noise at every attack step (expectation over transformation, EOT): an attack
 that ignores the chain's randomness overstates its robustness.
 """
 
+import itertools
+
 import numpy as np
 from keras import ops
 
 from keras_shortrun import backend
+from keras_shortrun.seeds import stream
 from keras_shortrun.validation import check_images
 from keras_shortrun.validation import check_positive_float
 from keras_shortrun.validation import check_positive_int
@@ -23,8 +26,9 @@ def loss_gradient(model, chains=8, seed=0, batch_size=256):
     reproducible from ``seed``) or any Keras classifier mapping images to class probabilities.
     """
     if hasattr(model, "input_gradient"):
-        calls = iter(range(seed, seed + 2**31))
-        return lambda x, y: model.input_gradient(x, y, chains=chains, seed=next(calls), batch_size=batch_size)[0]
+        calls = itertools.count()
+        return lambda x, y: model.input_gradient(x, y, chains=chains, seed=stream(seed, f"call_{next(calls)}"),
+                                                 batch_size=batch_size)[0]
 
     def cross_entropy_gradient(images, labels):
         def cross_entropy(inputs):

@@ -295,7 +295,7 @@ def cmd_sample(args):
 
 def cmd_interpolate(args):
     from keras_shortrun.images import save_grid
-    from keras_shortrun.seeds import offset
+    from keras_shortrun.seeds import stream
 
     check_output_file(args.output, IMAGE_EXTENSIONS)
     family = model_family(args.model)
@@ -304,7 +304,8 @@ def cmd_interpolate(args):
                          "model.interpolate(x1, x2) in Python.")
     check_family("interpolate", args.model, COMMAND_FAMILIES["interpolate"], family)
     model = _load_family("interpolate", args.model, COMMAND_FAMILIES["interpolate"])
-    rows = [model.interpolate(n=args.n, seed=offset(args.seed, 3 * i), steps=args.steps)[0] for i in range(args.rows)]
+    rows = [model.interpolate(n=args.n, seed=stream(args.seed, f"row_{i}"), steps=args.steps)[0]
+            for i in range(args.rows)]
     save_grid(args.output, np.concatenate(rows), columns=args.n, scale=args.scale)
     print(f"wrote {args.rows} interpolation strips of {args.n} to {args.output}")
 

@@ -15,6 +15,7 @@ import numpy as np
 from keras_shortrun.errors import TrainingDiverged
 from keras_shortrun.hashing import sha256_file
 from keras_shortrun.images import save_grid
+from keras_shortrun.seeds import stream
 from keras_shortrun.validation import check_beta_1
 from keras_shortrun.validation import check_model_images
 from keras_shortrun.validation import check_positive_float
@@ -172,7 +173,7 @@ def semi_supervised_batches(x_labelled, y_labelled, x_unlabelled, batch_size, la
     unlabelled_count = batch_size - labelled_per_batch
     if not unlabelled_count:
         return labelled
-    unlabelled = batches(x_unlabelled, unlabelled_count, seed=seed + 1).map(
+    unlabelled = batches(x_unlabelled, unlabelled_count, seed=stream(seed, "unlabelled")).map(
         lambda x: (x, -tf.ones((unlabelled_count,), "int32"))
     )
     return tf.data.Dataset.zip(labelled, unlabelled).map(

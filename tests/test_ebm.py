@@ -1,5 +1,6 @@
 """Behaviour of ShortRunEBM: seeds, trajectories, saving, training, backends, input checks, reconstruction."""
 
+import itertools
 import json
 import math
 import os
@@ -17,6 +18,8 @@ from keras_shortrun import ShortRunEBM
 from keras_shortrun.models import EnergyConvNet
 from keras_shortrun.models import EnergyMLP
 from keras_shortrun.models import paper_chain
+from keras_shortrun.seeds import stream
+from keras_shortrun.seeds import stream_id
 
 
 def tiny_model(steps=5, seed=0, **chain_kwargs):
@@ -50,6 +53,42 @@ def test_sample_seed_is_reproducible_and_seeds_differ():
     clone = tiny_model(seed=123)
     clone.set_weights(model.get_weights())
     np.testing.assert_array_equal(first, clone.sample(6, seed=1))
+
+
+def test_public_calls_with_different_seeds_share_no_draw(monkeypatch):
+    """Every draw of a seeded call comes from a named stream of its seed (``seeds.stream``): with ``seed + k``
+    offsets, ``interpolate(seed=5)``'s second endpoint was ``interpolate(seed=6)``'s first."""
+    model = tiny_model(steps=2)
+    drawn = []
+    for method in ("initial_state", "draw_noise", "generate"):
+        original = getattr(ShortRunEBM, method)
+        monkeypatch.setattr(ShortRunEBM, method, lambda self, *a, _f=original, **k: drawn.append(k.get("seed"))
+                            or _f(self, *a, **k))
+    calls = {}
+    for seed in (5, 6):
+        for name, call in [("sample", lambda s: model.sample(2, seed=s)),
+                           ("interpolate", lambda s: model.interpolate(n=2, seed=s)),
+                           ("reconstruct", lambda s: model.reconstruct(smooth_images(2), iterations=1, seed=s))]:
+            drawn.clear()
+            call(seed)
+            calls[name, seed] = set(drawn) - {None}
+    assert all(len(seeds) >= 2 for seeds in calls.values())  # start and noise (interpolate: both endpoints too)
+    for (a, seed_a), (b, seed_b) in itertools.combinations(calls, 2):
+        if seed_a != seed_b:
+            assert not calls[a, seed_a] & calls[b, seed_b], (a, seed_a, b, seed_b)
+
+
+def test_named_streams_are_distinct_and_checked():
+    names = ["start", "noise", "endpoint_a", "endpoint_b", "posterior", "prior", "unlabelled", "row_0", "row_1"]
+    derived = [stream(seed, name) for seed in range(2000) for name in names]
+    assert len(set(derived)) == len(derived) and all(0 <= s < 2**32 for s in derived)
+    assert stream(None, "start") is None
+    ids = [stream_id(name) for name in ["chain", "step_size", "prior_0", "prior_1", "prior_2"]]
+    assert len(set(ids)) == len(ids) and all(2**16 <= i < 2**31 for i in ids)  # far from step indices
+    with pytest.raises(ValueError, match="non-empty name"):
+        stream(1, "")
+    with pytest.raises(ValueError, match="seed must be None or an integer"):
+        stream(-1, "start")
 
 
 def test_trajectory_shapes_first_and_last_states():

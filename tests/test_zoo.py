@@ -15,6 +15,8 @@ from keras_shortrun import metrics
 from keras_shortrun import zoo
 from keras_shortrun.export import TOLERANCE
 from keras_shortrun.models import ShortRunEBM
+from keras_shortrun.training import atomic_save_weights
+from keras_shortrun.training import checkpoint_path
 from keras_shortrun.zoo import registry
 
 sys.path.insert(0, str(ROOT / "tools"))
@@ -195,6 +197,7 @@ def test_a_run_started_from_an_entry_counts_on_from_it_and_keeps_its_curve(tmp_p
     totals = ebm_recipe.snapshot_totals("celeba_ebm", tmp_path, 3, {"cpu_time_s": "20.0", "wall_time_s": "25.0"})
     assert totals == (100 + 3 * per_epoch, 320.0, 425.0)
     ebm_recipe.record_score(tmp_path, score(130, 250.0))
+    ebm_recipe.record_score(tmp_path, {**score(130, 200.0), "seed": 7})  # a selection score: on neither
     found = ebm_recipe.scored_runs(tmp_path, 130)
     assert found["inception"] == score(130, 250.0)
     assert [r["updates"] for r in found["quality_curve"]] == [100, 130]  # the entry's curve, then the run's
@@ -249,6 +252,30 @@ def test_an_entry_is_scored_under_another_chain_with_its_own_weights(monkeypatch
     assert result["chain"]["steps"] == [40, 20, 15, 10]
     assert result["command"] == ("python tools/train_ebm.py celeba_ebm score-entry "
                                  "--set 'coarse_to_fine.steps=[40,20,15,10]'")
+
+
+def test_the_average_of_kept_snapshots_is_scored_without_recording(tmp_path, monkeypatch):
+    import ebm_recipe
+
+    recipe = ebm_recipe.record_recipe("mnist_ebm", tmp_path, {"filters": 4, "steps": 2})
+    model = ebm_recipe.build(recipe)
+    base = model.get_weights()
+    for epoch in (1, 2, 3, 4):
+        model.set_weights([w + epoch for w in base])
+        atomic_save_weights(model, checkpoint_path(tmp_path, epoch))
+    checkpoint_path(tmp_path, 3).unlink()  # thinned out: the average is over the snapshots kept
+    scored = {}
+
+    def score_model(model, dataset, fid_samples, reference, data_path):
+        scored.update(weights=model.get_weights(), dataset=dataset)
+        return {"fid": {"fid": 1.0}}, None
+
+    monkeypatch.setattr(ebm_recipe, "score_model", score_model)
+    result = ebm_recipe.score_average("mnist_ebm", tmp_path, epoch=4, count=3)
+    assert result["averaged_epochs"] == [2, 4] and scored["dataset"] == "mnist"
+    for mine, original in zip(scored["weights"], base):
+        np.testing.assert_allclose(mine, original + 3.0, rtol=1e-6, atol=1e-6)  # (2 + 4) / 2, float32 sums
+    assert not (tmp_path / ebm_recipe.SCORES_FILE).exists()
 
 
 @pytest.mark.parametrize("name", FEATURE_ENTRIES)

@@ -239,12 +239,18 @@ def snapshot_totals(entry, run_dir, epoch, row):
             origin["cpu_time_s"] + float(row["cpu_time_s"]), origin["wall_time_s"] + float(row["wall_time_s"]))
 
 
-def load_checkpoint(entry, run_dir, epoch):
-    """The model after ``epoch`` (1-based) of a run, and that epoch's log row (wall time, energies)."""
+def snapshot_model(entry, run_dir):
+    """An untrained model of a run's recipe, with the optimizer its snapshots hold (``checkpoint_path``)."""
     r = run_recipe(entry, run_dir)
     model = build(r)
     model.compile(optimizer=keras.optimizers.Adam(r["learning_rate"], beta_1=r["beta_1"]))
     model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def load_checkpoint(entry, run_dir, epoch):
+    """The model after ``epoch`` (1-based) of a run, and that epoch's log row (wall time, energies)."""
+    model = snapshot_model(entry, run_dir)
     model.load_weights(checkpoint_path(run_dir, epoch))
     return model, log_row(run_dir, epoch)
 
@@ -335,12 +341,13 @@ SCORES_FILE = "scores.jsonl"  # in a run folder: one scored snapshot per line, t
 
 
 def score_model(model, dataset, fid_samples=SCORE_PROTOCOL["fid_samples"], reference=SCORE_PROTOCOL["fid_reference"],
-                data_path=None):
-    """``(score, samples)``: ``evaluation.score_samples`` of chain samples (seed ``SCORE_PROTOCOL["seed"]``), and the
-    samples ``(N, H, W, C)``."""
+                data_path=None, seed=SCORE_PROTOCOL["seed"]):
+    """``(score, samples)``: ``evaluation.score_samples`` of chain samples (seed ``SCORE_PROTOCOL["seed"]``, or
+    another to choose among snapshots without choosing on the reported numbers), and the samples
+    ``(N, H, W, C)``."""
     from keras_shortrun import evaluation
 
-    samples = model.sample(max(fid_samples, SCORE_PROTOCOL["face_samples"]), seed=SCORE_PROTOCOL["seed"])
+    samples = model.sample(max(fid_samples, SCORE_PROTOCOL["face_samples"]), seed=seed)
     return evaluation.score_samples(samples, dataset, fid_samples, reference, data_path), samples
 
 
@@ -367,21 +374,44 @@ def score_entry_chain(entry, entry_dir, overrides, fid_samples=SCORE_PROTOCOL["f
 
 
 def score_snapshot(entry, run_dir, epoch=None, fid_samples=SCORE_PROTOCOL["fid_samples"],
-                   reference=SCORE_PROTOCOL["fid_reference"], data_path=None):
+                   reference=SCORE_PROTOCOL["fid_reference"], data_path=None, seed=SCORE_PROTOCOL["seed"]):
     """Scores a kept snapshot of an entry's run (default: the last) with ``score_model`` and records it with
-    the updates and CPU time it took, all told (``snapshot_totals``; ``record_score``)."""
+    the updates and CPU time it took, all told (``snapshot_totals``; ``record_score``). A score of another
+    ``seed`` than the protocol's is a selection score: recorded with its seed, kept off the quality curve."""
     run_dir = Path(run_dir)
     epoch = last_epoch(run_dir) if epoch is None else epoch
     model, row = load_checkpoint(entry, run_dir, epoch)
     pin_checkpoint(run_dir, epoch)
-    score, samples = score_model(model, run_recipe(entry, run_dir)["dataset"], fid_samples, reference, data_path)
+    score, samples = score_model(model, run_recipe(entry, run_dir)["dataset"], fid_samples, reference, data_path,
+                                 seed)
     save_grid(run_dir / "score_samples.png", samples[:64], scale=2)
     updates, cpu_seconds, wall_seconds = snapshot_totals(entry, run_dir, epoch, row)
-    score.update(updates=updates, cpu_minutes=cpu_seconds / 60, wall_minutes=wall_seconds / 60,
-                 command=f"python tools/train_ebm.py {entry} score --epoch {epoch} --fid-samples {fid_samples} "
-                         f"--reference {reference}")
+    command = f"python tools/train_ebm.py {entry} score --epoch {epoch} --fid-samples {fid_samples} " \
+              f"--reference {reference}"
+    if seed != SCORE_PROTOCOL["seed"]:
+        score["seed"], command = seed, f"{command} --seed {seed}"
+    score.update(updates=updates, cpu_minutes=cpu_seconds / 60, wall_minutes=wall_seconds / 60, command=command)
     record_score(run_dir, score)
     return score
+
+
+def score_average(entry, run_dir, epoch=None, count=20, fid_samples=SCORE_PROTOCOL["fid_samples"],
+                  reference=SCORE_PROTOCOL["fid_reference"], data_path=None):
+    """``score_model`` of the uniform average of the weights of a run's kept snapshots of epochs
+    ``epoch - count + 1 .. epoch`` (default: the last): does averaging the weights (as an EMA would) help the
+    short-run sampler? Records nothing (not a snapshot of the run's quality curve)."""
+    run_dir = Path(run_dir)
+    epoch = last_epoch(run_dir) if epoch is None else epoch
+    epochs = [e for e in range(epoch - count + 1, epoch + 1) if checkpoint_path(run_dir, e).is_file()]
+    model, total = snapshot_model(entry, run_dir), None
+    for e in epochs:
+        model.load_weights(checkpoint_path(run_dir, e))
+        weights = [np.asarray(w, np.float64) for w in model.get_weights()]
+        total = weights if total is None else [a + b for a, b in zip(total, weights)]
+    model.set_weights([(w / len(epochs)).astype(np.float32) for w in total])
+    score, _ = score_model(model, run_recipe(entry, run_dir)["dataset"], fid_samples, reference, data_path)
+    return {**score, "averaged_epochs": epochs,
+            "command": f"python tools/train_ebm.py {entry} score --epoch {epoch} --average-epochs {count}"}
 
 
 def run_scores(run_dir):
@@ -392,14 +422,14 @@ def run_scores(run_dir):
 
 def scored_runs(run_dir, iterations):
     """``inception``: the run's latest score of this snapshot at the largest N (``score_snapshot``);
-    ``quality_curve``: the scores under the ``SCORE_PROTOCOL`` protocol of the entry the run started from
-    (``run_origin``), then of the run; ``recipe_study``: the study's scored candidates beside it (else the
-    entry's)."""
+    ``quality_curve``: the scores under the ``SCORE_PROTOCOL`` protocol (its seed, its N) of the entry the run
+    started from (``run_origin``), then of the run; ``recipe_study``: the study's scored candidates beside it
+    (else the entry's). Selection scores (another seed) count for neither."""
     from keras_shortrun.training import runs_home
 
     found = {}
     inherited = run_origin(run_dir)["metadata"]
-    scores = run_scores(run_dir)
+    scores = [s for s in run_scores(run_dir) if s.get("seed", SCORE_PROTOCOL["seed"]) == SCORE_PROTOCOL["seed"]]
     this_snapshot = [s for s in scores if s["updates"] == iterations]
     if this_snapshot:
         found["inception"] = max(this_snapshot, key=lambda s: s["fid"]["n"])

@@ -23,6 +23,7 @@ from keras_shortrun.models import VAE
 from keras_shortrun.models import MultiLayerLVM
 from keras_shortrun.models import TopDownGenerator
 from keras_shortrun.models import posterior_chain
+from keras_shortrun.seeds import stream
 from keras_shortrun.training import fit_resumable
 from keras_shortrun.zoo import info as read_metadata
 from keras_shortrun.zoo import load as load_entry
@@ -127,7 +128,8 @@ def sample_and_reconstruction_figures(model, x_test, directory, seed=0):
 def figures(model, x_test, directory, seed=0):
     """The card's figures: samples, reconstructions, per-layer variation, inpainting, interpolation."""
     x = sample_and_reconstruction_figures(model, x_test, directory, seed)
-    rows = [np.concatenate([x[i : i + 1], model.vary_layer(x[i : i + 1], layer, n=9, seed=seed + layer)[0]])
+    rows = [np.concatenate([x[i : i + 1], model.vary_layer(x[i : i + 1], layer, n=9,
+                                                           seed=stream(seed, f"layer_{layer}"))[0]])
             for i in range(3) for layer in range(len(model.latent_dims))]
     save_grid(directory / "layers.png", np.concatenate(rows), columns=10, scale=2)
     if hasattr(model, "inpaint"):  # an amortised encoder cannot condition on a mask

@@ -8,6 +8,10 @@
     python tools/train_ebm.py mnist_ebm quality [--samples N]    # re-measures FD/KID of zoo/<entry> in place
     python tools/train_ebm.py celeba_ebm score [--epoch E]       # Inception FID (and face rate) of a snapshot,
                                                                  # appended to the run's scores.jsonl ([eval])
+    python tools/train_ebm.py celeba_ebm score --seed 7          # a selection score: recorded with its seed,
+                                                                 # kept off the card's quality curve
+    python tools/train_ebm.py celeba_ebm score --average-epochs 20  # the same of the average of the weights
+                                                                 # of the last 20 snapshots (recorded nowhere)
     python tools/train_ebm.py celeba_ebm score-entry [--set K=V] # the same of zoo/<entry>'s weights under the
                                                                  # recipe's chain, or another (no training)
     python tools/train_ebm.py mnist_ebm card                     # renders zoo/<entry>/README.md again (with
@@ -30,6 +34,7 @@ from ebm_recipe import export_entry  # noqa: E402
 from ebm_recipe import parse_overrides  # noqa: E402
 from ebm_recipe import refresh_quality  # noqa: E402
 from ebm_recipe import rewrite_card  # noqa: E402
+from ebm_recipe import score_average  # noqa: E402
 from ebm_recipe import score_entry_chain  # noqa: E402
 from ebm_recipe import score_snapshot  # noqa: E402
 from ebm_recipe import train  # noqa: E402
@@ -49,6 +54,11 @@ if __name__ == "__main__":
     parser.add_argument("--entry-dir", default=None, help="default: zoo/<entry>")
     parser.add_argument("--data-path", default=None)
     parser.add_argument("--epoch", type=int, default=None, help="snapshot to export (default: the last)")
+    parser.add_argument("--seed", type=int, default=SCORE_PROTOCOL["seed"],
+                        help="score: another sampling seed than the protocol's, to choose a snapshot by (such "
+                             "scores stay off the card's quality curve)")
+    parser.add_argument("--average-epochs", type=int, default=None,
+                        help="score: the average of the weights of this many epochs' snapshots up to --epoch")
     parser.add_argument("--recon-images", type=int, default=1000)
     parser.add_argument("--recon-iterations", type=int, default=200)
     parser.add_argument("--convergence-images", type=int, default=16,
@@ -63,8 +73,12 @@ if __name__ == "__main__":
     if args.action == "train":
         max_cpu = None if args.cpu_minutes is None else 60.0 * args.cpu_minutes
         train(args.entry, run_dir, args.iterations, args.data_path, max_cpu, parse_overrides(args.set))
+    elif args.action == "score" and args.average_epochs:
+        print(json.dumps(score_average(args.entry, run_dir, args.epoch, args.average_epochs, args.fid_samples,
+                                       args.reference, args.data_path)))
     elif args.action == "score":
-        print(score_snapshot(args.entry, run_dir, args.epoch, args.fid_samples, args.reference, args.data_path))
+        print(score_snapshot(args.entry, run_dir, args.epoch, args.fid_samples, args.reference, args.data_path,
+                             args.seed))
     elif args.action == "score-entry":
         print(json.dumps(score_entry_chain(args.entry, args.entry_dir or str(ROOT / "zoo" / args.entry),
                                            parse_overrides(args.set), args.fid_samples, args.reference,

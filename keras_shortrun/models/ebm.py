@@ -10,8 +10,8 @@ from keras_shortrun.layers import LangevinChain
 from keras_shortrun.models.energy import EnergyConvNet
 from keras_shortrun.models.energy import MultiscaleEnergy
 from keras_shortrun.optim import adam_step
-from keras_shortrun.seeds import offset
 from keras_shortrun.seeds import seed_generator
+from keras_shortrun.seeds import stream
 from keras_shortrun.validation import CheckedInputsMixin
 from keras_shortrun.validation import check_images
 from keras_shortrun.validation import check_optional_positive_int
@@ -253,9 +253,9 @@ class ShortRunEBM(CheckedInputsMixin, backend.TrainStepMixin, keras.Model):
         check_optional_positive_int(steps, "steps")
         check_optional_positive_int(trajectory_every, "trajectory_every")
         check_positive_int(batch_size, "batch_size")
-        z = self.initial_state(n, seed=seed)
+        z = self.initial_state(n, seed=stream(seed, "start"))
         return self.generate(
-            z, steps=steps, seed=offset(seed, 1),
+            z, steps=steps, seed=stream(seed, "noise"),
             trajectory_every=trajectory_every, batch_size=batch_size,
         )
 
@@ -270,15 +270,15 @@ class ShortRunEBM(CheckedInputsMixin, backend.TrainStepMixin, keras.Model):
         check_optional_positive_int(steps, "steps")
         check_seed(seed)
         rows = 1 if z1 is None else check_images(z1, self.data_shape, name="z1", value_range=None).shape[0]
-        z1 = self.initial_state(rows, seed=seed) if z1 is None else z1
-        z2 = self.initial_state(rows, seed=offset(seed, 1)) if z2 is None else z2
+        z1 = self.initial_state(rows, seed=stream(seed, "endpoint_a")) if z1 is None else z1
+        z2 = self.initial_state(rows, seed=stream(seed, "endpoint_b")) if z2 is None else z2
         z1 = check_images(z1, self.data_shape, name="z1", value_range=None)
         z2 = check_images(z2, self.data_shape, name="z2", value_range=None)
         if z1.shape != z2.shape:
             raise ValueError(f"z1 and z2 must have the same shape, got {z1.shape} and {z2.shape}.")
         rho = np.linspace(0.0, 1.0, n, dtype="float32").reshape((1, n) + (1,) * len(self.data_shape))
         path = rho * z1[:, None] + np.sqrt(1.0 - rho**2) * z2[:, None]
-        noise = self.draw_noise(rows, steps=steps, seed=offset(seed, 2))
+        noise = self.draw_noise(rows, steps=steps, seed=stream(seed, "noise"))
         noise = np.repeat(noise[:, None], n, axis=1)
         flat = path.reshape((rows * n,) + self.data_shape)
         out = self.generate(flat, noise=noise.reshape((rows * n,) + noise.shape[2:]), steps=steps)
@@ -301,8 +301,8 @@ class ShortRunEBM(CheckedInputsMixin, backend.TrainStepMixin, keras.Model):
         learning_rate = check_positive_float(learning_rate, "learning_rate")
         batch_size = check_positive_int(batch_size, "batch_size")
         steps = self.chain.steps if steps is None else check_positive_int(steps, "steps")
-        z = self.initial_state(x.shape[0], seed=seed)
-        noise = self.draw_noise(x.shape[0], steps=steps, seed=offset(seed, 1))
+        z = self.initial_state(x.shape[0], seed=stream(seed, "start"))
+        noise = self.draw_noise(x.shape[0], steps=steps, seed=stream(seed, "noise"))
         update = self._compiled_reconstruction_step(steps, learning_rate)
         results = []
         for start in range(0, x.shape[0], batch_size):

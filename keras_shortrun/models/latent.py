@@ -8,8 +8,9 @@ from keras import ops
 
 from keras_shortrun import backend
 from keras_shortrun.layers import gaussian_posterior_potential
-from keras_shortrun.seeds import offset
 from keras_shortrun.seeds import seed_generator
+from keras_shortrun.seeds import stream
+from keras_shortrun.seeds import stream_id
 from keras_shortrun.validation import CheckedInputsMixin
 from keras_shortrun.validation import check_images
 from keras_shortrun.validation import check_positive_int
@@ -94,8 +95,8 @@ class LatentImageModel(CheckedInputsMixin):
         x1, x2 = check_images(x1, self.image_shape, "x1"), check_images(x2, self.image_shape, "x2")
         if x1.shape != x2.shape:
             raise ValueError(f"x1 and x2 must have the same shape, got {x1.shape} and {x2.shape}.")
-        z1 = self.infer(x1, seed=seed)
-        z2 = self.infer(x2, seed=offset(seed, 1))
+        z1 = self.infer(x1, seed=stream(seed, "endpoint_a"))
+        z2 = self.infer(x2, seed=stream(seed, "endpoint_b"))
         t = np.linspace(0.0, 1.0, n, dtype="float32")[None, :, None]
         path = [((1.0 - t) * a[:, None] + t * b[:, None]).reshape(-1, a.shape[1]) for a, b in zip(z1, z2)]
         return self.decode(path).reshape((x1.shape[0], n) + self.image_shape)
@@ -108,8 +109,8 @@ class LatentImageModel(CheckedInputsMixin):
             raise ValueError(f"layer must be an integer in [0, {len(self.latent_dims)}), got {layer!r}.")
         check_seed(seed)
         x = check_images(x, self.image_shape)
-        latents = [np.repeat(z, n, axis=0) for z in self.infer(x, seed=seed)]
-        draws = self.prior_sample(x.shape[0] * n, seed=offset(seed, 1))
+        latents = [np.repeat(z, n, axis=0) for z in self.infer(x, seed=stream(seed, "posterior"))]
+        draws = self.prior_sample(x.shape[0] * n, seed=stream(seed, "prior"))
         latents[int(layer)] = draws[int(layer)]
         return self.decode(latents).reshape((x.shape[0], n) + self.image_shape)
 
@@ -136,7 +137,7 @@ class ShortRunPosterior:
 
     def _prior_draw(self, batch, seed, dtype):
         return [
-            backend.stateless_normal((batch, d), backend.fold_in(seed, 1_000_003 + layer), dtype)
+            backend.stateless_normal((batch, d), backend.fold_in(seed, stream_id(f"prior_{layer}")), dtype)
             for layer, d in enumerate(self.latent_dims)
         ]
 
@@ -145,7 +146,8 @@ class ShortRunPosterior:
         ``bptt=True`` keeps them differentiable w.r.t. ``x``, the generator and the step size."""
         z0 = self._prior_draw(ops.shape(x)[0], seed, x.dtype)
         potential = self.posterior_potential(x, mask)
-        return self.chain(z0, potential=potential, seed=backend.fold_in(seed, 7), steps=steps, bptt=bptt)
+        chain_seed = backend.fold_in(seed, stream_id("chain"))
+        return self.chain(z0, potential=potential, seed=chain_seed, steps=steps, bptt=bptt)
 
     def infer(self, x, steps=None, seed=None, batch_size=256, mask=None):
         """Posterior samples ``z_K`` for images ``x`` ``(B, *image_shape)``: a list of ``(B, d_l)`` numpy arrays."""

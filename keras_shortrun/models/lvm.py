@@ -11,6 +11,7 @@ from keras_shortrun.layers import LangevinChain
 from keras_shortrun.models.latent import LatentImageModel
 from keras_shortrun.models.latent import ShortRunPosterior
 from keras_shortrun.optim import adam_step
+from keras_shortrun.seeds import stream_id
 from keras_shortrun.validation import check_images
 from keras_shortrun.validation import check_positive_int
 from keras_shortrun.validation import check_seed
@@ -136,7 +137,7 @@ class MultiLayerLVM(ShortRunPosterior, LatentImageModel, backend.TrainStepMixin,
         z_k, log_det = self.chain.log_det_covariance(
             z0,
             potential,
-            seed=backend.fold_in(seed, 7),
+            seed=backend.fold_in(seed, stream_id("chain")),
             step_size=step_size,
             propagate_noise=self.entropy == "propagated",
         )
@@ -229,7 +230,7 @@ class MultiLayerLVM(ShortRunPosterior, LatentImageModel, backend.TrainStepMixin,
                 ops.copy(self.step_size_updates),
                 ops.copy(self.last_step_size_objective),
             )
-            update_seed = backend.fold_in(step_seed, 11)
+            update_seed = backend.fold_in(step_seed, stream_id("step_size"))
             self._apply_step_size_update(
                 ops.cond(due, lambda: self._step_size_update(subset, update_seed), lambda: current)
             )
