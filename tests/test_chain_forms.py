@@ -14,6 +14,7 @@ import math
 import keras
 import numpy as np
 import pytest
+from builders import tiny_ebm
 from conftest import ROOT
 from conftest import run_python
 from keras import ops
@@ -278,6 +279,6 @@ def test_campaign_starts_from_the_entry_then_resumes_its_folder(tmp_path, capsys
     assert "with another chain than the entry's" in capsys.readouterr().out
     for mine, theirs in zip(longer.get_weights(), entry.get_weights()):
         np.testing.assert_array_equal(mine, theirs)
-    other = ShortRunEBM.with_convnet(image_size=8, channels=1, filters=2, steps=2, seed=7)
+    other = tiny_ebm(steps=2, filters=2, seed=7)
     assert start_from_entry(other, tmp_path / "runs" / "other", entry_dir) == "scratch"
     assert "another architecture" in capsys.readouterr().out

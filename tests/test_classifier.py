@@ -4,28 +4,19 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from builders import tiny_classifier
 from conftest import run_python
 from keras import ops
 
 from keras_shortrun import attacks
 from keras_shortrun import backend
-from keras_shortrun.models import ConvTransposeGenerator
-from keras_shortrun.models import GenerativeClassifier
 from keras_shortrun.models import conv_net_baseline
-from keras_shortrun.models import mlp_head
-from keras_shortrun.models import thesis_chain
 from keras_shortrun.training import SemiSupervisedBatches
 
 
-def tiny_classifier(stage="generator", steps=3, seed=0, generative_weight=1.0, dtype=None):
-    kwargs = {} if dtype is None else {"dtype": dtype}
-    generator = ConvTransposeGenerator(6, 1, (4, 4, 2), name="generator", **kwargs)
-    head = mlp_head(6, 3, (5,))
-    chain = thesis_chain(steps=steps, step_size=0.3, seed=seed)
-    return GenerativeClassifier(
-        generator, head, 3, sigma=0.5, chain=chain, stage=stage, prediction_chains=4,
-        generative_weight=generative_weight, seed=seed,
-    )
+def classifier(stage="generator", **kwargs):
+    """This file's toy classifier: K=3 chains of step size 0.3, 4 chains per prediction."""
+    return tiny_classifier(stage, steps=3, step_size=0.3, prediction_chains=4, **kwargs)
 
 
 def images(n, seed=0):
@@ -48,7 +39,7 @@ def joint_loss(model, x, y, seed):
 
 
 def test_bptt_gradients_reach_generator_and_step_size_and_match_finite_differences(float64):
-    model = tiny_classifier("joint", generative_weight=0.0)
+    model = classifier("joint", generative_weight=0.0)
     x, y = tf.constant(images(4), "float64"), tf.constant([0, 1, 2, 1])
     seed = [3, 4]
     kernel = model.generator.deconvs[1].kernel
@@ -77,7 +68,7 @@ def test_bptt_gradients_reach_generator_and_step_size_and_match_finite_differenc
 
 
 def test_generator_stage_ignores_labels_and_only_the_generator_learns():
-    model = tiny_classifier("generator")
+    model = classifier("generator")
     frozen = model.head.weights + [model.chain.raw_step_size]
     before = {v.path: keras.ops.convert_to_numpy(v).copy() for v in model.generator.weights + frozen}
     model.compile(keras.optimizers.Adam(1e-2))
@@ -89,7 +80,7 @@ def test_generator_stage_ignores_labels_and_only_the_generator_learns():
 
 
 def test_unlabelled_examples_change_the_generator_but_not_the_heads_loss():
-    model = tiny_classifier("joint")
+    model = classifier("joint")
     x, y = images(6), np.array([0, 2, -1, -1, -1, -1])
     latents = [tf.constant(np.random.default_rng(1).normal(size=(6, 6)), "float32")]
     model.set_stage("head")  # fixed latents: compare with and without the unlabelled rows
@@ -116,7 +107,7 @@ def test_unlabelled_examples_change_the_generator_but_not_the_heads_loss():
 
 
 def test_input_gradient_is_the_eot_gradient_through_the_chain(float64):
-    model = tiny_classifier("joint")
+    model = classifier("joint")
     x, y = images(3, seed=2).astype("float64"), np.array([0, 1, 2])
     grads, probability = model.input_gradient(x, y, chains=4, seed=5)
     assert grads.shape == x.shape and probability.shape == (3,) and np.all((probability > 0) & (probability < 1))
@@ -139,7 +130,7 @@ def test_input_gradient_is_the_eot_gradient_through_the_chain(float64):
 
 
 def test_prediction_averages_independent_chains():
-    model = tiny_classifier("joint")
+    model = classifier("joint")
     x = images(5)
     p = model.predict_proba(x, chains=6, seed=1)
     assert p.shape == (5, 3)
@@ -153,7 +144,7 @@ def test_prediction_averages_independent_chains():
 
 
 def test_stages_train_with_fit_and_round_trip(tmp_path):
-    model = tiny_classifier()
+    model = classifier()
     x, y = images(16), np.array([0, 1, 2, -1] * 4)
     for stage in ("generator", "head", "joint"):
         model.set_stage(stage)
@@ -183,7 +174,7 @@ def test_semi_supervised_batches_carry_a_fixed_number_of_labels():
 
 
 def test_bad_inputs_name_the_problem():
-    model = tiny_classifier()
+    model = classifier()
     model.compile(keras.optimizers.Adam(1e-3))
     x = images(4)
     with pytest.raises(ValueError, match=r"\[0, 3\) or be -1"):
@@ -217,10 +208,8 @@ def test_conv_net_baseline_has_the_thesis_layout():
 def test_joint_stage_fits_on_jax():
     code = """
 import keras, numpy as np
-from keras_shortrun import attacks
-from keras_shortrun.models import ConvTransposeGenerator, GenerativeClassifier, mlp_head, thesis_chain
-model = GenerativeClassifier(ConvTransposeGenerator(6, 1, (4, 4, 2)), mlp_head(6, 3, (5,)), 3, sigma=0.5,
-                             chain=thesis_chain(3, 0.3, seed=0), stage="joint", seed=0)
+from builders import tiny_classifier
+model = tiny_classifier("joint", steps=3, step_size=0.3)
 model.compile(keras.optimizers.Adam(1e-2))
 x = np.random.default_rng(0).uniform(-1, 1, (16, 28, 28, 1)).astype("float32")
 step = float(model.chain.step_size[0])
@@ -267,7 +256,7 @@ def test_pgd_stays_in_the_ball_and_the_range_and_raises_the_loss():
 
 
 def test_eot_gradient_redraws_the_chain_noise_at_every_attack_step():
-    model = tiny_classifier("joint")
+    model = classifier("joint")
     gradient = attacks.loss_gradient(model, chains=2, seed=0)
     x, y = images(2), np.array([0, 1])
     first, second = gradient(x, y), gradient(x, y)

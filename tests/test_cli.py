@@ -4,6 +4,7 @@ import csv
 
 import numpy as np
 import pytest
+from builders import tiny_ebm
 from PIL import Image
 
 from keras_shortrun import cli
@@ -13,7 +14,7 @@ from keras_shortrun.models import ShortRunEBM
 
 @pytest.fixture(scope="module")
 def entry(tmp_path_factory):
-    model = ShortRunEBM.with_convnet(image_size=8, channels=1, filters=4, steps=6, seed=2)
+    model = tiny_ebm(steps=6, seed=2)
     return zoo.save_entry(model, tmp_path_factory.mktemp("zoo") / "tiny", {"name": "tiny"})
 
 

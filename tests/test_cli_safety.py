@@ -13,6 +13,8 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from builders import tiny_ebm
+from builders import tiny_images
 from conftest import ROOT
 from PIL import Image
 
@@ -21,11 +23,6 @@ from keras_shortrun import cli
 from keras_shortrun import data
 from keras_shortrun import export
 from keras_shortrun import zoo
-from keras_shortrun.models import ShortRunEBM
-
-
-def tiny_ebm(seed=0):
-    return ShortRunEBM.with_convnet(image_size=8, channels=1, filters=2, steps=1, seed=seed)
 
 
 def never(*args, **kwargs):
@@ -55,8 +52,9 @@ def plain_keras_file(tmp_path):
 TRAIN = ["train", "ebm", "--filters", "2", "--steps", "1", "--iterations", "1", "--every", "1", "--batch-size", "2"]
 
 
-def tiny_images(*args, **kwargs):
-    return np.random.default_rng(0).uniform(-1, 1, (4, 8, 8, 1)).astype("float32"), None
+def tiny_dataset(*args, **kwargs):
+    """``data.load``'s stand-in: 4 images, no labels."""
+    return tiny_images(4), None
 
 
 @pytest.mark.parametrize("files", [
@@ -87,7 +85,7 @@ def test_train_refuses_a_file_as_out(tmp_path, capsys, monkeypatch):
 def test_train_resumes_its_own_run_folder_only(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     out.mkdir()  # an empty folder is fine
-    monkeypatch.setattr(data, "load", tiny_images)
+    monkeypatch.setattr(data, "load", tiny_dataset)
     assert cli.main(TRAIN + ["--out", str(out)]) == 0
     assert {p.name for p in out.iterdir()} == {"backup", "checkpoints", "samples", "log.csv", "wall_time.json",
                                                "model.keras"}
@@ -156,20 +154,20 @@ def test_export_entry_refuses_a_folder_that_is_not_an_export(tmp_path, files, fa
     for name, content in files.items():
         (out / name).write_bytes(content)
     with pytest.raises(FileExistsError, match="refusing"):
-        export.export_entry(tiny_ebm(), out)
+        export.export_entry(tiny_ebm(steps=1, filters=2), out)
     assert tree(out) == {Path(name): content for name, content in files.items()}
     assert fake_exporter == []  # refused before any graph was written
 
 
 def test_export_entry_replaces_its_manifest_atomically(tmp_path, fake_exporter):
     out = tmp_path / "e"
-    first = export.export_entry(tiny_ebm(), out)
+    first = export.export_entry(tiny_ebm(steps=1, filters=2), out)
     assert fake_exporter == ["sampler.onnx", "chain.onnx"] and first["family"] == "ShortRunEBM"
     for name in ("sampler.onnx", "chain.onnx"):  # what to_onnx wrote, as keras_shortrun ONNX graphs
         real_onnx_graph(out / name)
     inode = (out / export.MANIFEST).stat().st_ino
     os.link(out / export.MANIFEST, tmp_path / "hard_link.json")  # another name for the same bytes
-    export.export_entry(tiny_ebm(), out, extra={"machine": "second run"})
+    export.export_entry(tiny_ebm(steps=1, filters=2), out, extra={"machine": "second run"})
     assert json.loads((out / export.MANIFEST).read_text())["machine"] == "second run"
     assert (out / export.MANIFEST).stat().st_ino != inode  # a new file renamed into place, not rewritten
     assert "machine" not in json.loads((tmp_path / "hard_link.json").read_text())
@@ -245,7 +243,7 @@ def test_serve_onnx_too_large_a_request_is_one_line(tmp_path, capsys):
 
 
 def test_an_export_error_is_one_line(tmp_path, capsys, monkeypatch):
-    entry = zoo.save_entry(tiny_ebm(), tmp_path / "tiny", {"name": "tiny"})
+    entry = zoo.save_entry(tiny_ebm(steps=1, filters=2), tmp_path / "tiny", {"name": "tiny"})
 
     def fails(*args, **kwargs):
         raise export.ExportError("tf2onnx left TensorFlow ops ['Foo'] in the 'sampler' graph")

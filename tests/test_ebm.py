@@ -10,6 +10,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+from builders import tiny_ebm
 from conftest import ROOT
 from conftest import run_python
 
@@ -22,15 +23,6 @@ from keras_shortrun.seeds import stream
 from keras_shortrun.seeds import stream_id
 
 
-def tiny_model(steps=5, seed=0, **chain_kwargs):
-    """8x8x1 images, nf=4: the paper-1 architecture at toy size."""
-    if not chain_kwargs:
-        return ShortRunEBM.with_convnet(image_size=8, channels=1, filters=4, steps=steps, seed=seed)
-    energy = EnergyConvNet(image_size=8, channels=1, filters=4, name="energy")
-    chain = LangevinChain(steps=steps, seed=seed, name="chain", **chain_kwargs)
-    return ShortRunEBM(energy, (8, 8, 1), chain=chain, seed=seed)
-
-
 def smooth_images(n, seed=0):
     """Low-frequency patterns in [-1, 1], shape (n, 8, 8, 1)."""
     rng = np.random.RandomState(seed)
@@ -41,7 +33,7 @@ def smooth_images(n, seed=0):
 
 # 6. Seeds and trajectories -------------------------------------------------------------------------------
 def test_sample_seed_is_reproducible_and_seeds_differ():
-    model = tiny_model()
+    model = tiny_ebm(steps=5)
     first = model.sample(6, seed=1)
     assert first.shape == (6, 8, 8, 1) and np.all(np.isfinite(first))
     np.testing.assert_array_equal(first, model.sample(6, seed=1))  # bit-identical
@@ -50,7 +42,7 @@ def test_sample_seed_is_reproducible_and_seeds_differ():
     assert np.all(first != model.sample(6, seed=2))
     assert np.all(model.sample(6) != model.sample(6))
     # Fresh instance with the same weights: the seed alone fixes the result (no hidden state).
-    clone = tiny_model(seed=123)
+    clone = tiny_ebm(steps=5, seed=123)
     clone.set_weights(model.get_weights())
     np.testing.assert_array_equal(first, clone.sample(6, seed=1))
 
@@ -58,7 +50,7 @@ def test_sample_seed_is_reproducible_and_seeds_differ():
 def test_public_calls_with_different_seeds_share_no_draw(monkeypatch):
     """Every draw of a seeded call comes from a named stream of its seed (``seeds.stream``): with ``seed + k``
     offsets, ``interpolate(seed=5)``'s second endpoint was ``interpolate(seed=6)``'s first."""
-    model = tiny_model(steps=2)
+    model = tiny_ebm(steps=2)
     drawn = []
     for method in ("initial_state", "draw_noise", "generate"):
         original = getattr(ShortRunEBM, method)
@@ -92,7 +84,7 @@ def test_named_streams_are_distinct_and_checked():
 
 
 def test_trajectory_shapes_first_and_last_states():
-    model = tiny_model(steps=5)
+    model = tiny_ebm(steps=5)
     z = model.initial_state(3, seed=4)
     assert z.min() >= -1 and z.max() <= 1
     noise = model.draw_noise(3, seed=5)
@@ -118,7 +110,7 @@ def test_trajectory_shapes_first_and_last_states():
 
 # 7. Saving ---------------------------------------------------------------------------------------------------
 def test_keras_file_round_trip_keeps_energy_samples_and_learned_step_size(tmp_path):
-    model = tiny_model(steps=4, step_size=0.5, noise_scale=0.01, learn_step_size=True)
+    model = tiny_ebm(steps=4, chain={"step_size": 0.5, "noise_scale": 0.01, "learn_step_size": True})
     model.chain.raw_step_size.assign([math.log(0.8)])  # a "learned", non-default step size
     x = smooth_images(4)
     path = tmp_path / "ebm.keras"
@@ -241,7 +233,7 @@ def test_backend_chosen_in_keras_json_is_checked_too(tmp_path):
 
 # 11. Bad inputs -------------------------------------------------------------------------------------------------------
 def test_bad_inputs_raise_value_errors_naming_the_problem():
-    model = tiny_model(steps=2)
+    model = tiny_ebm(steps=2)
     good = smooth_images(2)
     with pytest.raises(ValueError, match=r"\[-1.0, 1.0\].*0\.\.255"):
         model.reconstruct(np.full((2, 8, 8, 1), 200, np.uint8), iterations=1)
@@ -269,7 +261,7 @@ def test_bad_inputs_raise_value_errors_naming_the_problem():
 
 # 12. Reconstruction ---------------------------------------------------------------------------------------------------
 def test_reconstruct_reduces_the_error_of_the_initial_chain_output():
-    model = tiny_model(steps=5)
+    model = tiny_ebm(steps=5)
     x = smooth_images(4, seed=1)
     # reconstruct(seed=s) starts from initial_state(seed=s) with noise draw_noise(seed=s+1): the same start.
     start = model.generate(model.initial_state(4, seed=3), noise=model.draw_noise(4, seed=4))

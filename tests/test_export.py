@@ -13,6 +13,7 @@ import onnxruntime
 import pytest
 import tensorflow as tf
 import tf2onnx
+from builders import tiny_ebm
 from conftest import ROOT
 from conftest import run_python
 from PIL import Image
@@ -141,7 +142,7 @@ K = 3
 
 @pytest.fixture(scope="module")
 def ebm():
-    return ShortRunEBM.with_convnet(image_size=8, channels=1, filters=4, steps=K, clip=(-1.0, 1.0), seed=0)
+    return tiny_ebm(steps=K, clip=(-1.0, 1.0))
 
 
 @pytest.fixture(scope="module")
@@ -686,10 +687,10 @@ def test_zoo_export_regenerates_the_committed_graph(entry, graph, tmp_path):
 def test_verify_manifest_catches_a_changed_file_and_another_model(tiny_entry, tmp_path, ebm):
     model = zoo.load(tiny_entry)
     export.export_entry(model, tmp_path / "e", timing_batch=1, repeats=1)
-    other = ShortRunEBM.with_convnet(image_size=8, channels=1, filters=4, steps=K, clip=(-1.0, 1.0), seed=1)
+    other = tiny_ebm(steps=K, seed=1, clip=(-1.0, 1.0))
     with pytest.raises(ValueError, match="max \\|ONNX - Keras\\|"):
         export.verify_manifest(other, tmp_path / "e")
-    longer = ShortRunEBM.with_convnet(image_size=8, channels=1, filters=4, steps=K + 1, clip=(-1.0, 1.0))
+    longer = tiny_ebm(steps=K + 1, clip=(-1.0, 1.0))
     with pytest.raises(ValueError, match="graph description"):
         export.verify_manifest(longer, tmp_path / "e")
     with open(tmp_path / "e" / "chain.onnx", "ab") as f:

@@ -4,6 +4,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from builders import tiny_images
+from builders import tiny_lvm
 from conftest import run_python
 from keras import ops
 
@@ -179,17 +181,6 @@ for flag in (True, False):
         assert np.all(error <= float32_log_det_bound(condition)), (flag, error)
 
 
-def tiny_lvm(seed=0, every=1):
-    generator = TopDownGenerator([2, 3], image_size=8, channels=1, width=8, name="generator")
-    return MultiLayerLVM(
-        generator, chain=posterior_chain(2, steps=3, seed=seed), step_size_every=every, step_size_batch=2, seed=seed
-    )
-
-
-def tiny_images(n=8, seed=0):
-    return np.random.default_rng(seed).uniform(-1, 1, (n, 8, 8, 1)).astype("float32")
-
-
 def test_generator_shapes_and_resolutions():
     for size, channels in ((28, 1), (32, 3), (64, 3)):
         generator = TopDownGenerator([4, 4, 8], image_size=size, channels=channels, width=16)
@@ -205,7 +196,7 @@ def test_fit_updates_generator_and_step_sizes_then_round_trips(tmp_path):
     model = tiny_lvm()
     model.compile(optimizer=keras.optimizers.Adam(1e-3, beta_1=0.5))
     before = [w.copy() for w in model.generator.get_weights()]
-    history = model.fit(tiny_images(), batch_size=4, epochs=2, verbose=0)
+    history = model.fit(tiny_images(8), batch_size=4, epochs=2, verbose=0)
     assert all(np.isfinite(v[-1]) for v in history.history.values())
     assert any(not np.allclose(a, b) for a, b in zip(before, model.generator.get_weights()))
     assert not np.allclose(ops.convert_to_numpy(model.chain.step_size), 0.05)  # 4 step-size updates ran
@@ -273,7 +264,7 @@ def test_vae_trains_and_round_trips(tmp_path):
     generator = TopDownGenerator([2, 3], image_size=8, channels=1, width=8, name="generator")
     model = VAE(generator, seed=0)
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
-    history = model.fit(tiny_images(), batch_size=4, epochs=2, verbose=0)
+    history = model.fit(tiny_images(8), batch_size=4, epochs=2, verbose=0)
     assert set(history.history) == {"loss", "mse", "kl"}
     path = tmp_path / "vae.keras"
     model.save(path)
@@ -284,15 +275,14 @@ def test_vae_trains_and_round_trips(tmp_path):
 def test_lvm_and_vae_fit_on_jax():
     code = """
 import numpy as np, sys, keras
-sys.path.insert(0, "tests")
-from test_lvm import tiny_lvm, tiny_images
+from builders import tiny_lvm, tiny_images
 from keras_shortrun.models import VAE, TopDownGenerator
 model = tiny_lvm()
 model.compile(optimizer=keras.optimizers.Adam(1e-3))
-h = model.fit(tiny_images(), batch_size=4, epochs=1, verbose=0)
+h = model.fit(tiny_images(8), batch_size=4, epochs=1, verbose=0)
 vae = VAE(TopDownGenerator([2, 3], image_size=8, width=8), seed=0)
 vae.compile(optimizer=keras.optimizers.Adam(1e-3))
-hv = vae.fit(tiny_images(), batch_size=4, epochs=1, verbose=0)
+hv = vae.fit(tiny_images(8), batch_size=4, epochs=1, verbose=0)
 print(int(np.asarray(model.step_size_updates)), h.history["loss"][-1], hv.history["loss"][-1])
 """
     updates, lvm_loss, vae_loss = run_python(code, backend="jax").split()[-3:]

@@ -6,6 +6,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+from builders import tiny_ebm
 from conftest import ROOT
 from conftest import run_python
 
@@ -108,10 +109,9 @@ def test_tensorflow_xla_on_cpu_unrolls_and_matches_the_default(tmp_path):
     """``KERAS_SHORTRUN_TF_XLA=1``: compiled methods go through XLA, "auto" unrolls, and the chain gives the
     default path's numbers (same weights and noise; differences are convolution rounding). Both paths run in
     fresh processes, so the test means the same whatever the environment of the test run."""
-    from keras_shortrun.models import ShortRunEBM
 
     keras.utils.set_random_seed(0)
-    model = ShortRunEBM.with_convnet(image_size=8, channels=1, filters=4, steps=5, seed=0)
+    model = tiny_ebm(steps=5)
     np.savez(tmp_path / "in.npz", z=model.initial_state(3, seed=1), noise=model.draw_noise(3, seed=2),
              **{f"w{i}": w for i, w in enumerate(model.get_weights())})
     for flag, unrolled in (("1", True), ("0", False)):  # "0": the default TF path, a while loop without XLA

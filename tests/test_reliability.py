@@ -17,6 +17,9 @@ import numpy as np
 import onnx
 import pytest
 import tensorflow as tf
+from builders import tiny_classifier
+from builders import tiny_ebm
+from builders import tiny_lvm
 from conftest import run_python
 from PIL import Image
 
@@ -32,13 +35,6 @@ from keras_shortrun.export import build_graph
 from keras_shortrun.export import check_inputs
 from keras_shortrun.export import onnx_parity
 from keras_shortrun.layers import LangevinChain
-from keras_shortrun.models import ConvTransposeGenerator
-from keras_shortrun.models import GenerativeClassifier
-from keras_shortrun.models import MultiLayerLVM
-from keras_shortrun.models import ShortRunEBM
-from keras_shortrun.models import TopDownGenerator
-from keras_shortrun.models import mlp_head
-from keras_shortrun.models import thesis_chain
 from keras_shortrun.serving import OnnxSampler
 from keras_shortrun.training import DivergenceGuard
 from keras_shortrun.training import fit_resumable
@@ -48,21 +44,6 @@ sys.path.insert(0, str(ROOT / "tools"))
 DOC = ROOT / "docs" / "reliability.md"
 TABLE_START, TABLE_END = "<!-- bad-input table: start -->", "<!-- bad-input table: end -->"
 SAMPLER = ROOT / "export" / "mnist_ebm" / "sampler.onnx"
-
-
-def tiny_ebm():
-    return ShortRunEBM.with_convnet(image_size=8, channels=1, filters=4, steps=3, seed=0)
-
-
-def tiny_lvm():
-    generator = TopDownGenerator((4, 2), image_size=8, channels=1, width=4, name="generator")
-    return MultiLayerLVM(generator, sigma=0.3, seed=0)
-
-
-def tiny_classifier(stage="head"):
-    generator = ConvTransposeGenerator(6, 1, (4, 4, 2), name="generator")
-    return GenerativeClassifier(generator, mlp_head(6, 3, (5,)), 3, sigma=0.5, chain=thesis_chain(steps=2),
-                                stage=stage)
 
 
 def images(shape=(2, 8, 8, 1), value=0.5):
@@ -360,7 +341,7 @@ def test_refused_save_keeps_the_previous_entry(tmp_path):
 def diverging_run(learning_rate=10.0, **guard_kwargs):
     """A tiny EBM with Adam at ``learning_rate`` (10 blows its energy gap up within two batches)."""
     keras.utils.set_random_seed(0)
-    model = ShortRunEBM.with_convnet(image_size=8, channels=1, filters=4, steps=3, seed=0, clip=(-1, 1))
+    model = tiny_ebm(clip=(-1, 1))
     model.compile(optimizer=keras.optimizers.Adam(learning_rate))
     x = np.random.default_rng(0).uniform(-1, 1, (64, 8, 8, 1)).astype("float32")
     return model, x, DivergenceGuard(max_energy_gap=1e3, verbose=False, **guard_kwargs)

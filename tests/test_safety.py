@@ -12,18 +12,14 @@ import h5py
 import keras
 import numpy as np
 import pytest
+from builders import tiny_ebm
 from conftest import ROOT
 
 from keras_shortrun import cli
 from keras_shortrun import export
 from keras_shortrun import zoo
-from keras_shortrun.models import ShortRunEBM
 from keras_shortrun.saving import UnsafeModelError
 from keras_shortrun.saving import load_keras_file
-
-
-def tiny_ebm(seed=0):
-    return ShortRunEBM.with_convnet(image_size=8, channels=1, filters=4, steps=2, seed=seed)
 
 
 def pin(directory):
@@ -59,7 +55,7 @@ def code_carrying_model(marker):
 # Foreign code ----------------------------------------------------------------------------------------------
 def test_a_lambda_in_an_entry_is_refused_by_name_even_when_unsafe_mode_is_on(tmp_path, unsafe_process):
     marker = tmp_path / "marker"
-    entry = zoo.save_entry(tiny_ebm(), tmp_path / "entry", {"name": "entry"})
+    entry = zoo.save_entry(tiny_ebm(steps=2), tmp_path / "entry", {"name": "entry"})
     (entry / "config.json").write_text(json.dumps(keras.saving.serialize_keras_object(code_carrying_model(marker))))
     marker.unlink()  # building the model above ran the lambda once
     pin(entry)
@@ -74,7 +70,7 @@ def test_a_lambda_in_an_entry_is_refused_by_name_even_when_unsafe_mode_is_on(tmp
     {"module": "evil", "class_name": "Layer", "config": {}, "registered_name": "keras_shortrun>NotOurs"},
 ])
 def test_a_config_naming_an_unknown_class_is_refused_by_name(tmp_path, node):
-    entry = zoo.save_entry(tiny_ebm(), tmp_path / "entry", {"name": "entry"})
+    entry = zoo.save_entry(tiny_ebm(steps=2), tmp_path / "entry", {"name": "entry"})
     config = json.loads((entry / "config.json").read_text())
     config["config"]["energy"] = node
     (entry / "config.json").write_text(json.dumps(config))
@@ -99,10 +95,10 @@ def test_a_keras_file_with_a_lambda_is_refused_by_the_cli_too(tmp_path, unsafe_p
 def test_weights_swapped_after_the_check_are_never_loaded(tmp_path):
     """``model.weights.h5`` is a link that another thread flips between the pinned weights and foreign ones,
     as fast as it can, while the entry is loaded 40 times: every load gets the pinned weights or refuses."""
-    entry = zoo.save_entry(tiny_ebm(seed=0), tmp_path / "entry", {"name": "entry"})
+    entry = zoo.save_entry(tiny_ebm(steps=2, seed=0), tmp_path / "entry", {"name": "entry"})
     good, foreign = entry / "good.h5", entry / "foreign.h5"
     (entry / "model.weights.h5").rename(good)
-    other = tiny_ebm(seed=1)
+    other = tiny_ebm(steps=2, seed=1)
     other.set_weights([w + 1.0 for w in other.get_weights()])
     other.save_weights(tmp_path / "foreign.weights.h5")
     (tmp_path / "foreign.weights.h5").rename(foreign)
@@ -141,7 +137,7 @@ def test_weights_swapped_after_the_check_are_never_loaded(tmp_path):
 
 
 def test_a_link_out_of_the_entry_folder_is_refused(tmp_path):
-    entry = zoo.save_entry(tiny_ebm(), tmp_path / "entry", {"name": "entry"})
+    entry = zoo.save_entry(tiny_ebm(steps=2), tmp_path / "entry", {"name": "entry"})
     outside = tmp_path / "elsewhere.h5"
     (entry / "model.weights.h5").rename(outside)
     (entry / "model.weights.h5").symlink_to(outside)
@@ -159,46 +155,46 @@ def user_folder(path):
 def test_save_entry_refuses_a_folder_that_is_not_an_entry(tmp_path):
     folder = user_folder(tmp_path / "mine")
     with pytest.raises(FileExistsError, match="not a zoo entry"):
-        zoo.save_entry(tiny_ebm(), folder, {})
+        zoo.save_entry(tiny_ebm(steps=2), folder, {})
     assert (folder / "thesis.tex").read_text() == "three years of work"
 
 
 def test_save_entry_replaces_its_own_entry_and_spares_a_neighbour_named_like_its_backup(tmp_path):
-    entry = zoo.save_entry(tiny_ebm(seed=0), tmp_path / "entry", {"name": "entry"})
+    entry = zoo.save_entry(tiny_ebm(steps=2, seed=0), tmp_path / "entry", {"name": "entry"})
     neighbour = user_folder(tmp_path / "entry.old")
-    zoo.save_entry(tiny_ebm(seed=1), entry, {"name": "entry"})
+    zoo.save_entry(tiny_ebm(steps=2, seed=1), entry, {"name": "entry"})
     assert (neighbour / "thesis.tex").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["entry", "entry.old"]
     (entry / "notes.txt").write_text("mine")  # an entry that holds a file of the user's is no longer replaced
     with pytest.raises(FileExistsError, match="notes.txt"):
-        zoo.save_entry(tiny_ebm(seed=2), entry, {"name": "entry"})
+        zoo.save_entry(tiny_ebm(steps=2, seed=2), entry, {"name": "entry"})
 
 
 def test_save_entry_replaces_the_extra_files_it_wrote_and_no_others(tmp_path):
     card, figure = tmp_path / "README.md", tmp_path / "samples.png"
     card.write_text("# card")
     figure.write_bytes(b"png")
-    entry = zoo.save_entry(tiny_ebm(seed=0), tmp_path / "entry", {"name": "entry"}, extra_files=[card, figure])
+    entry = zoo.save_entry(tiny_ebm(steps=2, seed=0), tmp_path / "entry", {"name": "entry"}, extra_files=[card, figure])
     assert zoo.info(entry)["extra_files"] == ["README.md", "samples.png"]
-    zoo.save_entry(tiny_ebm(seed=1), entry, {"name": "entry"}, extra_files=[card])  # its own figure may go
+    zoo.save_entry(tiny_ebm(steps=2, seed=1), entry, {"name": "entry"}, extra_files=[card])  # its own figure may go
     assert sorted(p.name for p in entry.iterdir()) == ["README.md", "config.json", "metadata.json", "model.weights.h5"]
     (entry / "notes.md").write_text("mine")  # named like a card, but not one the entry wrote
     (entry / "plot.png").write_bytes(b"mine")
     with pytest.raises(FileExistsError, match="notes.md, plot.png"):
-        zoo.save_entry(tiny_ebm(seed=2), entry, {"name": "entry"}, extra_files=[card])
+        zoo.save_entry(tiny_ebm(steps=2, seed=2), entry, {"name": "entry"}, extra_files=[card])
     assert (entry / "notes.md").read_text() == "mine" and (entry / "plot.png").read_bytes() == b"mine"
 
 
 def test_saved_model_export_refuses_a_users_folder_and_overwrites_its_own_only_when_asked(tmp_path):
     folder = user_folder(tmp_path / "mine")
     with pytest.raises(FileExistsError, match="not a keras_shortrun SavedModel"):
-        export.to_saved_model(tiny_ebm(), folder, steps=1)
+        export.to_saved_model(tiny_ebm(steps=2), folder, steps=1)
     assert tree(folder) == {folder.joinpath("thesis.tex").relative_to(folder): b"three years of work"}
     ours = tmp_path / "sampler"
-    export.to_saved_model(tiny_ebm(), ours, steps=1)
+    export.to_saved_model(tiny_ebm(steps=2), ours, steps=1)
     with pytest.raises(FileExistsError, match="overwrite=True"):
-        export.to_saved_model(tiny_ebm(), ours, steps=1)
-    export.to_saved_model(tiny_ebm(), ours, steps=2, overwrite=True)
+        export.to_saved_model(tiny_ebm(steps=2), ours, steps=1)
+    export.to_saved_model(tiny_ebm(steps=2), ours, steps=2, overwrite=True)
     assert json.loads((ours / "keras_shortrun.json").read_text())["steps"] == 2
 
 
@@ -206,12 +202,12 @@ def test_onnx_export_refuses_a_file_that_is_not_its_graph(tmp_path):
     precious = tmp_path / "precious.onnx"
     precious.write_text("not a graph")
     with pytest.raises(FileExistsError, match="not an ONNX graph written by keras_shortrun"):
-        export.to_onnx(tiny_ebm(), precious, overwrite=True)
+        export.to_onnx(tiny_ebm(steps=2), precious, overwrite=True)
     assert precious.read_text() == "not a graph"
 
 
 def test_cli_export_never_deletes_a_users_folder(tmp_path, capsys):
-    entry = zoo.save_entry(tiny_ebm(), tmp_path / "entry", {"name": "entry"})
+    entry = zoo.save_entry(tiny_ebm(steps=2), tmp_path / "entry", {"name": "entry"})
     folder = user_folder(tmp_path / "mine")
     for extra in ([], ["--overwrite"]):
         args = ["export", str(entry), "--format", "saved_model", "-o", str(folder), "--steps", "1"]
@@ -232,13 +228,13 @@ def test_predict_checks_every_array_type(tmp_path):
         with pytest.raises(ValueError, match="to_model_range"):
             model.evaluate(array, np.array([1, 2]), verbose=0)
     with pytest.raises(ValueError, match="to_model_range"):
-        tiny_ebm().fit(tf.constant(np.full((4, 8, 8, 1), 255.0, "float32")), epochs=1, verbose=0)
+        tiny_ebm(steps=2).fit(tf.constant(np.full((4, 8, 8, 1), 255.0, "float32")), epochs=1, verbose=0)
 
 
 @pytest.mark.parametrize("learning_rate", [-0.5, 0.0, float("nan"), float("inf"), "0.1", True])
 def test_reconstruct_refuses_a_learning_rate_that_cannot_descend(learning_rate):
     with pytest.raises(ValueError, match="learning_rate must be a finite number above 0"):
-        tiny_ebm().reconstruct(np.zeros((1, 8, 8, 1), "float32"), iterations=1, learning_rate=learning_rate)
+        tiny_ebm(steps=2).reconstruct(np.zeros((1, 8, 8, 1), "float32"), iterations=1, learning_rate=learning_rate)
 
 
 # The CLI: one line, exit 2, before any work -----------------------------------------------------------------
@@ -280,7 +276,7 @@ def test_a_successful_cli_run_prints_nothing_on_stderr(tmp_path):
 
 
 def test_weights_of_another_architecture_name_the_file(tmp_path):
-    entry = zoo.save_entry(tiny_ebm(), tmp_path / "entry", {"name": "entry"})
+    entry = zoo.save_entry(tiny_ebm(steps=2), tmp_path / "entry", {"name": "entry"})
     with h5py.File(entry / "model.weights.h5", "a") as f:  # a kernel of another shape under the same name
         name = next(n for n in _datasets(f) if n.endswith("vars/0"))
         data = f[name][...]

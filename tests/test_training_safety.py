@@ -9,14 +9,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from builders import tiny_classifier
+from builders import tiny_ebm
+from builders import tiny_images
 
 from keras_shortrun import zoo
 from keras_shortrun.errors import TrainingDiverged
-from keras_shortrun.models import ConvTransposeGenerator
-from keras_shortrun.models import GenerativeClassifier
-from keras_shortrun.models import ShortRunEBM
-from keras_shortrun.models import mlp_head
-from keras_shortrun.models import thesis_chain
 from keras_shortrun.training import DivergenceGuard
 from keras_shortrun.training import batches
 from keras_shortrun.training import fine_tune
@@ -24,26 +22,12 @@ from keras_shortrun.training import fit_resumable
 from keras_shortrun.training import pin_checkpoint
 
 
-def tiny_ebm():
-    return ShortRunEBM.with_convnet(image_size=8, channels=1, filters=4, steps=3, seed=0)
-
-
-def tiny_classifier(stage="head"):
-    generator = ConvTransposeGenerator(6, 1, (4, 4, 2), name="generator")
-    return GenerativeClassifier(generator, mlp_head(6, 3, (5,)), 3, sigma=0.5, chain=thesis_chain(steps=2),
-                                stage=stage)
-
-
-def data(n=16, shape=(8, 8, 1)):
-    return np.random.default_rng(0).uniform(-1, 1, (n, *shape)).astype("float32")
-
-
 def run(model, out, iterations, **kwargs):
     """``fit_resumable`` with the tiny settings of these tests (batches of 4, epochs of 2 updates)."""
     options = dict(batch_size=4, iterations_per_epoch=2, grid_size=4, verbose=0)
     options.update(kwargs)
     x = options.pop("x", None)
-    return fit_resumable(model, data() if x is None else x, out, iterations, **options)
+    return fit_resumable(model, tiny_images() if x is None else x, out, iterations, **options)
 
 
 def weights_of(model):
@@ -129,7 +113,7 @@ def test_the_guard_snapshots_after_other_callbacks_restore(tmp_path):
     fresh = tiny_ebm()
     fresh.compile(optimizer=keras.optimizers.Adam(1e-4))
     guard = DivergeAt(2)
-    fresh.fit(batches(data(), 4, start=2), epochs=3, steps_per_epoch=2, verbose=0,
+    fresh.fit(batches(tiny_images(), 4, start=2), epochs=3, steps_per_epoch=2, verbose=0,
               callbacks=[guard, ResumableBackup(tmp_path / "run" / "backup")])
     assert guard.stopped
     for expected, actual in zip(trained, weights_of(fresh)):
@@ -153,7 +137,7 @@ def test_resuming_with_other_images_is_refused(tmp_path):
     out = tmp_path / "run"
     run(tiny_ebm(), out, 2)
     with pytest.raises(ValueError, match=r"examples.*16.*24"):
-        run(tiny_ebm(), out, 4, x=data(24))
+        run(tiny_ebm(), out, 4, x=tiny_images(24))
 
 
 def test_resuming_with_a_new_learning_rate_applies_it(tmp_path, capsys):
@@ -180,13 +164,13 @@ def test_resuming_with_a_new_learning_rate_applies_it(tmp_path, capsys):
 ])
 def test_fit_resumable_checks_a_classifiers_labels(tmp_path, labels, pattern):
     with pytest.raises(ValueError, match=pattern):
-        run(tiny_classifier(), tmp_path / "run", 2, x=(data(8, (28, 28, 1)), np.asarray(labels)))
+        run(tiny_classifier(), tmp_path / "run", 2, x=(tiny_images(8, (28, 28, 1)), np.asarray(labels)))
     assert not (tmp_path / "run").exists()
 
 
 def test_a_labelled_stage_needs_labels(tmp_path):
     with pytest.raises(ValueError, match="learns from labels"):
-        run(tiny_classifier("head"), tmp_path / "run", 2, x=(data(8, (28, 28, 1)), np.full(8, -1)))
+        run(tiny_classifier("head"), tmp_path / "run", 2, x=(tiny_images(8, (28, 28, 1)), np.full(8, -1)))
     assert not (tmp_path / "run").exists()
 
 
@@ -196,7 +180,7 @@ def test_any_array_type_is_batched_with_batch_size_and_resumed(tmp_path, convert
         jnp = pytest.importorskip("jax.numpy")
         convert = jnp.asarray
     out = tmp_path / "run"
-    x = data()
+    x = tiny_images()
     run(tiny_ebm(), out, 2, x=x)
     model = tiny_ebm()
     first = []  # the first batch that fit would train on (the stream is read once only: tf.data reshuffles)
@@ -209,9 +193,9 @@ def test_any_array_type_is_batched_with_batch_size_and_resumed(tmp_path, convert
 
 def test_images_of_any_type_are_range_checked_before_any_folder(tmp_path):
     with pytest.raises(ValueError, match="must lie in"):
-        run(tiny_ebm(), tmp_path / "run", 2, x=tf.constant(data() * 255))
+        run(tiny_ebm(), tmp_path / "run", 2, x=tf.constant(tiny_images() * 255))
     with pytest.raises(ValueError, match="batch_size=8"):
-        run(tiny_ebm(), tmp_path / "run", 2, x=data(4), batch_size=8)
+        run(tiny_ebm(), tmp_path / "run", 2, x=tiny_images(4), batch_size=8)
     assert not (tmp_path / "run").exists()
 
 
@@ -240,7 +224,8 @@ def no_loading(monkeypatch):
 ])
 def test_fine_tune_refuses_bad_arguments_before_loading(tmp_path, entry, no_loading, argument, value, pattern):
     with pytest.raises(ValueError, match=pattern):
-        fine_tune(entry, data(8), tmp_path / "tuned", **dict({"iterations": 2, "batch_size": 4}, **{argument: value}))
+        fine_tune(entry, tiny_images(8), tmp_path / "tuned",
+                  **dict({"iterations": 2, "batch_size": 4}, **{argument: value}))
     assert not (tmp_path / "tuned").exists()
 
 
@@ -249,7 +234,7 @@ def test_fine_tune_refuses_a_users_folder_before_training(tmp_path, entry, no_lo
     folder.mkdir()
     (folder / "notes.txt").write_text("the user's work")
     with pytest.raises(FileExistsError, match="refusing to replace it"):
-        fine_tune(entry, data(8), folder, iterations=2, batch_size=4)
+        fine_tune(entry, tiny_images(8), folder, iterations=2, batch_size=4)
     assert (folder / "notes.txt").read_text() == "the user's work"
 
 

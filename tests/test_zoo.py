@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from builders import tiny_ebm
 from conftest import ROOT
 from conftest import assert_matches_golden
 from conftest import rounding_tolerance
@@ -14,7 +15,6 @@ from conftest import rounding_tolerance
 from keras_shortrun import metrics
 from keras_shortrun import zoo
 from keras_shortrun.export import TOLERANCE
-from keras_shortrun.models import ShortRunEBM
 from keras_shortrun.training import atomic_save_weights
 from keras_shortrun.training import checkpoint_path
 from keras_shortrun.zoo import registry
@@ -33,7 +33,7 @@ INCEPTION_ENTRIES = [r["name"] for r in zoo.list() if zoo.info(r["name"])["famil
 
 @pytest.fixture
 def tiny_entry(tmp_path):
-    model = ShortRunEBM.with_convnet(image_size=8, channels=1, filters=4, steps=3, seed=1)
+    model = tiny_ebm(seed=1)
     directory = zoo.save_entry(model, tmp_path / "tiny", {"name": "tiny", "chain": {"steps": 3}})
     return model, directory
 
@@ -167,7 +167,8 @@ def test_scored_runs_take_this_snapshots_largest_score_and_the_protocol_curve(tm
     assert json.loads((tmp_path / "score.json").read_text()) == score(300, n, 200.0)  # the latest
     found = ebm_recipe.scored_runs(tmp_path, 200)
     assert found["inception"] == score(200, n, 250.0)  # this snapshot, at the protocol's N
-    assert [r["updates"] for r in found["quality_curve"]] == [100, 200, 300]  # the N=250 row is not on the curve
+    # Not on the curve: the N=250 row, and the later snapshot (300), which is not the one exported.
+    assert [r["updates"] for r in found["quality_curve"]] == [100, 200]
     assert "recipe_study" not in found
     table = ebm_recipe.curve_table({"name": "celeba_ebm", **found})
     assert "| 200 | 0.33 | - | 250.0 |" in table and "floor 14.0" in table
@@ -198,6 +199,7 @@ def test_a_run_started_from_an_entry_counts_on_from_it_and_keeps_its_curve(tmp_p
     assert totals == (100 + 3 * per_epoch, 320.0, 425.0)
     ebm_recipe.record_score(tmp_path, score(130, 250.0))
     ebm_recipe.record_score(tmp_path, {**score(130, 200.0), "seed": 7})  # a selection score: on neither
+    ebm_recipe.record_score(tmp_path, score(140, 240.0))  # a later snapshot than the one exported
     found = ebm_recipe.scored_runs(tmp_path, 130)
     assert found["inception"] == score(130, 250.0)
     assert [r["updates"] for r in found["quality_curve"]] == [100, 130]  # the entry's curve, then the run's
@@ -340,7 +342,7 @@ def test_registered_name_wins_over_a_local_folder(tmp_path, monkeypatch):
 
 
 def test_extra_files_cannot_shadow_entry_files(tmp_path):
-    model = ShortRunEBM.with_convnet(image_size=8, channels=1, filters=4, steps=3, seed=1)
+    model = tiny_ebm(seed=1)
     fake = tmp_path / "config.json"
     fake.write_text("{}")
     with pytest.raises(ValueError, match="extra_files"):

@@ -423,8 +423,8 @@ def run_scores(run_dir):
 def scored_runs(run_dir, iterations):
     """``inception``: the run's latest score of this snapshot at the largest N (``score_snapshot``);
     ``quality_curve``: the scores under the ``SCORE_PROTOCOL`` protocol (its seed, its N) of the entry the run
-    started from (``run_origin``), then of the run; ``recipe_study``: the study's scored candidates beside it
-    (else the entry's). Selection scores (another seed) count for neither."""
+    started from (``run_origin``), then of the run up to this snapshot; ``recipe_study``: the study's scored
+    candidates beside it (else the entry's). Selection scores (another seed) count for neither."""
     from keras_shortrun.training import runs_home
 
     found = {}
@@ -433,7 +433,8 @@ def scored_runs(run_dir, iterations):
     this_snapshot = [s for s in scores if s["updates"] == iterations]
     if this_snapshot:
         found["inception"] = max(this_snapshot, key=lambda s: s["fid"]["n"])
-    curve = inherited.get("quality_curve", []) + [s for s in scores if s["fid"]["n"] == SCORE_PROTOCOL["fid_samples"]]
+    curve = inherited.get("quality_curve", []) + [
+        s for s in scores if s["fid"]["n"] == SCORE_PROTOCOL["fid_samples"] and s["updates"] <= iterations]
     if curve:
         found["quality_curve"] = curve
     study = sorted((runs_home() / f"study_{Path(run_dir).name}").glob("*/score.json"))
