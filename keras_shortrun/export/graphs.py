@@ -136,7 +136,7 @@ def _random_inputs(noise, *infos):
 
 def _ebm_graph(model, graph, steps, noise):
     start = "z0" if graph == "sampler" else "x0"
-    shape = model.data_shape
+    shape = model.image_shape
 
     def run(inputs, normal):
         x0 = inputs[start]

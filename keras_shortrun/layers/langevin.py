@@ -134,9 +134,12 @@ class LangevinChain(keras.layers.Layer):
     @property
     def step_size(self):
         """Positive step sizes, shape ``(groups,)``."""
-        if self.parametrization == "log":
-            return ops.exp(self.raw_step_size)
-        return ops.softplus(self.raw_step_size)
+        return self.step_size_from_raw(self.raw_step_size)
+
+    def step_size_from_raw(self, raw):
+        """The positive step sizes that raw values ``raw`` ``(groups,)`` (the weight's or candidates for it)
+        stand for under the chain's ``parametrization``."""
+        return ops.exp(raw) if self.parametrization == "log" else ops.softplus(raw)
 
     def pyramid(self, x):
         """``[x]``: the data at the chain's one resolution (see ``CoarseToFineChain.pyramid``)."""

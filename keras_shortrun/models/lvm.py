@@ -144,15 +144,12 @@ class MultiLayerLVM(ShortRunPosterior, LatentImageModel, backend.TrainStepMixin,
         log_q0 = sum(-0.5 * ops.sum(ops.square(z), axis=1) for z in z0)  # the 2 pi terms cancel with log p's
         return log_q0 - 0.5 * log_det + potential(z_k) - self.log_likelihood_constant()
 
-    def _raw_to_step_size(self, raw):
-        return ops.exp(raw) if self.chain.parametrization == "log" else ops.softplus(raw)
-
     def _step_size_update(self, x, seed):
         """One Adam step of the chain's raw step sizes on the objective; returns the new state (no assignment)."""
         raw = ops.copy(self.chain.raw_step_size)
 
         def objective(raw_values):
-            return self.step_size_objective_terms(x, seed, step_size=self._raw_to_step_size(raw_values))
+            return self.step_size_objective_terms(x, seed, step_size=self.chain.step_size_from_raw(raw_values))
 
         values, grad = backend.value_and_grad(objective, raw)
         batch = ops.cast(ops.shape(x)[0], grad.dtype)
