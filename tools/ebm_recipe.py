@@ -57,9 +57,12 @@ RECIPES = {
     # on the clip walls, 8x8 gap +28). From cifar10_ebm's entry, `python tools/probe_ebm_stability.py
     # cifar10_ebm` (summed gaps): no penalty -26 after 180 updates (diverged); lr 5e-5 -4.4 after 400 and
     # drifting; penalty 1.0 between -0.8 and -1.9 over 400 (docs/celeba_ebm_study.md, "Stability").
+    # Since the sixth session its 8x8 stage runs 50 updates, as celeba_ebm's: the 3,080-update entry scored Inception
+    # FID 217.8 with 30 and 175.4 with 50, same weights (`python tools/train_ebm.py cifar10_ebm score-entry --set
+    # 'coarse_to_fine.steps=[50,20,15]'`).
     "cifar10_ebm": {
         "dataset": "cifar10", "image_size": 32, "channels": 3, "filters": 16,
-        "coarse_to_fine": {"resolutions": (8, 16, 32), "steps": (30, 20, 15), "anneal_steps": 5},
+        "coarse_to_fine": {"resolutions": (8, 16, 32), "steps": (50, 20, 15), "anneal_steps": 5},
         "batch_size": 32, "learning_rate": 2e-4, "clip": (-1.0, 1.0), "beta_1": 0.9,
         "iterations": 100_000, "iterations_per_epoch": 10, "seed": 0,
         "divergence": {"max_energy_gap": 30.0, "learning_rate_factor": 0.5}, "gradient_penalty": 1.0,
