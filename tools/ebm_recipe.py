@@ -205,7 +205,8 @@ def last_epoch(run_dir):
     """The last epoch (1-based) of a run that has both a weights snapshot and a log row."""
     with open(Path(run_dir) / "log.csv") as f:
         logged = {int(row["epoch"]) + 1 for row in csv.DictReader(f)}
-    saved = {int(p.name.split("_")[1].split(".")[0]) for p in (Path(run_dir) / "checkpoints").glob("epoch_*")}
+    saved = {int(p.name[len("epoch_"):-len(".weights.h5")])
+             for p in (Path(run_dir) / "checkpoints").glob("epoch_*.weights.h5")}
     return max(logged & saved)
 
 
@@ -582,13 +583,17 @@ BUDGET_NOTES = {
                    "coarse-to-fine chain without its 64x64 stage (8 -> 16 -> 32, one nf=16 energy per resolution, "
                    "see docs/celeba_ebm_study.md for why that recipe), on one CPU core beside the celeba_ebm "
                    "campaign on the other. It is a campaign entry too: `python tools/train_ebm.py cifar10_ebm "
-                   "train` resumes its run folder. The snapshot of 2026-12-04 (3,080 updates) is the last healthy "
-                   "one of the first run: after it a coarse resolution's energy ran away (the summed loss went "
-                   "from -0.2 to -4e4 in 60 epochs while the 32x32 gap stayed near 3), and campaign runs are now "
-                   "guarded on the summed loss. Against the previous entry (paper 1's chain, K=50, 1,750 updates; "
-                   "its card in the git history) it halves FD and KID but reconstructs worse (held-out MSE 0.087 "
-                   "against 0.067): the chain reads its start on the 8x8 subgrid, so reconstruction can move only "
-                   "8x8x3 of the start's values. The CIFAR-10 "
+                   "train` resumes its run folder. Its first run ended at 3,080 updates (2026-12-04), the last "
+                   "healthy snapshot before a coarse resolution's energy ran away (the summed loss went from -0.2 "
+                   "to -4e4 in 60 epochs while the 32x32 gap stayed near 3); campaign runs are now guarded on the "
+                   "summed loss and train with an input-gradient penalty of 1. Since the sixth session (2026-12-06) "
+                   "its 8x8 stage runs 50 updates, as celeba_ebm's: the 3,080-update weights scored Inception FID "
+                   "217.8 with 30 and 175.4 with 50 (`python tools/train_ebm.py cifar10_ebm score-entry --set "
+                   "'coarse_to_fine.steps=[50,20,15]'`), and 4,140 more updates with it (25 CPU-minutes on one "
+                   "core; 84 in all) reached 160.3, the snapshot above. The coarse-to-fine chain reads its "
+                   "start on the 8x8 subgrid, so reconstruction moves only 8x8x3 of the start's values; it now "
+                   "reconstructs about as well as paper 1's chain did (0.067, the entry before 2026-12-04). The "
+                   "CIFAR-10 "
                    "subset's images are JPEG-compressed (see shared/data/README.md), so the model also learns JPEG "
                    "block artefacts.",
     "celeba_ebm": "No GPU was lent to this project's sessions. What differs from paper 1, and why: paper 1 runs "

@@ -29,11 +29,11 @@ SHORT_RUN_EBM_PRESETS = {
         },
     },
     "cifar10_ebm": {
-        "description": "Short-run EBM (paper-1 ConvNet, nf=16, K=50, clamped) on the JPEG CIFAR-10 subset 32x32, "
-                       "CPU budget.",
+        "description": "Short-run EBM, coarse-to-fine chain 8->16->32 (K=85, nf=16 per resolution) on the JPEG "
+                       "CIFAR-10 subset 32x32, CPU budget.",
         "sha256": {
-            "config.json": "a7d0e53a088a00f66ee0cad68977c1a3d57da5164b8b46817d4dc25066885e49",
-            "model.weights.h5": "d11bba323750ec934507c6c6b5529d9db3979c4c0575c7e9224c0ce558c1fdd1",
+            "config.json": "d9258dccd7b1a2ba90546c18f058be423494a34d7a565b03a0f088df7218c420",
+            "model.weights.h5": "115b658a5286531a0e13fbfcdc98685916850628ceeefc16a1f124bbd3166f29",
         },
     },
     "celeba_ebm": {
