@@ -33,7 +33,7 @@ SHORT_RUN_EBM_PRESETS = {
                        "CIFAR-10 subset 32x32, CPU budget.",
         "sha256": {
             "config.json": "d9258dccd7b1a2ba90546c18f058be423494a34d7a565b03a0f088df7218c420",
-            "model.weights.h5": "115b658a5286531a0e13fbfcdc98685916850628ceeefc16a1f124bbd3166f29",
+            "model.weights.h5": "26c9689875e1082ff7503836319ab66ca233c68017e58cc5f8a05b3cc9774889",
         },
     },
     "celeba_ebm": {
