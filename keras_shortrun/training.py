@@ -483,17 +483,23 @@ def checkpoint_path(run_dir, epoch):
     return Path(run_dir) / "checkpoints" / f"epoch_{epoch:04d}.weights.h5"
 
 
+def _pin_marker(snapshot):
+    """The file beside a snapshot that keeps ``EpochWeights`` from thinning it out."""
+    return snapshot.with_name(snapshot.name.replace(".weights.h5", ".keep"))
+
+
 def pin_checkpoint(run_dir, epoch):
     """Marks the snapshot after ``epoch`` as one that ``EpochWeights`` never thins out (``epoch_NNNN.keep``
     beside it): a scored or exported snapshot stays, whatever the thinning."""
     path = checkpoint_path(run_dir, epoch)
     if not path.is_file():
         raise FileNotFoundError(f"No snapshot of epoch {epoch} in {path.parent}.")
-    path.with_name(f"epoch_{epoch:04d}.keep").touch()
+    _pin_marker(path).touch()
 
 
 class EpochWeights(keras.callbacks.Callback):
-    """Keeps ``epoch_NNNN.weights.h5`` in ``directory`` after every epoch (written atomically): the weights to
+    """Keeps ``epoch_NNNN.weights.h5`` in ``directory`` (a run's ``checkpoints/``, see ``checkpoint_path``) after every
+    epoch (written atomically): the weights to
     go back to, or to export, from any epoch of a run. An epoch that a ``DivergenceGuard`` rolled back is skipped.
 
     ``keep_every`` (default ``None``: keep all) thins the history: once a snapshot is ``keep_last`` epochs old it
@@ -512,12 +518,13 @@ class EpochWeights(keras.callbacks.Callback):
         if rolled_back(self.model, epoch):
             return
         backend.sync_training_state(self.model)
-        atomic_save_weights(self.model, self.directory / f"epoch_{epoch + 1:04d}.weights.h5")
+        atomic_save_weights(self.model, checkpoint_path(self.directory.parent, epoch + 1))
         old = epoch + 1 - self.keep_last
         if self.keep_every is None or old < 1 or old % self.keep_every == 0:
             return
-        if not (self.directory / f"epoch_{old:04d}.keep").exists():
-            (self.directory / f"epoch_{old:04d}.weights.h5").unlink(missing_ok=True)
+        snapshot = checkpoint_path(self.directory.parent, old)
+        if not _pin_marker(snapshot).exists():
+            snapshot.unlink(missing_ok=True)
 
 
 def completed_epochs(backup_dir):
