@@ -1,4 +1,5 @@
-"""The ``keras-shortrun`` command: zoo listing, sampling, interpolation, reconstruction, training (EBM, LVM)."""
+"""The ``keras-shortrun`` command: zoo listing, sampling, interpolation, reconstruction, classification, training
+(every family, from the recipes), export and ONNX serving."""
 
 import argparse
 import fnmatch
@@ -90,13 +91,15 @@ def check_distinct_outputs(*named_paths):
 
 # What ``keras-shortrun train`` (``fit_resumable`` and ``model.save``) writes into a run folder, by name:
 # top-level files, and folders with the glob patterns of their files (``.*partial*``: a write cut short).
-RUN_FILES = ("log.csv", "wall_time.json", "model.keras")
+RUN_FILES = ("log.csv", "wall_time.json", "model.keras", "recipe.json", "hardware.json", "started_from.json")
 RUN_FOLDERS = {
     "backup": ("state-*.weights.h5", "state-*.json", ".state-*.partial.weights.h5", ".state-*.json.partial",
                "settings.json", ".settings.json.partial"),
-    "checkpoints": ("epoch_*.weights.h5", ".epoch_*.partial.weights.h5"),
+    "checkpoints": ("epoch_*.weights.h5", ".epoch_*.partial.weights.h5", "epoch_*.keep"),
     "samples": ("samples_*.png",),
 }
+STAGE_FOLDER = re.compile(r"generator|(head|joint)_\d+")  # recipes.stage_dir
+RECIPE_RECORD_KEYS = frozenset({"overrides", "recipe"})  # recipes.record_recipe's record
 STATE_RECORD_KEYS = frozenset({"index", "epoch", "weights", "sha256", "seed_states"})  # ResumableBackup's records
 SETTINGS_KEYS = frozenset({"data", "iterations_per_epoch"})  # in backup/settings.json, written as a run starts
 
@@ -114,8 +117,9 @@ def check_run_folder(out):
     """Raises ``ValueError`` unless ``train`` may write into ``out``: absent, an empty folder, or a run folder
     that ``train`` wrote, to resume. That is decided by name, before any data is loaded (``fit_resumable``
     writes no marker): every entry is one of ``RUN_FILES`` or ``RUN_FOLDERS`` (plain files of the folder's
-    patterns, no links), and ``backup/`` holds a state record of ``ResumableBackup`` or the run's
-    ``settings.json``, unless the folder holds nothing but empty files and cut-short writes (a run stopped in
+    patterns, no links, or a classifier's stage folders), and ``backup/`` holds a state record of
+    ``ResumableBackup`` or the run's ``settings.json``, or ``recipe.json`` is ``recipes.record_recipe``'s record,
+    unless the folder holds nothing but empty files and cut-short writes (a run stopped in
     its first epoch: nothing to lose). Anything else is a user's folder, whose ``model.keras`` would be
     replaced and ``log.csv`` appended to. A ``wall_time.json`` must be the record ``WallClock`` reads."""
     out = Path(out)
@@ -130,6 +134,8 @@ def check_run_folder(out):
             foreign.append(entry.name)
         elif entry.name in RUN_FILES and entry.is_file():
             files.append(entry)
+        elif entry.is_dir() and STAGE_FOLDER.fullmatch(entry.name) and not entry.is_symlink():
+            continue  # a classifier run's stage: a run folder of its own, checked on its own
         elif entry.name in RUN_FOLDERS and entry.is_dir():
             for inner in sorted(entry.iterdir()):
                 if inner.is_symlink() or not inner.is_file() or \
@@ -141,7 +147,8 @@ def check_run_folder(out):
             foreign.append(entry.name)
     backup = out / "backup"
     ours = backup.is_dir() and (any(_holds_keys(p, STATE_RECORD_KEYS) for p in backup.glob("state-*.json"))
-                                or _holds_keys(backup / "settings.json", SETTINGS_KEYS))
+                                or _holds_keys(backup / "settings.json", SETTINGS_KEYS)) \
+        or _holds_keys(out / "recipe.json", RECIPE_RECORD_KEYS)
     nothing_to_lose = all(p.stat().st_size == 0 or ".partial" in p.name for p in files)
     if foreign or not (ours or nothing_to_lose):
         held = ", ".join(foreign[:5] if foreign else sorted(p.name for p in out.iterdir())[:5])
@@ -370,36 +377,30 @@ def cmd_classify(args):
 
 
 def cmd_train(args):
-    from keras_shortrun import data
-    from keras_shortrun.training import fit_resumable
+    from keras_shortrun import recipes
+    from keras_shortrun.training import runs_home
 
-    check_run_folder(args.out)
-    x, _ = data.load(args.data, "train", path=args.data_path)
-    if args.family == "ebm":
-        from keras_shortrun.models import ShortRunEBM
-
-        model = ShortRunEBM.with_convnet(
-            image_size=x.shape[1], channels=x.shape[3], filters=args.filters, steps=args.steps,
-            clip=None if args.no_clip else (-1.0, 1.0), seed=args.seed,
-        )
-        beta_1 = 0.9
-    else:
-        from keras_shortrun.models import MultiLayerLVM
-        from keras_shortrun.models import TopDownGenerator
-        from keras_shortrun.models import posterior_chain
-
-        generator = TopDownGenerator(args.latent_dims, x.shape[1], x.shape[3], args.width, name="generator")
-        model = MultiLayerLVM(
-            generator, sigma=args.sigma, seed=args.seed, step_size_every=args.step_size_every,
-            chain=posterior_chain(len(args.latent_dims), steps=args.steps, step_size=args.step_size, seed=args.seed),
-        )
-        beta_1 = 0.5
-    fit_resumable(
-        model, x, args.out, args.iterations, batch_size=args.batch_size,
-        iterations_per_epoch=args.every, learning_rate=args.learning_rate, beta_1=beta_1, seed=args.seed,
-    )
-    model.save(Path(args.out) / "model.keras")
-    print(f"saved {Path(args.out) / 'model.keras'}; checkpoints and sample grids are in {args.out}")
+    overrides = recipes.parse_overrides(args.set)
+    try:
+        recipe = recipes.check(recipes.apply_overrides(recipes.load(args.recipe), overrides))
+    except KeyError as error:
+        raise ValueError(error.args[0]) from None
+    classifier = recipe["family"] == "classifier"
+    if not classifier and (args.stage or args.labels):
+        raise ValueError(f"--stage and --labels are for classifier recipes; {args.recipe!r} is a {recipe['family']}.")
+    out = Path(args.out) if args.out else runs_home() / args.recipe
+    stages = (("generator", "head", "joint") if args.stage in (None, "all") else (args.stage,)) if classifier \
+        else (None,)
+    labels = args.labels or 1000
+    folders = [recipes.stage_dir(out, stage, labels) if classifier else out for stage in stages]
+    for folder in [out] + folders:
+        check_run_folder(folder)
+    for stage, folder in zip(stages, folders):
+        model = recipes.train(args.recipe, out, overrides, args.iterations, variant=stage,
+                              labels=None if stage in (None, "generator") else labels, data_path=args.data_path,
+                              start_from=args.recipe if args.from_entry else None)
+        model.save(folder / "model.keras")
+        print(f"saved {folder / 'model.keras'}; checkpoints and sample grids are in {folder}")
 
 
 def cmd_serve_onnx(args):
@@ -439,6 +440,8 @@ def cmd_export(args):
 
 
 def build_parser():
+    from keras_shortrun import recipes
+
     parser = _Parser(prog="keras-shortrun", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -510,30 +513,27 @@ def build_parser():
                         help="replace an earlier export of keras_shortrun at the output path (never other files)")
     export.set_defaults(func=cmd_export)
 
-    train = sub.add_parser("train", help="train a model (resumable)")
-    train_sub = train.add_subparsers(dest="family", required=True, parser_class=_Parser)
-    ebm = train_sub.add_parser("ebm", help="short-run EBM with the paper-1 ConvNet")
-    lvm = train_sub.add_parser("lvm", help="multi-layer latent variable model with short-run inference")
-    for p, steps, lr in ((ebm, 100, 1e-4), (lvm, 25, 8e-5)):
-        p.add_argument("--data", default="mnist")
-        p.add_argument("--data-path", default=None)
-        p.add_argument("--out", required=True, help="run folder: checkpoints, grids, log; rerun to resume")
-        p.add_argument("--steps", type=_positive_int, default=steps, help="Langevin steps K")
-        p.add_argument("--iterations", type=_positive_int, default=10000)
-        p.add_argument("--every", type=_positive_int, default=100, help="iterations between checkpoints and grids")
-        p.add_argument("--batch-size", type=_positive_int, default=64)
-        p.add_argument("--learning-rate", type=_positive_float, default=lr)
-        p.add_argument("--seed", type=_seed, default=0)
-        p.set_defaults(func=cmd_train)
-    ebm.add_argument("--filters", type=_positive_int, default=32)
-    ebm.add_argument("--no-clip", action="store_true",
-                     help="do not clamp the chain to [-1, 1] (paper 1's code does not; young EBMs may diverge)")
-    lvm.add_argument("--latent-dims", type=_positive_int, nargs="+", default=[16, 32, 64], help="top layer first")
-    lvm.add_argument("--width", type=_positive_int, default=64)
-    lvm.add_argument("--sigma", type=_positive_float, default=0.15)
-    lvm.add_argument("--step-size", type=_positive_float, default=0.05, help="initial step size of every layer")
-    lvm.add_argument("--step-size-every", type=_non_negative_int, default=20,
-                     help="batches between step-size updates (0: fixed)")
+    train = sub.add_parser("train", help="train a zoo entry's recipe, or a family's defaults (resumable)")
+    train.add_argument("recipe", metavar="ENTRY_OR_FAMILY", choices=recipes.FAMILIES + tuple(recipes.names()),
+                       help=f"a zoo entry ({', '.join(recipes.names())}), or a family's defaults "
+                            f"({', '.join(recipes.FAMILIES)}); the recipes are keras_shortrun/recipes/*.json")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a recipe field: dotted keys, JSON values (e.g. --set dataset=fashion_mnist "
+                            "--set coarse_to_fine.steps=[50,20,15,10] --set clip=null); a run resumes only with the "
+                            "overrides it started with")
+    train.add_argument("--out", default=None, help="run folder: checkpoints, grids, log, the recorded recipe; rerun "
+                                                  "to resume (default: $KERAS_SHORTRUN_HOME/runs/<ENTRY_OR_FAMILY>)")
+    train.add_argument("--iterations", type=_positive_int, default=None,
+                       help="total updates of the run, of each stage for a classifier (default: the recipe's)")
+    train.add_argument("--stage", choices=("generator", "head", "joint", "all"), default=None,
+                       help="classifier: one training stage (default: all three, in order)")
+    train.add_argument("--labels", type=_positive_int, default=None,
+                       help="classifier: labels per class of the head and joint stages (default: 1000)")
+    train.add_argument("--from-entry", action="store_true",
+                       help="a new run starts from the committed entry's weights with a fresh optimizer "
+                            "(fine-tuning); default: from random weights, as the entry was")
+    train.add_argument("--data-path", default=None, help="the dataset's npz file or folder")
+    train.set_defaults(func=cmd_train)
     return parser
 
 

@@ -34,6 +34,14 @@ NPZ_FILES = {
     "celeba32": ("celeba_10k_64.npz", "286d94f172e4acf6db252432c2a8bd0808f3830969299525d8347a28691c4c94"),
     "cifar10": ("cifar10_jpeg_subset.npz", "8bdeb528e9f6f0da0eb4100adbf19e20a33f19cfe96e6a316fc9fdc6add75a89"),
 }
+# name -> the licence its data is distributed under (shared/data/README.md), as model cards state it
+LICENCES = {
+    "mnist": "MNIST (LeCun, Cortes, Burges), usually distributed under CC BY-SA 3.0",
+    "fashion_mnist": "MIT, Copyright (c) 2017 Zalando SE",
+    "celeba": "CelebA: non-commercial research and educational use only",
+    "celeba32": "CelebA: non-commercial research and educational use only",
+    "cifar10": "CIFAR-10 (Krizhevsky 2009): no formal licence, cite the tech report",
+}
 # name -> tfds dataset name (CelebA in tfds needs a manual download and another crop: not offered)
 TFDS_NAMES = {"mnist": "mnist", "fashion_mnist": "fashion_mnist", "cifar10": "cifar10"}
 CELEBA_TEST_SIZE = 1000  # the last 1,000 faces are the held-out split
@@ -111,6 +119,22 @@ def load(name, split="train", source="npz", path=None, data_dir=None, image_size
         pixels = np.stack([_fit(Image.fromarray(p.squeeze(-1) if channels == 1 else p), size) for p in pixels])
         pixels = pixels.reshape(pixels.shape[:3] + (channels,))
     return to_model_range(pixels), labels
+
+
+def provenance(name, split="train", path=None, **details):
+    """What a model's metadata records of the data it was trained on: the dataset ``name``, its npz file (found
+    as ``load`` finds it) and pinned sha256, the ``split`` in words, its licence, and ``details`` (e.g.
+    ``test_split``)."""
+    return {"name": name, "file": find_npz(name, path).name, "sha256": NPZ_FILES[name][1], "split": split,
+            **details, "licence": LICENCES[name]}
+
+
+def labelled_subset(y, per_class, seed=0):
+    """Indices of ``per_class`` images of every class of labels ``y`` ``(N,)``, from one fixed permutation of
+    ``seed`` (so the 100 of a class are among its 1,000), sorted."""
+    order = np.random.default_rng(seed).permutation(len(y))
+    picked = np.concatenate([order[y[order] == c][:per_class] for c in np.unique(y)])
+    return np.sort(picked)
 
 
 def default_data_dirs():

@@ -1,8 +1,10 @@
 """Resumable training: data pipelines, sample-grid, wall-clock and divergence callbacks, ``fit_resumable``."""
 
+import csv
 import json
 import math
 import os
+import platform
 import re
 import time
 import warnings
@@ -37,6 +39,70 @@ def runs_home():
     return Path(home) / "runs"
 
 
+def cpu_model():
+    """The CPU's model name from /proc/cpuinfo, else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware():
+    """A one-line description of the CPU cores this process may run on."""
+    usable, total = len(os.sched_getaffinity(0)), os.cpu_count()
+    cores = f"{total} cores" if usable == total else f"{usable} of its {total} cores"
+    return f"CPU: {cpu_model()}, {cores}, {keras.backend.backend()} backend"
+
+
+def record_hardware(run_dir):
+    """Adds this process's ``hardware()`` to ``run_dir/hardware.json`` (one line per distinct machine that
+    trained the run; a resumed run on other hardware adds a line)."""
+    path = Path(run_dir) / "hardware.json"
+    seen = json.loads(path.read_text()) if path.is_file() else []
+    if hardware() not in seen:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(seen + [hardware()]))
+
+
+def training_hardware(run_dir):
+    """The hardware that trained a run, as recorded by ``record_hardware`` (else this machine's)."""
+    path = Path(run_dir) / "hardware.json"
+    return "; ".join(json.loads(path.read_text())) if path.is_file() else hardware()
+
+
+def last_epoch(run_dir):
+    """The last epoch (1-based) of a run that has both a weights snapshot and a log row."""
+    with open(Path(run_dir) / "log.csv") as f:
+        logged = {int(row["epoch"]) + 1 for row in csv.DictReader(f)}
+    saved = {int(p.name[len("epoch_"):-len(".weights.h5")])
+             for p in (Path(run_dir) / "checkpoints").glob("epoch_*.weights.h5")}
+    return max(logged & saved)
+
+
+STAGE_DIVERGENCE_FACTOR = 1.2  # a classifier stage whose last loss exceeds 1.2x its lowest is rolled back
+
+
+def chosen_epoch(run_dir, divergence_factor=STAGE_DIVERGENCE_FACTOR):
+    """``(epoch, diverged)``: the snapshot (1-based epoch) a classifier stage hands on: its last, unless training
+    diverged (the last logged loss above ``divergence_factor`` times the lowest), then the epoch of the lowest
+    training loss. Reads the training log only, never test data."""
+    last = last_epoch(run_dir)
+    with open(Path(run_dir) / "log.csv") as f:
+        losses = {int(row["epoch"]) + 1: float(row["loss"]) for row in csv.DictReader(f) if int(row["epoch"]) < last}
+    best = min(losses, key=losses.get)
+    diverged = losses[last] > divergence_factor * losses[best]
+    return (best if diverged else last), diverged
+
+
+def log_row(run_dir, epoch):
+    """The ``log.csv`` row of ``epoch`` (1-based) of a run: wall time and the model's metrics."""
+    with open(Path(run_dir) / "log.csv") as f:
+        return [row for row in csv.DictReader(f) if int(row["epoch"]) == epoch - 1][-1]
+
+
 # Config keys that shape training, not the model: a run with another value still starts from an entry's weights.
 TRAINING_ONLY_CONFIG = ("gradient_penalty",)
 # The chain (its schedule, step size and noise) is how a model's weights are sampled, not what they are: a run
@@ -47,12 +113,14 @@ CHAIN_CONFIG = "chain"
 INHERITED_METADATA = ("training", "quality_curve", "recipe_study")
 
 
-def start_from_entry(model, run_dir, entry, verbose=True):
+def start_from_entry(model, run_dir, entry, verbose=True, adapt=None):
     """Before a run's first epoch: loads the zoo ``entry``'s weights into ``model`` (a fresh optimizer follows),
-    when the run folder has no backup yet and the entry has the same architecture; records the start in
-    ``run_dir/started_from.json`` (with the entry's ``INHERITED_METADATA``). A run with a backup resumes from it
-    instead (``fit_resumable``). Returns what the run starts from: ``"backup"``, ``"entry"`` or ``"scratch"`` (no
-    such entry, or another architecture), and says so when ``verbose``."""
+    when the run folder has no backup yet and the entry has the same architecture, or another one that
+    ``adapt(committed, model)`` loads it into (e.g. ``MultiscaleEnergy.widen_from``; raises ``ValueError``
+    where it cannot); records the start in ``run_dir/started_from.json`` (with the entry's
+    ``INHERITED_METADATA``). A run with a backup resumes from it instead (``fit_resumable``). Returns what the
+    run starts from: ``"backup"``, ``"entry"`` or ``"scratch"`` (no such entry, or another architecture), and
+    says so when ``verbose``."""
     from keras_shortrun import zoo
 
     run_dir = Path(run_dir)
@@ -63,14 +131,23 @@ def start_from_entry(model, run_dir, entry, verbose=True):
             committed = zoo.load(entry)
         except (KeyError, ValueError, FileNotFoundError) as error:
             committed, why = None, f"no committed entry {entry!r} to start from ({error})"
-        if committed is not None and _same_architecture(committed, model):
+        loaded = committed is not None and _same_architecture(committed, model)
+        if loaded:
             model.set_weights(committed.get_weights())
-            start, why = "entry", f"no run in {run_dir}: starting from the committed {entry!r} weights, fresh optimizer"
+            how = "weights"
+        elif committed is not None and adapt is not None:
+            try:
+                adapt(committed, model)
+                loaded, how = True, "weights, adapted to this architecture"
+            except ValueError as error:
+                why = f"the committed {entry!r} could not be adapted ({error}): starting from random weights"
+        if loaded:
+            start, why = "entry", f"no run in {run_dir}: starting from the committed {entry!r} {how}, fresh optimizer"
             if _as_json(committed.get_config().get(CHAIN_CONFIG)) != _as_json(model.get_config().get(CHAIN_CONFIG)):
                 why += ", with another chain than the entry's"
         else:
             start = "scratch"
-            if committed is not None:
+            if committed is not None and adapt is None:
                 why = f"the committed {entry!r} has another architecture: starting from random weights"
         run_dir.mkdir(parents=True, exist_ok=True)
         record = {"start": start, "entry": str(entry), "reason": why}

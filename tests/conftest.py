@@ -51,9 +51,9 @@ def rounding_tolerance(model, run, relative=1e-6, draws=4, seed=0):
 
 def run_python(code, backend="tensorflow", timeout=600, env=None):
     """Runs ``code`` in a fresh interpreter with ``KERAS_BACKEND=backend`` (it imports ``keras_shortrun`` and the
-    tests' ``builders``); returns stdout (raises on failure)."""
-    environment = dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
-                       TF_CPP_MIN_LOG_LEVEL="2")
+    tests' and tools' modules); returns stdout (raises on failure)."""
+    path = os.pathsep.join([str(ROOT), str(ROOT / "tests"), str(ROOT / "tools")])
+    environment = dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=path, TF_CPP_MIN_LOG_LEVEL="2")
     environment.update(env or {})
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=environment, cwd=ROOT

@@ -282,3 +282,48 @@ def test_campaign_starts_from_the_entry_then_resumes_its_folder(tmp_path, capsys
     other = tiny_ebm(steps=2, filters=2, seed=7)
     assert start_from_entry(other, tmp_path / "runs" / "other", entry_dir) == "scratch"
     assert "another architecture" in capsys.readouterr().out
+
+    def widen(committed, model):
+        model.energy.widen_from(committed.energy, seed=0)
+
+    wider = ShortRunEBM.with_coarse_to_fine(image_size=8, channels=1, filters=(4, 2), resolutions=(4, 8), steps=(2, 2),
+                                            anneal_steps=1, seed=7)
+    assert start_from_entry(wider, tmp_path / "runs" / "wider", entry_dir, adapt=widen) == "entry"
+    assert "adapted to this architecture" in capsys.readouterr().out
+    np.testing.assert_allclose(wider.energy(x), entry.energy(x), **F32)
+    assert start_from_entry(other, tmp_path / "runs" / "unadaptable", entry_dir, adapt=widen) == "scratch"
+    assert "could not be adapted (Cannot widen" in capsys.readouterr().out
+
+
+def test_widened_energy_computes_the_same_energy_and_its_copies_can_part():
+    """Net2WiderNet: every unit copied, the next layer's weight split over the copies plus a zero-sum
+    perturbation. Equal in exact arithmetic; float32 sums in another order, a few ulps of O(10) energies."""
+    narrow = EnergyConvNet(image_size=16, channels=3, filters=2, name="narrow")
+    wide = EnergyConvNet(image_size=16, channels=3, filters=6, name="wide")
+    x = np.random.RandomState(0).uniform(-1, 1, (5, 16, 16, 3)).astype("float32")
+    narrow(x), wide(x)
+    wide.widen_from(narrow, seed=0)
+    np.testing.assert_allclose(wide(x), narrow(x), **F32)
+    for index, (w, n) in enumerate(zip(wide.convs, narrow.convs)):
+        kernel, source = w.get_weights()[0], n.get_weights()[0]
+        if index < len(wide.convs) - 1:  # the copies' incoming weights and biases: identical
+            for weights in w.get_weights():
+                np.testing.assert_array_equal(*np.split(weights, 3, axis=-1)[:2])
+            kernel = kernel[..., : source.shape[-1]]
+        if 0 < index:  # the copies' outgoing weights: split three ways, perturbed, summing to the source's
+            parts = np.split(kernel, 3, axis=2)
+            np.testing.assert_allclose(sum(parts), source, **F32)
+            assert not np.allclose(parts[0], parts[1])  # so the copies' gradients differ
+
+    multiscale = MultiscaleEnergy.with_convnets((8, 16), channels=3, filters=(4, 6))
+    source = MultiscaleEnergy.with_convnets((8, 16), channels=3, filters=2)
+    multiscale(x), source(x), multiscale(x[:, ::2, ::2]), source(x[:, ::2, ::2])
+    multiscale.widen_from(source, seed=1)
+    for images in (x, x[:, ::2, ::2]):
+        np.testing.assert_allclose(multiscale(images), source(images), **F32)
+    with pytest.raises(ValueError, match="filters must be a multiple"):
+        EnergyConvNet(image_size=16, channels=3, filters=5).widen_from(narrow)
+    with pytest.raises(ValueError, match="Cannot widen"):
+        multiscale.widen_from(MultiscaleEnergy.with_convnets((16,), channels=3, filters=2))
+    with pytest.raises(ValueError, match="one per resolution"):
+        MultiscaleEnergy.with_convnets((8, 16), filters=(4, 6, 8))

@@ -57,8 +57,8 @@ def test_unknown_model_is_a_clear_error(capsys):
 
 def test_train_resumes_after_interruption(shared_data, tmp_path):
     out = tmp_path / "run"
-    common = ["train", "ebm", "--data", "mnist", "--data-path", str(shared_data), "--out", str(out),
-              "--filters", "4", "--steps", "2", "--every", "1", "--batch-size", "16"]
+    common = ["train", "ebm", "--set", "dataset=mnist", "--data-path", str(shared_data), "--out", str(out),
+              "--set", "filters=4", "--set", "steps=2", "--set", "iterations_per_epoch=1", "--set", "batch_size=16"]
     assert cli.main(common + ["--iterations", "2"]) == 0
     assert cli.main(common + ["--iterations", "3"]) == 0  # picks up after epoch 2
     with open(out / "log.csv") as f:
@@ -84,9 +84,9 @@ def test_reconstruct_reports_mse_and_writes_pairs(shared_data, tmp_path, capsys)
 
 def test_train_lvm_then_sample_and_reconstruct(shared_data, tmp_path, capsys):
     out = tmp_path / "lvm"
-    args = ["train", "lvm", "--data", "mnist", "--data-path", str(shared_data), "--out", str(out),
-            "--latent-dims", "2", "3", "--width", "8", "--steps", "2", "--every", "1", "--batch-size", "8",
-            "--iterations", "2", "--step-size-every", "1"]
+    args = ["train", "lvm", "--data-path", str(shared_data), "--out", str(out), "--set", "latent_dims=[2,3]",
+            "--set", "width=8", "--set", "steps=2", "--set", "iterations_per_epoch=1", "--set", "batch_size=8",
+            "--iterations", "2", "--set", "step_size_every=1"]
     assert cli.main(args) == 0
     model_file = str(out / "model.keras")
     png = tmp_path / "lvm.png"

@@ -49,7 +49,8 @@ def plain_keras_file(tmp_path):
 
 
 # 1. train --out: absent, empty or a run folder of ours ------------------------------------------------------
-TRAIN = ["train", "ebm", "--filters", "2", "--steps", "1", "--iterations", "1", "--every", "1", "--batch-size", "2"]
+TRAIN = ["train", "ebm", "--set", "filters=2", "--set", "steps=1", "--iterations", "1",
+         "--set", "iterations_per_epoch=1", "--set", "batch_size=2"]
 
 
 def tiny_dataset(*args, **kwargs):
@@ -88,7 +89,7 @@ def test_train_resumes_its_own_run_folder_only(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(data, "load", tiny_dataset)
     assert cli.main(TRAIN + ["--out", str(out)]) == 0
     assert {p.name for p in out.iterdir()} == {"backup", "checkpoints", "samples", "log.csv", "wall_time.json",
-                                               "model.keras"}
+                                               "model.keras", "recipe.json", "hardware.json"}
     assert cli.main(TRAIN + ["--out", str(out), "--iterations", "2"]) == 0  # resumes after epoch 1
     capsys.readouterr()
     (out / "notes.txt").write_text("mine")  # a run folder with a user's file in it

@@ -4,6 +4,7 @@ import functools
 import hashlib
 import re
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -390,3 +391,12 @@ def test_folder_symlinks_loops_and_broken_links(tmp_path):
     (tmp_path / "cat" / "b.png").symlink_to(tmp_path / "cat" / "a.png")  # a link to an image is an image
     _, y = data.load("mnist", source="folder", path=tmp_path)
     assert y.tolist() == [0, 0]
+
+
+def test_provenance_states_file_hash_split_and_licence_of_every_npz_dataset(monkeypatch):
+    assert set(data.LICENCES) == set(data.NPZ_FILES)  # a dataset's facts in one place
+    monkeypatch.setattr(data, "find_npz", lambda name, path=None: Path("/data") / data.NPZ_FILES[name][0])
+    assert data.provenance("celeba32", test_split="the last 1,000 faces") == {
+        "name": "celeba32", "file": "celeba_10k_64.npz", "sha256": data.NPZ_FILES["celeba"][1], "split": "train",
+        "test_split": "the last 1,000 faces", "licence": data.LICENCES["celeba"],
+    }

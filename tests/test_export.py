@@ -2,10 +2,11 @@
 manifests (tiny models throughout)."""
 
 import json
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import bench_export
+import export_zoo
 import keras
 import numpy as np
 import onnx
@@ -36,10 +37,6 @@ from keras_shortrun.models import TopDownGenerator
 from keras_shortrun.models import mlp_head
 from keras_shortrun.models import posterior_chain
 from keras_shortrun.models import thesis_chain
-
-sys.path.insert(0, str(ROOT / "tools"))
-import bench_export  # noqa: E402
-import export_zoo  # noqa: E402
 
 CPU = ["CPUExecutionProvider"]
 # The exported graphs are plain TensorFlow graphs; Keras runs the same ops bit for bit, except under

@@ -167,7 +167,6 @@ def test_log_det_agrees_on_jax():
     """The JAX backend's float32 log det is within the float32 bound of the float64 reference too."""
     code = """
 import numpy as np, sys
-sys.path.insert(0, "tests")
 from test_lvm import small_nonlinear_setup
 from keras import ops
 chain, potential, z0, noise = small_nonlinear_setup()

@@ -1,16 +1,12 @@
 """Compiled chains are traced once per set of shapes: a second call with the same shapes reuses the trace,
 on TensorFlow and on JAX (``backend.trace_count`` counts traces of everything ``compile_method`` compiled)."""
 
-import sys
 
 import keras
 import numpy as np
 import pytest
 from builders import tiny_ebm
-from conftest import ROOT
 from conftest import run_python
-
-sys.path.insert(0, str(ROOT / "tools"))
 
 SCRIPT = """
 import numpy as np
@@ -73,7 +69,6 @@ def test_bench_chain_prints_a_row_per_backend():
         "import sys\n"
         "sys.argv = ['bench_chain.py', '--image-size', '8', '--filters', '4', '--batch', '2', '--steps', '2',\n"
         "            '--repeats', '1', '--backends', 'tensorflow,jax', '--no-torch', '--compare-loop']\n"
-        "sys.path.insert(0, 'tools')\n"
         "import bench_chain\n"
         "bench_chain.main()\n",
         env={"KERAS_SHORTRUN_TF_XLA": "0"},  # the default loop forms, whatever the test run's environment
@@ -93,7 +88,6 @@ def test_bench_fit_prints_pipeline_and_fit_rates():
         "import sys\n"
         "sys.argv = ['bench_fit.py', '--steps', '2', '--train-steps', '2', '--filters', '4',\n"
         "            '--pipeline-batches', '5', '--backends', 'tensorflow']\n"
-        "sys.path.insert(0, 'tools')\n"
         "import bench_fit\n"
         "bench_fit.main()\n"
     )

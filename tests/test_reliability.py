@@ -40,7 +40,6 @@ from keras_shortrun.training import DivergenceGuard
 from keras_shortrun.training import fit_resumable
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
 DOC = ROOT / "docs" / "reliability.md"
 TABLE_START, TABLE_END = "<!-- bad-input table: start -->", "<!-- bad-input table: end -->"
 SAMPLER = ROOT / "export" / "mnist_ebm" / "sampler.onnx"
@@ -455,7 +454,6 @@ def test_sigkilled_training_resumes_exactly_as_if_never_stopped(tmp_path):
     script.write_text(_TRAIN_SCRIPT)
     run = tmp_path / "interrupted"
     import subprocess
-    import sys
 
     env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3",
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))

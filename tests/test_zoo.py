@@ -11,21 +11,20 @@ from builders import tiny_ebm
 from conftest import ROOT
 from conftest import assert_matches_golden
 from conftest import rounding_tolerance
+from eval_zoo import GENERATIVE_FAMILIES
+from eval_zoo import INCEPTION_DATASETS
+from make_golden import EBM_ENTRIES  # noqa: E402  (the entries and probes that the golden files were made from)
+from make_golden import FEATURE_ENTRIES
+from make_golden import FULL_CHAIN_ENTRIES
+from make_golden import probe_images
 
 from keras_shortrun import metrics
+from keras_shortrun import recipes
 from keras_shortrun import zoo
 from keras_shortrun.export import TOLERANCE
 from keras_shortrun.training import atomic_save_weights
 from keras_shortrun.training import checkpoint_path
 from keras_shortrun.zoo import registry
-
-sys.path.insert(0, str(ROOT / "tools"))
-from eval_zoo import GENERATIVE_FAMILIES  # noqa: E402
-from eval_zoo import INCEPTION_DATASETS  # noqa: E402
-from make_golden import EBM_ENTRIES  # noqa: E402  (the entries and probes that the golden files were made from)
-from make_golden import FEATURE_ENTRIES  # noqa: E402
-from make_golden import FULL_CHAIN_ENTRIES  # noqa: E402
-from make_golden import probe_images  # noqa: E402
 
 INCEPTION_ENTRIES = [r["name"] for r in zoo.list() if zoo.info(r["name"])["family"] in GENERATIVE_FAMILIES
                      and zoo.info(r["name"])["dataset"]["name"] in INCEPTION_DATASETS]
@@ -194,7 +193,7 @@ def test_a_run_started_from_an_entry_counts_on_from_it_and_keeps_its_curve(tmp_p
     origin = ebm_recipe.run_origin(tmp_path)
     # The entry recorded no cpu_time_s: its score of the exported snapshot (100 updates) has it, 5 minutes.
     assert (origin["updates"], origin["cpu_time_s"], origin["wall_time_s"]) == (100, 300.0, 400.0)
-    per_epoch = ebm_recipe.RECIPES["celeba_ebm"]["iterations_per_epoch"]
+    per_epoch = recipes.load("celeba_ebm")["iterations_per_epoch"]
     totals = ebm_recipe.snapshot_totals("celeba_ebm", tmp_path, 3, {"cpu_time_s": "20.0", "wall_time_s": "25.0"})
     assert totals == (100 + 3 * per_epoch, 320.0, 425.0)
     ebm_recipe.record_score(tmp_path, score(130, 250.0))
@@ -204,36 +203,6 @@ def test_a_run_started_from_an_entry_counts_on_from_it_and_keeps_its_curve(tmp_p
     assert found["inception"] == score(130, 250.0)
     assert [r["updates"] for r in found["quality_curve"]] == [100, 130]  # the entry's curve, then the run's
     assert found["recipe_study"] == study  # no study folders on this machine: the entry's rows stay
-
-
-def test_a_run_records_its_recipe_and_resumes_only_with_its_overrides(tmp_path, monkeypatch):
-    import ebm_recipe
-
-    before = json.dumps(ebm_recipe.RECIPES["celeba_ebm"])
-    overrides = ebm_recipe.parse_overrides(["coarse_to_fine.steps=[40,20,15,10]", "learning_rate=1e-4"])
-    assert overrides == {"coarse_to_fine.steps": [40, 20, 15, 10], "learning_rate": 1e-4}
-    with pytest.raises(ValueError, match="KEY=VALUE"):
-        ebm_recipe.parse_overrides(["steps"])
-    with pytest.raises(KeyError, match="no field 'coarse_to_fine.stages'"):
-        ebm_recipe.apply_overrides(ebm_recipe.RECIPES["celeba_ebm"], {"coarse_to_fine.stages": 3})
-    with pytest.raises(KeyError, match="no field 'steps'"):  # a coarse-to-fine recipe has no single K
-        ebm_recipe.apply_overrides(ebm_recipe.RECIPES["celeba_ebm"], {"steps": 3})
-
-    recipe = ebm_recipe.record_recipe("celeba_ebm", tmp_path / "variant", overrides)
-    assert recipe["coarse_to_fine"]["steps"] == [40, 20, 15, 10] and recipe["learning_rate"] == 1e-4
-    assert json.dumps(ebm_recipe.RECIPES["celeba_ebm"]) == before  # the recipe itself is untouched
-    assert ebm_recipe.run_recipe("celeba_ebm", tmp_path / "variant") == recipe  # score and export read it back
-    changed = {**ebm_recipe.RECIPES["celeba_ebm"], "batch_size": 64}
-    monkeypatch.setitem(ebm_recipe.RECIPES, "celeba_ebm", changed)  # a later change of the recipe in code ...
-    assert ebm_recipe.run_recipe("celeba_ebm", tmp_path / "variant") == recipe  # ... leaves the run's alone
-    assert ebm_recipe.record_recipe("celeba_ebm", tmp_path / "variant", {}) == recipe  # a rerun resumes it
-    with pytest.raises(ValueError, match="resumes only with those"):
-        ebm_recipe.record_recipe("celeba_ebm", tmp_path / "variant", {"learning_rate": 5e-5})
-    (tmp_path / "plain" / "backup").mkdir(parents=True)  # a run started without overrides keeps none
-    with pytest.raises(ValueError, match="resumes only with those"):
-        ebm_recipe.record_recipe("celeba_ebm", tmp_path / "plain", overrides)
-    model = ebm_recipe.build(recipe)
-    assert model.chain.stage_steps == (40, 20, 15, 10) and model.chain.steps == 85
 
 
 def test_an_entry_is_scored_under_another_chain_with_its_own_weights(monkeypatch):
@@ -259,8 +228,8 @@ def test_an_entry_is_scored_under_another_chain_with_its_own_weights(monkeypatch
 def test_the_average_of_kept_snapshots_is_scored_without_recording(tmp_path, monkeypatch):
     import ebm_recipe
 
-    recipe = ebm_recipe.record_recipe("mnist_ebm", tmp_path, {"filters": 4, "steps": 2})
-    model = ebm_recipe.build(recipe)
+    recipe = recipes.record_recipe("mnist_ebm", tmp_path, {"filters": 4, "steps": 2})
+    model = recipes.build(recipe)
     base = model.get_weights()
     for epoch in (1, 2, 3, 4):
         model.set_weights([w + epoch for w in base])

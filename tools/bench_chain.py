@@ -39,8 +39,9 @@ import time
 from pathlib import Path
 
 from machine import RESULT_PREFIX
-from machine import cpu_model
 from machine import run_worker_process
+
+from keras_shortrun.training import cpu_model
 
 KERAS_RUNTIMES = {  # name: (KERAS_BACKEND, extra environment)
     "tensorflow": ("tensorflow", {}),

@@ -27,7 +27,8 @@ import tempfile
 from pathlib import Path
 
 from export_zoo import print_table
-from machine import cpu_model
+
+from keras_shortrun.training import cpu_model
 
 LEVELS = ("disable", "basic", "extended", "all")
 DEFAULT_ENTRIES = ("mnist_ebm", "celeba_ebm", "mnist_lvm:inference", "celeba_lvm:reconstruction",

@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 
 from machine import RESULT_PREFIX
-from machine import cpu_model
 from machine import run_worker_process
+
+from keras_shortrun.training import cpu_model
 
 
 def worker(args):

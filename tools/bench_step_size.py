@@ -10,19 +10,14 @@ per chain step), on random images; prints medians and their ratio.
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import keras
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from ebm_recipe import hardware  # noqa: E402
-
-from keras_shortrun.models import MultiLayerLVM  # noqa: E402
-from keras_shortrun.models import TopDownGenerator  # noqa: E402
+from keras_shortrun.models import MultiLayerLVM
+from keras_shortrun.models import TopDownGenerator
+from keras_shortrun.training import hardware
 
 CONFIGS = {
     "mnist_lvm": ([8, 16, 32], 28, 1, 32),

@@ -9,138 +9,56 @@ as unlabelled data; the ConvNet baseline sees the same labelled images.
 Runs live in ``runs/<entry>/{generator,head_<L>,joint_<L>,convnet_<L>}``; each stage resumes.
 """
 
-import csv
 import json
 from pathlib import Path
 
 import keras
-import numpy as np
-from ebm_recipe import DATA_LICENCES
-from ebm_recipe import hardware
-from ebm_recipe import last_epoch
-from ebm_recipe import log_row
 from lvm_recipe import sample_and_reconstruction_figures
 
 from keras_shortrun import data
-from keras_shortrun.models import ConvTransposeGenerator
-from keras_shortrun.models import GenerativeClassifier
+from keras_shortrun import recipes
 from keras_shortrun.models import conv_net_baseline
-from keras_shortrun.models import mlp_head
-from keras_shortrun.models import thesis_chain
-from keras_shortrun.training import completed_epochs
-from keras_shortrun.training import fit_resumable
-from keras_shortrun.training import semi_supervised_batches
+from keras_shortrun.training import STAGE_DIVERGENCE_FACTOR
+from keras_shortrun.training import checkpoint_path
+from keras_shortrun.training import chosen_epoch
+from keras_shortrun.training import hardware
+from keras_shortrun.training import last_epoch
+from keras_shortrun.training import log_row
 from keras_shortrun.zoo import info as read_metadata
 from keras_shortrun.zoo import save_entry
 
 ROOT = Path(__file__).resolve().parents[1]
 LABEL_BUDGETS = (1000, 100)  # labels per class; the zoo's main entry uses the first
 
-COMMON = {
-    "latent_dim": 200,
-    "widths": [64, 64, 32],
-    "head_hidden": [140, 80],
-    "sigma": 0.3,
-    "steps": 20,
-    "step_size": 0.1,
-    "prediction_chains": 8,
-    "batch_size": 64,
-    "seed": 0,
-    "iterations_per_epoch": 100,
-    # stage -> (iterations per label budget or for all, learning rate)
-    "generator": {"iterations": 1200, "learning_rate": 3e-4, "beta_1": 0.5},
-    "head": {"iterations": {1000: 600, 100: 300}, "learning_rate": 1e-3, "beta_1": 0.9},
-    "joint": {"iterations": {1000: 1000, 100: 500}, "learning_rate": 2e-4, "beta_1": 0.9, "labelled_per_batch": 32,
-              "generative_weight": 1.0},
-    "convnet": {"epochs": {1000: 15, 100: 50}, "learning_rate": 1e-3},
-}
-RECIPES = {
-    "mnist_classifier": dict(COMMON, dataset="mnist"),
-    "fashion_mnist_classifier": dict(COMMON, dataset="fashion_mnist"),
-}
-
-
 def build(entry, stage="generator"):
     """The untrained ``GenerativeClassifier`` of a recipe, set to ``stage``."""
-    r = RECIPES[entry]
-    generator = ConvTransposeGenerator(r["latent_dim"], 1, r["widths"], name="generator")
-    head = mlp_head(r["latent_dim"], 10, r["head_hidden"])
-    chain = thesis_chain(r["steps"], r["step_size"], seed=r["seed"])
-    return GenerativeClassifier(
-        generator, head, 10, sigma=r["sigma"], chain=chain, stage=stage, prediction_chains=r["prediction_chains"],
-        generative_weight=r["joint"]["generative_weight"], seed=r["seed"], name=entry,
-    )
-
-
-def labelled_subset(y, per_class, seed=0):
-    """Indices of ``per_class`` images of every class, from one fixed permutation (so 100 is inside 1,000)."""
-    order = np.random.default_rng(seed).permutation(len(y))
-    picked = np.concatenate([order[y[order] == c][:per_class] for c in np.unique(y)])
-    return np.sort(picked)
+    return recipes.build(recipes.load(entry), stage, name=entry)
 
 
 def run_dir(entry, stage, labels=None):
-    return ROOT / "runs" / entry / (stage if stage == "generator" else f"{stage}_{labels}")
-
-
-DIVERGENCE_FACTOR = 1.2  # a stage whose last training loss exceeds 1.2x its lowest is rolled back
-
-
-def chosen_epoch(entry, stage, labels=None):
-    """The epoch (1-based) a stage hands on: its last, unless training diverged (last logged loss above
-    ``DIVERGENCE_FACTOR`` times the lowest), then the epoch with the lowest training loss. Uses training
-    logs only, never test data. Returns ``(epoch, diverged)``."""
-    directory = run_dir(entry, stage, labels)
-    last = last_epoch(directory)
-    with open(directory / "log.csv") as f:
-        losses = {int(row["epoch"]) + 1: float(row["loss"]) for row in csv.DictReader(f) if int(row["epoch"]) < last}
-    best = min(losses, key=losses.get)
-    diverged = losses[last] > DIVERGENCE_FACTOR * losses[best]
-    return (best if diverged else last), diverged
-
-
-def _final_weights(entry, stage, labels=None):
-    epoch, _ = chosen_epoch(entry, stage, labels)
-    return run_dir(entry, stage, labels) / "checkpoints" / f"epoch_{epoch:04d}.weights.h5"
+    return recipes.stage_dir(ROOT / "runs" / entry, stage, labels)
 
 
 def train_stage(entry, stage, labels=None, data_path=None):
-    """Runs (or resumes) one stage; stages 2 and 3 start from the previous stage's final weights."""
-    r = RECIPES[entry]
-    x, y = data.load(r["dataset"], "train", path=data_path)
-    if stage == "convnet":
-        return train_convnet(entry, labels, x, y)
-    model = build(entry, stage)
-    spec = r[stage]
-    iterations = spec["iterations"] if stage == "generator" else spec["iterations"][labels]
-    if stage != "generator":
-        model.load_weights(_final_weights(entry, "generator" if stage == "head" else "head", labels))
-        model.set_stage(stage)
-        picked = labelled_subset(y, labels, r["seed"])
-        unlabelled = np.setdiff1d(np.arange(len(x)), picked)
-        per_batch = r["batch_size"] if stage == "head" else spec["labelled_per_batch"]
-        resumed = completed_epochs(run_dir(entry, stage, labels) / "backup")
-        x = semi_supervised_batches(x[picked], y[picked], x[unlabelled], r["batch_size"], per_batch,
-                                    seed=r["seed"] + resumed, steps=r["iterations_per_epoch"])
-    fit_resumable(
-        model, x, run_dir(entry, stage, labels), iterations, batch_size=r["batch_size"],
-        iterations_per_epoch=r["iterations_per_epoch"], learning_rate=spec["learning_rate"],
-        beta_1=spec["beta_1"], seed=r["seed"], grid_size=64, verbose=2,
-    )
-    return model
+    """Runs (or resumes) one stage (``recipes.train``); stages 2 and 3 start from the previous stage's
+    ``training.chosen_epoch``; the ConvNet baseline is trained on the same labelled images."""
+    if stage != "convnet":
+        return recipes.train(entry, ROOT / "runs" / entry, variant=stage, labels=labels, data_path=data_path)
+    x, y = data.load(recipes.load(entry)["dataset"], "train", path=data_path)
+    return train_convnet(entry, labels, x, y)
 
 
 def train_convnet(entry, labels, x, y):
     """The ConvNet baseline on the same labelled images (Adam, sparse cross-entropy, batch 64)."""
-    r = RECIPES[entry]
-    picked = labelled_subset(y, labels, r["seed"])
+    r = recipes.load(entry)
+    picked = data.labelled_subset(y, labels, r["seed"])
     model = conv_net_baseline((28, 28, 1), 10)
     model.compile(keras.optimizers.Adam(r["convnet"]["learning_rate"]), "sparse_categorical_crossentropy",
                   metrics=["accuracy"])
     keras.utils.set_random_seed(r["seed"])
     directory = run_dir(entry, "convnet", labels)
     directory.mkdir(parents=True, exist_ok=True)
-    history = model.fit(x[picked], y[picked], batch_size=r["batch_size"], epochs=r["convnet"]["epochs"][labels],
+    history = model.fit(x[picked], y[picked], batch_size=r["batch_size"], epochs=r["convnet"]["epochs"][str(labels)],
                         verbose=2, callbacks=[keras.callbacks.CSVLogger(str(directory / "log.csv"))])
     model.save_weights(directory / "final.weights.h5")
     return model, history
@@ -153,7 +71,8 @@ def load_trained(entry, labels, kind="classifier"):
         model.load_weights(run_dir(entry, "convnet", labels) / "final.weights.h5")
         return model
     model = build(entry, "joint")
-    model.load_weights(_final_weights(entry, "joint", labels))
+    directory = run_dir(entry, "joint", labels)
+    model.load_weights(checkpoint_path(directory, chosen_epoch(directory)[0]))
     return model
 
 
@@ -190,10 +109,10 @@ def stage_budget(entry, labels):
     budget = {}
     for stage in ("generator", "head", "joint"):
         directory = run_dir(entry, stage, labels)
-        epoch, diverged = chosen_epoch(entry, stage, labels)
+        epoch, diverged = chosen_epoch(directory)
         row = log_row(directory, last_epoch(directory))
-        budget[stage] = {"iterations": epoch * RECIPES[entry]["iterations_per_epoch"],
-                         "iterations_run": last_epoch(directory) * RECIPES[entry]["iterations_per_epoch"],
+        budget[stage] = {"iterations": epoch * recipes.load(entry)["iterations_per_epoch"],
+                         "iterations_run": last_epoch(directory) * recipes.load(entry)["iterations_per_epoch"],
                          "wall_time_s": round(float(row["wall_time_s"]), 1), "rolled_back": diverged}
     return budget
 
@@ -201,13 +120,9 @@ def stage_budget(entry, labels):
 def export_entries(entry, results, data_path=None):
     """Writes the zoo entries of both label budgets and both kinds; ``results`` come from
     ``tools/eval_classifier.py`` and ``tools/eval_robustness.py`` (``runs/<entry>/results.json``)."""
-    r = RECIPES[entry]
+    r = recipes.load(entry)
     x_test, _ = data.load(r["dataset"], "test", path=data_path)
-    dataset = {
-        "name": r["dataset"], "file": data.find_npz(r["dataset"], data_path).name,
-        "sha256": data.NPZ_FILES[r["dataset"]][1], "split": "train", "test_split": "test set (10,000 images)",
-        "licence": DATA_LICENCES[r["dataset"]],
-    }
+    dataset = data.provenance(r["dataset"], path=data_path, test_split="test set (10,000 images)")
     for labels in LABEL_BUDGETS:
         for kind in ("classifier", "convnet"):
             name = entry_name(entry, labels, kind)
@@ -236,7 +151,7 @@ def export_entries(entry, results, data_path=None):
                 extra = sorted((directory / "figures").glob("*.png"))
             else:
                 metadata["family"] = "ConvNet"
-                metadata["training"]["epochs"] = r["convnet"]["epochs"][labels]
+                metadata["training"]["epochs"] = r["convnet"]["epochs"][str(labels)]
             card = directory / "README.md"
             card.write_text(card_text(metadata, kind, results, entry, labels))
             written = save_entry(model, ROOT / "zoo" / name, metadata, extra_files=[card] + extra)
@@ -287,9 +202,9 @@ def card_text(metadata, kind, results, entry, labels):
         if joint["rolled_back"]:
             what += (
                 f"\n\nThe joint stage ran {joint['iterations_run']} updates, but its training loss rose above "
-                f"{DIVERGENCE_FACTOR}x its lowest (BPTT through the chain diverged), so this entry is the "
+                f"{STAGE_DIVERGENCE_FACTOR}x its lowest (BPTT through the chain diverged), so this entry is the "
                 f"checkpoint with the lowest training loss, after {joint['iterations']} joint updates (chosen "
-                f"from training logs only; `chosen_epoch` in `tools/classifier_recipe.py`)."
+                f"from training logs only; `chosen_epoch` in `keras_shortrun/training.py`)."
             )
         usage = (f"model = zoo.load(\"{name}\")\np = model.predict(x_test)           # (B, 10), 8 chains averaged\n"
                  f"x = model.synthesize(16, seed=0)\nx_hat, mse = model.reconstruct(x_test[:16], seed=0)")
@@ -343,7 +258,7 @@ def _generator_done(entry):
     directory = run_dir(entry, "generator")
     if not (directory / "log.csv").exists():
         return False
-    r = RECIPES[entry]
+    r = recipes.load(entry)
     return last_epoch(directory) * r["iterations_per_epoch"] >= r["generator"]["iterations"]
 
 

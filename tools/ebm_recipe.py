@@ -1,6 +1,5 @@
 """Shared recipe code for the EBM zoo entries (``tools/train_<entry>.py``)."""
 
-import csv
 import json
 import os
 import time
@@ -9,76 +8,20 @@ from pathlib import Path
 import keras
 import numpy as np
 from eval_zoo import measure as measure_sample_quality
-from machine import cpu_model
 
 from keras_shortrun import data
 from keras_shortrun import metrics
+from keras_shortrun import recipes
 from keras_shortrun.evaluation import SCORE_PROTOCOL
 from keras_shortrun.images import save_grid
-from keras_shortrun.models import ShortRunEBM
-from keras_shortrun.training import DivergenceGuard
 from keras_shortrun.training import checkpoint_path
-from keras_shortrun.training import fit_resumable
+from keras_shortrun.training import last_epoch
+from keras_shortrun.training import log_row
 from keras_shortrun.training import pin_checkpoint
-from keras_shortrun.training import start_from_entry
+from keras_shortrun.training import training_hardware
 from keras_shortrun.zoo import info as read_metadata
 from keras_shortrun.zoo import load as load_entry
 from keras_shortrun.zoo import save_entry
-
-RECIPES = {
-    "mnist_ebm": {
-        "dataset": "mnist",
-        "image_size": 28,
-        "channels": 1,
-        "filters": 16,
-        "steps": 50,
-        "batch_size": 64,
-        "learning_rate": 1e-4,
-        "clip": (-1.0, 1.0),
-        "beta_1": 0.9,
-        "iterations": 3000,
-        "iterations_per_epoch": 100,
-        "seed": 0,
-    },
-    # CPU budget entries (no GPU was lent): nf=16, K=50, lr 2e-4 so that ~1,000 updates get somewhere;
-    # the clamp keeps the chain in the data range (see the mnist_ebm card for why).
-    "fashion_mnist_ebm": {
-        "dataset": "fashion_mnist", "image_size": 28, "channels": 1, "filters": 16, "steps": 50,
-        "batch_size": 64, "learning_rate": 2e-4, "clip": (-1.0, 1.0), "beta_1": 0.9,
-        "iterations": 3000, "iterations_per_epoch": 50, "seed": 0,
-    },
-    # celeba_ebm's coarse-to-fine recipe at 32x32 (its 64x64 stage dropped), trained as a campaign.
-    # "divergence": the DivergenceGuard of a campaign. Its summed loss stays within 11 in healthy runs (at most
-    # 21 in the study's first epochs); the first cifar10_ebm run drifted from 0.2 to -4e4 over 60 epochs after
-    # 3,100 updates, unseen by the default guard (1e4 on the full-resolution gap). Above 30 it rolls back to
-    # the last good epoch and halves the learning rate (at most 3 times).
-    # "gradient_penalty" (ShortRunEBM's): restarted from their entries with a fresh optimizer, both campaigns'
-    # 8x8 energies ran away within 200-600 updates (input gradient norm 0.3 -> 7, 15 % of the samples' pixels
-    # on the clip walls, 8x8 gap +28). From cifar10_ebm's entry, `python tools/probe_ebm_stability.py
-    # cifar10_ebm` (summed gaps): no penalty -26 after 180 updates (diverged); lr 5e-5 -4.4 after 400 and
-    # drifting; penalty 1.0 between -0.8 and -1.9 over 400 (docs/celeba_ebm_study.md, "Stability").
-    # Since the sixth session its 8x8 stage runs 50 updates, as celeba_ebm's: the 3,080-update entry scored Inception
-    # FID 217.8 with 30 and 175.4 with 50, same weights (`python tools/train_ebm.py cifar10_ebm score-entry --set
-    # 'coarse_to_fine.steps=[50,20,15]'`).
-    "cifar10_ebm": {
-        "dataset": "cifar10", "image_size": 32, "channels": 3, "filters": 16,
-        "coarse_to_fine": {"resolutions": (8, 16, 32), "steps": (50, 20, 15), "anneal_steps": 5},
-        "batch_size": 32, "learning_rate": 2e-4, "clip": (-1.0, 1.0), "beta_1": 0.9,
-        "iterations": 100_000, "iterations_per_epoch": 10, "seed": 0,
-        "divergence": {"max_energy_gap": 30.0, "learning_rate_factor": 0.5}, "gradient_penalty": 1.0,
-    },
-    # The winner of tools/study_celeba_ebm.py (candidate d): a coarse-to-fine chain, trained as a campaign
-    # (reruns resume runs_home()/celeba_ebm, until the CPU budget or iterations run out). Since the fifth
-    # session its 8x8 stage runs 50 updates, not 30: the 30-step stage left patches of the uniform start in the
-    # samples, and 50 scored better before and after training (docs/celeba_ebm_study.md, "A longer 8x8 stage").
-    "celeba_ebm": {
-        "dataset": "celeba", "image_size": 64, "channels": 3, "filters": 16,
-        "coarse_to_fine": {"resolutions": (8, 16, 32, 64), "steps": (50, 20, 15, 10), "anneal_steps": 5},
-        "batch_size": 32, "learning_rate": 2e-4, "clip": (-1.0, 1.0), "beta_1": 0.9,
-        "iterations": 100_000, "iterations_per_epoch": 10, "seed": 0,
-        "divergence": {"max_energy_gap": 30.0, "learning_rate_factor": 0.5}, "gradient_penalty": 1.0,
-    },
-}
 
 
 def chain_steps(recipe):
@@ -87,133 +30,17 @@ def chain_steps(recipe):
     return sum(stages["steps"]) if stages else recipe["steps"]
 
 
-# What a run was trained with, written at its start (``record_recipe``).
-RECIPE_FILE = "recipe.json"
 KEEP_EVERY = 10  # a campaign keeps every 10th epoch's snapshot past its last 20 (8 MB each for celeba_ebm)
-
-
-def parse_overrides(pairs):
-    """``{"a.b": value}`` from ``--set a.b=VALUE`` strings; a VALUE is read as JSON where it parses (numbers,
-    lists), else kept as a string."""
-    overrides = {}
-    for pair in pairs or ():
-        key, sep, text = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set takes KEY=VALUE (e.g. coarse_to_fine.steps=[50,20,15,10]), got {pair!r}.")
-        try:
-            overrides[key] = json.loads(text)
-        except json.JSONDecodeError:
-            overrides[key] = text
-    return overrides
-
-
-def apply_overrides(recipe, overrides):
-    """A copy of ``recipe`` with dotted ``overrides`` applied; each key must already be in the recipe."""
-    recipe = json.loads(json.dumps(recipe))
-    for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        node = recipe
-        for name in parents:
-            node = node.get(name) if isinstance(node, dict) else None
-        if not isinstance(node, dict) or leaf not in node:
-            raise KeyError(f"The recipe has no field {key!r}; fields: {', '.join(sorted(recipe))}.")
-        node[leaf] = value
-    return recipe
-
-
-def run_recipe(entry, run_dir):
-    """The recipe a run was trained with, as it recorded it at its start (``RECIPE_FILE``); a run from before
-    runs recorded their recipe: ``RECIPES[entry]`` as it is now."""
-    path = Path(run_dir) / RECIPE_FILE
-    return json.loads(path.read_text())["recipe"] if path.is_file() else apply_overrides(RECIPES[entry], {})
-
-
-def record_recipe(entry, run_dir, overrides):
-    """Checks ``overrides`` against the recipe and what ``run_dir`` recorded: a new run records its whole recipe
-    (``RECIPES[entry]`` with the overrides) and the overrides, so that a later change of ``RECIPES`` never
-    changes what its snapshots are; a run resumes only with the overrides it started with (none given: the
-    recorded ones). Returns the run's recipe."""
-    path = Path(run_dir) / RECIPE_FILE
-    started = path.is_file() or (Path(run_dir) / "backup").is_dir() or (Path(run_dir) / "log.csv").is_file()
-    recorded = json.loads(path.read_text())["overrides"] if path.is_file() else {}
-    if started and overrides and overrides != recorded:
-        raise ValueError(f"The run in {run_dir} was started with the overrides {recorded}; it resumes only with "
-                         f"those (got {overrides}). Use another --run-dir for another recipe.")
-    if started:
-        return run_recipe(entry, run_dir)
-    recipe = apply_overrides(RECIPES[entry], overrides)
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"overrides": overrides, "recipe": recipe}, indent=1, sort_keys=True))
-    return recipe
-
-
-def build(r):
-    """The ``ShortRunEBM`` of a recipe ``r`` (an item of ``RECIPES``, or ``run_recipe``'s)."""
-    shared = {"image_size": r["image_size"], "channels": r["channels"], "filters": r["filters"], "clip": r["clip"],
-              "seed": r["seed"], "gradient_penalty": r.get("gradient_penalty", 0.0)}
-    if "coarse_to_fine" in r:
-        return ShortRunEBM.with_coarse_to_fine(**shared, **r["coarse_to_fine"])
-    return ShortRunEBM.with_convnet(steps=r["steps"], **shared)
 
 
 def train(entry, run_dir, iterations=None, data_path=None, max_cpu_seconds=None, overrides=None,
           keep_every=KEEP_EVERY):
-    """Trains ``entry`` in ``run_dir`` for ``iterations`` updates in all (default: the run's recipe's): resumes
-    the run there, else starts from the committed entry's weights (same architecture) or from scratch
-    (``training.start_from_entry`` says which). ``overrides`` (``{"dotted.key": value}``) change the recipe of a
-    new run, which records it (``record_recipe``). Snapshots are thinned to every ``keep_every``-th epoch past
-    the last 20 (``None``: all kept); scored and exported ones stay (``training.pin_checkpoint``)."""
-    r = record_recipe(entry, run_dir, overrides or {})
-    iterations = r["iterations"] if iterations is None else iterations
-    x, _ = data.load(r["dataset"], "train", path=data_path)
-    model = build(r)
-    start_from_entry(model, run_dir, entry)
-    record_hardware(run_dir)
-    fit_resumable(
-        model, x, run_dir, iterations, batch_size=r["batch_size"],
-        iterations_per_epoch=r["iterations_per_epoch"], learning_rate=r["learning_rate"],
-        beta_1=r["beta_1"], seed=r["seed"], grid_size=16, verbose=2, max_cpu_seconds=max_cpu_seconds,
-        guard=DivergenceGuard(**r["divergence"]) if "divergence" in r else None, keep_every=keep_every,
-    )
-    return model
-
-
-def hardware():
-    """A one-line description of the CPU cores this process may run on."""
-    usable, total = len(os.sched_getaffinity(0)), os.cpu_count()
-    cores = f"{total} cores" if usable == total else f"{usable} of its {total} cores"
-    return f"CPU: {cpu_model()}, {cores}, {keras.backend.backend()} backend"
-
-
-def record_hardware(run_dir):
-    """Adds this process's ``hardware()`` to ``run_dir/hardware.json`` (one line per distinct machine that
-    trained the run; a resumed run on other hardware adds a line)."""
-    path = Path(run_dir) / "hardware.json"
-    seen = json.loads(path.read_text()) if path.is_file() else []
-    if hardware() not in seen:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(seen + [hardware()]))
-
-
-def training_hardware(run_dir):
-    """The hardware that trained a run, as recorded by ``record_hardware`` (else this machine's)."""
-    path = Path(run_dir) / "hardware.json"
-    return "; ".join(json.loads(path.read_text())) if path.is_file() else hardware()
-
-
-def last_epoch(run_dir):
-    """The last epoch (1-based) of a run that has both a weights snapshot and a log row."""
-    with open(Path(run_dir) / "log.csv") as f:
-        logged = {int(row["epoch"]) + 1 for row in csv.DictReader(f)}
-    saved = {int(p.name[len("epoch_"):-len(".weights.h5")])
-             for p in (Path(run_dir) / "checkpoints").glob("epoch_*.weights.h5")}
-    return max(logged & saved)
-
-
-def log_row(run_dir, epoch):
-    """The ``log.csv`` row of ``epoch`` (1-based) of a run: wall time and the model's metrics."""
-    with open(Path(run_dir) / "log.csv") as f:
-        return [row for row in csv.DictReader(f) if int(row["epoch"]) == epoch - 1][-1]
+    """``recipes.train`` of a campaign: resumes the run in ``run_dir``, else starts from the committed entry's
+    weights (same architecture, or wider energies) or from scratch (``training.start_from_entry`` says which).
+    Snapshots are thinned to every ``keep_every``-th epoch past the last 20 (``None``: all kept); scored and
+    exported ones stay (``training.pin_checkpoint``)."""
+    return recipes.train(entry, run_dir, overrides, iterations, data_path=data_path, start_from=entry,
+                         max_cpu_seconds=max_cpu_seconds, keep_every=keep_every)
 
 
 def run_origin(run_dir):
@@ -239,14 +66,14 @@ def snapshot_totals(entry, run_dir, epoch, row):
     """``(updates, cpu_time_s, wall_time_s)`` that the snapshot after ``epoch`` (1-based; ``row`` its
     ``log_row``) has been trained for, counting what the run started from (``run_origin``)."""
     origin = run_origin(run_dir)
-    return (origin["updates"] + epoch * run_recipe(entry, run_dir)["iterations_per_epoch"],
+    return (origin["updates"] + epoch * recipes.run_recipe(entry, run_dir)["iterations_per_epoch"],
             origin["cpu_time_s"] + float(row["cpu_time_s"]), origin["wall_time_s"] + float(row["wall_time_s"]))
 
 
 def snapshot_model(entry, run_dir):
     """An untrained model of a run's recipe, with the optimizer its snapshots hold (``checkpoint_path``)."""
-    r = run_recipe(entry, run_dir)
-    model = build(r)
+    r = recipes.run_recipe(entry, run_dir)
+    model = recipes.build(r)
     model.compile(optimizer=keras.optimizers.Adam(r["learning_rate"], beta_1=r["beta_1"]))
     model.optimizer.build(model.trainable_variables)
     return model
@@ -268,7 +95,7 @@ def export_entry(entry, run_dir, entry_dir, data_path=None, recon_images=1000, r
     ``recon_iterations`` Adam iterations; on the first ``convergence_images``
     it is also measured at 200 iterations, to show what fewer iterations cost.
     """
-    r = run_recipe(entry, run_dir)
+    r = recipes.run_recipe(entry, run_dir)
     run_dir = Path(run_dir)
     epoch = last_epoch(run_dir) if epoch is None else epoch
     model, row = load_checkpoint(entry, run_dir, epoch)
@@ -295,14 +122,10 @@ def export_entry(entry, run_dir, entry_dir, data_path=None, recon_images=1000, r
     if origin["updates"]:
         train_command += (f"  # starts from the entry of {origin['updates']:,} updates (weights sha256 "
                           f"{origin['weights_sha256'][:12]}...), see git history")
-    dataset_file = data.find_npz(r["dataset"], data_path)
     metadata = {
         "name": entry,
         "description": f"Short-run EBM on {r['dataset']} {r['image_size']}x{r['image_size']}",
-        "dataset": {
-            "name": r["dataset"], "file": dataset_file.name, "sha256": data.NPZ_FILES[r["dataset"]][1],
-            "split": "train", "licence": DATA_LICENCES[r["dataset"]],
-        },
+        "dataset": data.provenance(r["dataset"], path=data_path),
         "resolution": r["image_size"],
         "chain": chain_metadata(r),
         "training": {
@@ -368,8 +191,8 @@ def score_entry_chain(entry, entry_dir, overrides, fid_samples=SCORE_PROTOCOL["f
                       reference=SCORE_PROTOCOL["fid_reference"], data_path=None):
     """``score_model`` of an exported entry's weights sampled by the chain of its recipe with ``overrides``
     (e.g. another step count per stage): what a chain change does before any training. Records nothing."""
-    recipe = apply_overrides(RECIPES[entry], overrides)
-    model = build(recipe)
+    recipe = recipes.apply_overrides(recipes.load(entry), overrides)
+    model = recipes.build(recipe)
     model.set_weights(load_entry(entry_dir).get_weights())
     score, _ = score_model(model, recipe["dataset"], fid_samples, reference, data_path)
     chain = recipe.get("coarse_to_fine") or {"steps": recipe["steps"]}
@@ -386,8 +209,8 @@ def score_snapshot(entry, run_dir, epoch=None, fid_samples=SCORE_PROTOCOL["fid_s
     epoch = last_epoch(run_dir) if epoch is None else epoch
     model, row = load_checkpoint(entry, run_dir, epoch)
     pin_checkpoint(run_dir, epoch)
-    score, samples = score_model(model, run_recipe(entry, run_dir)["dataset"], fid_samples, reference, data_path,
-                                 seed)
+    dataset = recipes.run_recipe(entry, run_dir)["dataset"]
+    score, samples = score_model(model, dataset, fid_samples, reference, data_path, seed)
     save_grid(run_dir / "score_samples.png", samples[:64], scale=2)
     updates, cpu_seconds, wall_seconds = snapshot_totals(entry, run_dir, epoch, row)
     command = f"python tools/train_ebm.py {entry} score --epoch {epoch} --fid-samples {fid_samples} " \
@@ -413,7 +236,7 @@ def score_average(entry, run_dir, epoch=None, count=20, fid_samples=SCORE_PROTOC
         weights = [np.asarray(w, np.float64) for w in model.get_weights()]
         total = weights if total is None else [a + b for a, b in zip(total, weights)]
     model.set_weights([(w / len(epochs)).astype(np.float32) for w in total])
-    score, _ = score_model(model, run_recipe(entry, run_dir)["dataset"], fid_samples, reference, data_path)
+    score, _ = score_model(model, recipes.run_recipe(entry, run_dir)["dataset"], fid_samples, reference, data_path)
     return {**score, "averaged_epochs": epochs,
             "command": f"python tools/train_ebm.py {entry} score --epoch {epoch} --average-epochs {count}"}
 
@@ -502,7 +325,8 @@ def refresh_quality(entry, entry_dir, n_samples=5000, data_path=None):
     entry_dir = Path(entry_dir)
     model = load_entry(entry_dir)
     metadata = read_metadata(entry_dir)
-    quality = measure_quality(model, RECIPES[entry]["dataset"], entry_dir / "nearest.tmp.png", n_samples, data_path)
+    dataset = recipes.load(entry)["dataset"]
+    quality = measure_quality(model, dataset, entry_dir / "nearest.tmp.png", n_samples, data_path)
     metadata["sample_quality"] = quality
     metadata["metrics"].update(fd=quality["fd"], kid=quality["kid"])
     metadata["sample_quality"]["command"] = f"python tools/train_ebm.py {entry} quality --samples {n_samples}"
@@ -531,15 +355,7 @@ def rewrite_card(entry_dir, run_dir=None):
 
 
 def render_card(metadata, model):
-    return CARD.format(**flat_card_fields(metadata, model))
-
-
-DATA_LICENCES = {
-    "mnist": "MNIST (LeCun, Cortes, Burges), usually distributed under CC BY-SA 3.0",
-    "fashion_mnist": "MIT, Copyright (c) 2017 Zalando SE",
-    "celeba": "CelebA: non-commercial research and educational use only",
-    "cifar10": "CIFAR-10 (Krizhevsky 2009): no formal licence, cite the tech report",
-}
+    return CARD.read_text().format(**flat_card_fields(metadata, model))
 
 
 def penalty_text(trained, recipe):
@@ -550,7 +366,7 @@ def penalty_text(trained, recipe):
 
 
 def flat_card_fields(metadata, model):
-    filters = RECIPES[metadata["name"]]["filters"]
+    filters = recipes.load(metadata["name"])["filters"]
     t, e, m = metadata["training"], metadata["evaluation"], metadata["metrics"]
     return dict(
         name=metadata["name"], dataset=metadata["dataset"]["name"], resolution=metadata["resolution"],
@@ -570,7 +386,7 @@ def flat_card_fields(metadata, model):
         nn_images=metadata["sample_quality"]["nearest_train_rms"]["images"],
         nn_samples=metadata["sample_quality"]["nearest_train_rms"]["samples_median"],
         nn_heldout=metadata["sample_quality"]["nearest_train_rms"]["heldout_median"],
-        penalty=penalty_text(model.gradient_penalty, RECIPES[metadata["name"]].get("gradient_penalty", 0.0)),
+        penalty=penalty_text(model.gradient_penalty, recipes.load(metadata["name"]).get("gradient_penalty", 0.0)),
         budget_note=BUDGET_NOTES[metadata["name"]] + curve_table(metadata) + study_table(metadata),
     )
 
@@ -659,72 +475,4 @@ def curve_table(metadata):
     return "\n".join(lines) + "\n"
 
 
-CARD = """# {name}
-
-A short-run EBM (Nijkamp et al., NeurIPS 2019) on **{dataset}** {resolution}x{resolution}: {model_text}.
-The chain *is* the model: samples, interpolations and reconstructions below all run it.
-
-```python
-from keras_shortrun import zoo
-model = zoo.load("{name}")
-x = model.sample(64, seed=0)          # (64, {resolution}, {resolution}, {channels}) in [-1, 1]
-```
-
-## Samples (K={steps}, seed 0)
-![samples](samples.png)
-
-## The chain from noise (every K/10 steps, top to bottom)
-![chain](chain.png)
-
-## Interpolation between chain inputs, z = rho z1 + sqrt(1 - rho^2) z2 (noise held fixed)
-![interpolation](interpolation.png)
-
-## Nearest training images (first column: a sample; then its 7 nearest training images, pixel L2)
-![nearest](nearest.png)
-
-Median RMS pixel distance to the nearest of the training images, first {nn_images:,} of each set: samples
-{nn_samples:.3f}, held-out real images {nn_heldout:.3f}. Samples that copied training images would sit far
-closer to the training set than unseen real images do.
-
-## Reconstruction of held-out images (pairs: original, reconstruction)
-![reconstruction](reconstruction.png)
-
-| metric | value |
-| --- | --- |
-{inception}| FD ({feature_network} features), {n_samples:,} samples vs {n_reference:,} held-out images | {fd:.2f} |
-| KID x 1e3 ({feature_network} features), same sets | {kid:.2f} +- {kid_std:.2f} |
-| reconstruction MSE, first {recon_images} held-out images, pixels in [-1, 1] | {recon_mse:.4f} (std {recon_std:.4f}) |
-| procedure | Adam (lr 0.1) on z through the unrolled K={steps} chain, {recon_iterations} iterations, noise fixed |
-| same, first {conv_images} images: {recon_iterations} vs 200 iterations | {conv_short:.4f} vs {conv_200:.4f} |
-
-FD/KID use this zoo's declared feature network for the dataset (`keras_shortrun.metrics.FEATURE_NETWORKS`),
-not Inception: they rank models on this dataset and are not comparable with any paper's FID.
-Paper 1 runs about 200 reconstruction iterations; that many BPTT iterations through K={steps} steps is hours on
-CPU cores, so the table uses {recon_iterations}, and the {conv_images}-image row shows what that costs.
-
-## Training budget
-| | |
-| --- | --- |
-| iterations (parameter updates) | {iterations} |
-| batch size | {batch_size} |
-| optimizer | Adam, lr {lr}, beta_1 0.9 |
-| data noise | N(0, 0.03^2) |
-| input-gradient penalty weight | {penalty} |
-| hardware | {hardware} |
-| wall time | {wall_time_min:.0f} min |
-
-This is a **CPU budget** entry: the paper trains for 200k updates with K=100 on GPUs. {budget_note}
-
-Deviations from paper 1's `train_cifar10_minimal.py`, and why: the chain state is clamped to [-1, 1] after every
-step. A first mnist_ebm run without the clamp (and Adam lr 2e-4) diverged after about 350 updates: the chain ran
-off to huge pixel values in a checkerboard pattern and the energies grew to 1e10. With the clamp this run, at
-Adam lr {lr}, stayed stable (final mean energies: data {e_data:.3g}, samples {e_sample:.3g}).
-
-## Reproduce
-```
-{train_command}
-{eval_command}
-```
-
-Data licence: {licence}.
-"""
+CARD = Path(__file__).resolve().parent / "cards" / "ebm.md"  # the card template, str.format fields

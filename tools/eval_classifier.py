@@ -10,16 +10,12 @@ accuracy of both models side by side (the label-efficiency curve), and with
 import argparse
 import sys
 import time
-from pathlib import Path
 
+import classifier_recipe as recipe
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import classifier_recipe as recipe  # noqa: E402
-from ebm_recipe import hardware  # noqa: E402
-
-from keras_shortrun import data  # noqa: E402
+from keras_shortrun import data
+from keras_shortrun.training import hardware
 
 
 def main():

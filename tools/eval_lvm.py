@@ -11,26 +11,21 @@ per image) at the learned step sizes and over a grid of shared step sizes.
 """
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from keras import ops
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from lvm_recipe import RECIPES  # noqa: E402
-
-from keras_shortrun import data  # noqa: E402
-from keras_shortrun import zoo  # noqa: E402
+from keras_shortrun import data
+from keras_shortrun import recipes
+from keras_shortrun import zoo
 
 PAPER_STEP_SIZE = 0.05
 GRID = (0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15)
 
 
 def evaluate(entry, grid_images, data_path=None):
-    x_test, _ = data.load(RECIPES[entry]["dataset"], "test", path=data_path)
+    x_test, _ = data.load(recipes.load(entry)["dataset"], "test", path=data_path)
     lvm, vae = zoo.load(entry), zoo.load(f"{entry}_vae")
     start = time.time()
     _, mse_lvm = lvm.reconstruct(x_test, seed=0)
@@ -61,7 +56,7 @@ def evaluate(entry, grid_images, data_path=None):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--entries", nargs="+", default=list(RECIPES))
+    parser.add_argument("--entries", nargs="+", default=recipes.names("lvm"))
     parser.add_argument("--grid-images", type=int, default=16)
     parser.add_argument("--data-path", default=None)
     args = parser.parse_args()

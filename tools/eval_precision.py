@@ -12,23 +12,20 @@ low-precision and the float32 samples, and the wall time on this machine.
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
 import keras
 import numpy as np
 
+from keras_shortrun import data
+from keras_shortrun import metrics
+from keras_shortrun import zoo
+from keras_shortrun.models.ebm import COMPUTE_DTYPES
+from keras_shortrun.training import cpu_model
+from keras_shortrun.zoo.registry import read_metadata
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-
-from machine import cpu_model  # noqa: E402
-
-from keras_shortrun import data  # noqa: E402
-from keras_shortrun import metrics  # noqa: E402
-from keras_shortrun import zoo  # noqa: E402
-from keras_shortrun.models.ebm import COMPUTE_DTYPES  # noqa: E402
-from keras_shortrun.zoo.registry import read_metadata  # noqa: E402
 
 
 def main():

@@ -13,17 +13,13 @@ accuracy on the adversarial images averages 8 new chains, as ``predict`` does.
 import argparse
 import sys
 import time
-from pathlib import Path
 
+import classifier_recipe as recipe
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import classifier_recipe as recipe  # noqa: E402
-from ebm_recipe import hardware  # noqa: E402
-
-from keras_shortrun import attacks  # noqa: E402
-from keras_shortrun import data  # noqa: E402
+from keras_shortrun import attacks
+from keras_shortrun import data
+from keras_shortrun.training import hardware
 
 EPSILONS = (0.01, 0.03, 0.1, 0.3)
 

@@ -30,17 +30,15 @@ from pathlib import Path
 
 import keras
 
+from keras_shortrun import data
+from keras_shortrun import evaluation
+from keras_shortrun import metrics
+from keras_shortrun import zoo
+from keras_shortrun.training import cpu_model
+from keras_shortrun.zoo.registry import METADATA_FILE
+from keras_shortrun.zoo.registry import resolve
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-
-from machine import cpu_model  # noqa: E402
-
-from keras_shortrun import data  # noqa: E402
-from keras_shortrun import evaluation  # noqa: E402
-from keras_shortrun import metrics  # noqa: E402
-from keras_shortrun import zoo  # noqa: E402
-from keras_shortrun.zoo.registry import METADATA_FILE  # noqa: E402
-from keras_shortrun.zoo.registry import resolve  # noqa: E402
 
 GENERATIVE_FAMILIES = ("ShortRunEBM", "MultiLayerLVM", "VAE", "GenerativeClassifier")
 

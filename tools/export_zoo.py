@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from machine import cpu_model
+from keras_shortrun.training import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

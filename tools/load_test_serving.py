@@ -13,7 +13,6 @@ memory: no growth with the request count). No server, no sockets: the sampler is
 import argparse
 import os
 import statistics
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,13 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_shortrun.serving import OnnxSampler
+from keras_shortrun.training import cpu_model
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-sys.path.insert(0, str(ROOT))
-
-from machine import cpu_model  # noqa: E402
-
-from keras_shortrun.serving import OnnxSampler  # noqa: E402
 
 
 def resident_mb():

@@ -11,82 +11,26 @@ from pathlib import Path
 
 import keras
 import numpy as np
-from ebm_recipe import DATA_LICENCES
-from ebm_recipe import hardware
 from ebm_recipe import inception_rows
-from ebm_recipe import last_epoch
-from ebm_recipe import log_row
 
 from keras_shortrun import data
+from keras_shortrun import recipes
 from keras_shortrun.images import save_grid
-from keras_shortrun.models import VAE
 from keras_shortrun.models import MultiLayerLVM
-from keras_shortrun.models import TopDownGenerator
-from keras_shortrun.models import posterior_chain
 from keras_shortrun.seeds import stream
-from keras_shortrun.training import fit_resumable
+from keras_shortrun.training import hardware
+from keras_shortrun.training import last_epoch
+from keras_shortrun.training import log_row
 from keras_shortrun.zoo import info as read_metadata
 from keras_shortrun.zoo import load as load_entry
 from keras_shortrun.zoo import save_entry
 
 ROOT = Path(__file__).resolve().parents[1]
 
-RECIPES = {
-    "mnist_lvm": {
-        "dataset": "mnist",
-        "test_split": "MNIST test set (10,000 images)",
-        "image_size": 28,
-        "channels": 1,
-        "latent_dims": [8, 16, 32],
-        "width": 32,
-        "steps": 25,
-        "step_size": 0.05,
-        "sigma": 0.15,
-        "step_size_every": 20,
-        "step_size_batch": 4,
-        "step_size_learning_rate": 0.03,
-        "batch_size": 64,
-        "learning_rate": 2e-4,
-        "beta_1": 0.5,
-        "iterations": 1500,
-        "iterations_per_epoch": 100,
-        "seed": 0,
-    },
-    "celeba_lvm": {
-        "dataset": "celeba32",
-        "test_split": "last 1,000 of the 10k faces (never trained on)",
-        "image_size": 32,
-        "channels": 3,
-        "latent_dims": [16, 32, 64],
-        "width": 64,
-        "steps": 25,
-        "step_size": 0.05,
-        "sigma": 0.15,
-        "step_size_every": 25,
-        "step_size_batch": 2,
-        "step_size_learning_rate": 0.03,
-        "batch_size": 64,
-        "learning_rate": 2e-4,
-        "beta_1": 0.5,
-        "iterations": 1500,
-        "iterations_per_epoch": 100,
-        "seed": 0,
-    },
-}
-
-
 def build(entry, kind="lvm"):
     """The untrained ``MultiLayerLVM`` (``kind="lvm"``) or ``VAE`` (``kind="vae"``) of a recipe."""
-    r = RECIPES[entry]
-    generator = TopDownGenerator(r["latent_dims"], r["image_size"], r["channels"], r["width"], name="generator")
-    if kind == "vae":
-        return VAE(generator, sigma=r["sigma"], seed=r["seed"], name=f"{entry}_vae")
-    chain = posterior_chain(len(r["latent_dims"]), steps=r["steps"], step_size=r["step_size"], seed=r["seed"])
-    return MultiLayerLVM(
-        generator, sigma=r["sigma"], chain=chain, step_size_every=r["step_size_every"],
-        step_size_batch=r["step_size_batch"], step_size_learning_rate=r["step_size_learning_rate"],
-        seed=r["seed"], name=entry,
-    )
+    return recipes.build(recipes.load(entry), None if kind == "lvm" else "vae",
+                         name=entry if kind == "lvm" else f"{entry}_vae")
 
 
 def run_dir(entry, kind):
@@ -95,15 +39,8 @@ def run_dir(entry, kind):
 
 def train(entry, kind, iterations, data_path=None):
     """Trains (resuming from ``runs/<entry>[_vae]``) for ``iterations`` updates in total."""
-    r = RECIPES[entry]
-    x, _ = data.load(r["dataset"], "train", path=data_path)
-    model = build(entry, kind)
-    fit_resumable(
-        model, x, run_dir(entry, kind), iterations, batch_size=r["batch_size"],
-        iterations_per_epoch=r["iterations_per_epoch"], learning_rate=r["learning_rate"],
-        beta_1=r["beta_1"], seed=r["seed"], verbose=2,
-    )
-    return model
+    return recipes.train(entry, run_dir(entry, kind), iterations=iterations, variant=None if kind == "lvm" else "vae",
+                         data_path=data_path)
 
 
 def load_checkpoint(entry, kind, epoch):
@@ -145,7 +82,7 @@ def figures(model, x_test, directory, seed=0):
 
 def test_mse(model, entry, data_path=None, seed=0):
     """Per-image reconstruction MSE on the held-out split (pixels in [-1, 1]) and the seconds it took."""
-    x_test, _ = data.load(RECIPES[entry]["dataset"], "test", path=data_path)
+    x_test, _ = data.load(recipes.load(entry)["dataset"], "test", path=data_path)
     start = time.time()
     _, mse = model.reconstruct(x_test, seed=seed)
     return mse, time.time() - start
@@ -153,15 +90,11 @@ def test_mse(model, entry, data_path=None, seed=0):
 
 def export_entry(entry, epoch=None, data_path=None):
     """Writes ``zoo/<entry>`` (the LVM) and ``zoo/<entry>_vae`` (its baseline at the same update count)."""
-    r = RECIPES[entry]
+    r = recipes.load(entry)
     epoch = last_epoch(run_dir(entry, "lvm")) if epoch is None else epoch
     x_test, _ = data.load(r["dataset"], "test", path=data_path)
     iterations = epoch * r["iterations_per_epoch"]
-    dataset = {
-        "name": r["dataset"], "file": data.find_npz(r["dataset"], data_path).name,
-        "sha256": data.NPZ_FILES[r["dataset"]][1], "split": "train", "test_split": r["test_split"],
-        "licence": DATA_LICENCES[r["dataset"].removesuffix("32")],
-    }
+    dataset = data.provenance(r["dataset"], path=data_path, test_split=r["test_split"])
     evaluated = {}
     for kind in ("lvm", "vae"):  # both first: each card compares the two
         model, row = load_checkpoint(entry, kind, epoch)
@@ -318,7 +251,7 @@ def main(entry, doc):
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=("train", "export", "card"))
     parser.add_argument("--kind", choices=("lvm", "vae"), default="lvm")
-    parser.add_argument("--iterations", type=int, default=RECIPES[entry]["iterations"])
+    parser.add_argument("--iterations", type=int, default=recipes.load(entry)["iterations"])
     parser.add_argument("--data-path", default=None)
     parser.add_argument("--epoch", type=int, default=None, help="snapshot to export (default: the last)")
     args = parser.parse_args()

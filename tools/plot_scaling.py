@@ -11,12 +11,9 @@ batch, with the machine's float32 matmul rate of the run as a line. Needs matplo
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_chain import chain_step_flops  # noqa: E402
+from bench_chain import chain_step_flops
 
 STYLES = {"tensorflow": "-", "jax": "--", "torch": ":"}
 MARKERS = {"tensorflow": "o", "jax": "s", "torch": "^"}

@@ -10,21 +10,16 @@ EPYC, cifar10_ebm's 400 updates take about 2.5 minutes a variant.
 
 import argparse
 import csv
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-
-from ebm_recipe import RECIPES  # noqa: E402
-from ebm_recipe import build  # noqa: E402
-
-from keras_shortrun import data  # noqa: E402
-from keras_shortrun import zoo  # noqa: E402
-from keras_shortrun.errors import TrainingDiverged  # noqa: E402
-from keras_shortrun.models import ShortRunEBM  # noqa: E402
-from keras_shortrun.training import DivergenceGuard  # noqa: E402
-from keras_shortrun.training import fit_resumable  # noqa: E402
-from keras_shortrun.training import runs_home  # noqa: E402
+from keras_shortrun import data
+from keras_shortrun import recipes
+from keras_shortrun import zoo
+from keras_shortrun.errors import TrainingDiverged
+from keras_shortrun.models import ShortRunEBM
+from keras_shortrun.training import DivergenceGuard
+from keras_shortrun.training import fit_resumable
+from keras_shortrun.training import runs_home
 
 # variant: (gradient_penalty, learning_rate)
 VARIANTS = {"plain": (0.0, 2e-4), "lr5e-5": (0.0, 5e-5), "penalty1": (1.0, 2e-4)}
@@ -40,9 +35,9 @@ def summed_gaps(run_dir):
 
 def probe(entry, variant, iterations):
     penalty, learning_rate = VARIANTS[variant]
-    recipe = RECIPES[entry]
+    recipe = recipes.load(entry)
     x, _ = data.load(recipe["dataset"], "train")
-    model = ShortRunEBM.from_config({**build(recipe).get_config(), "gradient_penalty": penalty})
+    model = ShortRunEBM.from_config({**recipes.build(recipe).get_config(), "gradient_penalty": penalty})
     model.set_weights(zoo.load(entry).get_weights())
     run_dir = runs_home() / f"probe_{entry}" / variant
     try:
@@ -62,7 +57,7 @@ def probe(entry, variant, iterations):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("entry", choices=[name for name, r in RECIPES.items() if "divergence" in r])
+    parser.add_argument("entry", choices=[name for name in recipes.names("ebm") if "divergence" in recipes.load(name)])
     parser.add_argument("--iterations", type=int, default=400)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     args = parser.parse_args()

@@ -16,12 +16,8 @@ batch 32, Adam 2e-4 (beta_1 0.9), data noise 0.03, the [-1, 1] clamp and seed 0.
 import argparse
 import json
 import os
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from keras_shortrun.evaluation import SCORE_PROTOCOL  # noqa: E402
+from keras_shortrun.evaluation import SCORE_PROTOCOL
 
 CANDIDATES = {
     "a": ("today's recipe: paper-1 net nf=16, LeakyReLU, K=50", "with_convnet", {"steps": 50}),

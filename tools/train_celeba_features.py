@@ -9,21 +9,17 @@ local texture, so noise and blur move them) and the 128-d code (global layout: p
 """
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import keras
 from keras import layers
 
+from keras_shortrun import data
+from keras_shortrun.training import hardware
+from keras_shortrun.zoo import save_entry
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-
-from ebm_recipe import DATA_LICENCES  # noqa: E402
-from ebm_recipe import hardware  # noqa: E402
-
-from keras_shortrun import data  # noqa: E402
-from keras_shortrun.zoo import save_entry  # noqa: E402
 
 WIDTHS = (32, 64, 128, 128)
 CODE = 128
@@ -60,8 +56,7 @@ def main(epochs, data_path=None):
     metadata = {
         "name": "celeba_features", "family": "FeatureNet", "resolution": 64,
         "description": "CelebA feature network: encoder of an autoencoder, 224-d features",
-        "dataset": {"name": "celeba", "file": data.NPZ_FILES["celeba"][0], "sha256": data.NPZ_FILES["celeba"][1],
-                    "split": "train (first 9,000 faces)", "licence": DATA_LICENCES["celeba"]},
+        "dataset": data.provenance("celeba", "train (first 9,000 faces)"),
         "features": {"dim": 32 + 64 + CODE, "layers": ["texture_0 (GAP, 32)", "texture_1 (GAP, 64)",
                                                            "code (128)"]},
         "training": {"epochs": epochs, "batch_size": 64, "optimizer": "Adam 1e-3", "loss": "pixel MSE",

@@ -9,7 +9,6 @@ compares against, never a model it scores). Features (352-d): the global average
 """
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -17,14 +16,11 @@ import keras
 import numpy as np
 from keras import layers
 
+from keras_shortrun import data
+from keras_shortrun.training import hardware
+from keras_shortrun.zoo import save_entry
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-
-from ebm_recipe import DATA_LICENCES  # noqa: E402
-from ebm_recipe import hardware  # noqa: E402
-
-from keras_shortrun import data  # noqa: E402
-from keras_shortrun.zoo import save_entry  # noqa: E402
 
 WIDTHS = (32, 64, 128)
 EMBEDDING = 256
@@ -64,8 +60,7 @@ def main(epochs, data_path=None):
     metadata = {
         "name": "cifar10_features", "family": "FeatureNet", "resolution": 32,
         "description": "CIFAR-10 feature network: a supervised ConvNet classifier, 352-d features",
-        "dataset": {"name": "cifar10", "file": data.NPZ_FILES["cifar10"][0], "sha256": data.NPZ_FILES["cifar10"][1],
-                    "split": "train (10,000 labelled images)", "licence": DATA_LICENCES["cifar10"]},
+        "dataset": data.provenance("cifar10", "train (10,000 labelled images)"),
         "features": {"dim": 32 + 64 + EMBEDDING,
                      "layers": ["texture_0 (GAP, 32)", "texture_1 (GAP, 64)", f"embedding ({EMBEDDING})"]},
         "training": {"epochs": epochs, "batch_size": 64, "optimizer": "Adam 1e-3, cosine decay",

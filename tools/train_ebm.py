@@ -1,4 +1,4 @@
-"""Recipe of the EBM zoo entries (``RECIPES`` in ``ebm_recipe.py``): train (resumable), then export with a card.
+"""Recipe of the EBM zoo entries (``keras_shortrun/recipes/<entry>.json``): train (resumable), then export with a card.
 
     python tools/train_ebm.py mnist_ebm train [--iterations N]   # resumes $KERAS_SHORTRUN_HOME/runs/<entry>
     python tools/train_ebm.py celeba_ebm train --run-dir DIR --set 'coarse_to_fine.steps=[50,20,15,10]'
@@ -23,28 +23,26 @@ states what was run and measured (iterations, hardware, wall time).
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
+from ebm_recipe import export_entry
+from ebm_recipe import refresh_quality
+from ebm_recipe import rewrite_card
+from ebm_recipe import score_average
+from ebm_recipe import score_entry_chain
+from ebm_recipe import score_snapshot
+from ebm_recipe import train
+
+from keras_shortrun import recipes
+from keras_shortrun.evaluation import SCORE_PROTOCOL
+from keras_shortrun.recipes import parse_overrides
+from keras_shortrun.training import runs_home
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-
-from ebm_recipe import RECIPES  # noqa: E402
-from ebm_recipe import export_entry  # noqa: E402
-from ebm_recipe import parse_overrides  # noqa: E402
-from ebm_recipe import refresh_quality  # noqa: E402
-from ebm_recipe import rewrite_card  # noqa: E402
-from ebm_recipe import score_average  # noqa: E402
-from ebm_recipe import score_entry_chain  # noqa: E402
-from ebm_recipe import score_snapshot  # noqa: E402
-from ebm_recipe import train  # noqa: E402
-
-from keras_shortrun.evaluation import SCORE_PROTOCOL  # noqa: E402
-from keras_shortrun.training import runs_home  # noqa: E402
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("entry", choices=sorted(RECIPES))
+    parser.add_argument("entry", choices=recipes.names("ebm"))
     parser.add_argument("action", choices=("train", "export", "quality", "score", "score-entry", "card"))
     parser.add_argument("--iterations", type=int, default=None, help="total updates (default: the recipe's)")
     parser.add_argument("--run-dir", default=None, help="default: $KERAS_SHORTRUN_HOME/runs/<entry>")

@@ -6,12 +6,7 @@ labels per class).
     python tools/train_mnist_classifier.py export       # after tools/eval_classifier.py and eval_robustness.py
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from classifier_recipe import main  # noqa: E402
+from classifier_recipe import main
 
 if __name__ == "__main__":
     main("mnist_classifier", __doc__)

@@ -5,12 +5,7 @@
     python tools/train_mnist_lvm.py card                                       # renders both cards again
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from lvm_recipe import main  # noqa: E402
+from lvm_recipe import main
 
 if __name__ == "__main__":
     main("mnist_lvm", __doc__)

@@ -3,8 +3,11 @@
 import math
 
 import keras
+import numpy as np
 from keras import layers
 from keras import ops
+
+from keras_shortrun import seeds
 
 ACTIVATIONS = ("leaky_relu", "silu")
 
@@ -96,6 +99,29 @@ class EnergyConvNet(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return (input_shape[0],)
 
+    def widen_from(self, source, seed=None, symmetry_noise=0.01):
+        """Loads a narrower ``EnergyConvNet`` ``source`` into this one so that both compute the same energy
+        (Net2WiderNet, Chen, Goodfellow & Shlens, ICLR 2016): ``filters`` must be a multiple ``m`` of the
+        source's. Every unit is copied ``m`` times; the next layer reads each copy with ``1/m`` of the
+        source's weight plus a perturbation that sums to zero over the copies (``symmetry_noise`` times the
+        layer's weight std), so the energy is unchanged and the copies' gradients differ. Both built."""
+        same = ("image_size", "channels", "negative_slope", "activation")
+        mismatched = not isinstance(source, EnergyConvNet) or any(getattr(source, k) != getattr(self, k) for k in same)
+        if mismatched or self.filters % source.filters:
+            raise ValueError(f"Cannot widen {source.name} into {self.name} (an EnergyConvNet of filters="
+                             f"{self.filters}): {same} must match and filters must be a multiple.")
+        copies = self.filters // source.filters
+        rng = np.random.default_rng(seed)
+        for index, (wide, narrow) in enumerate(zip(self.convs, source.convs)):
+            kernel, bias = (np.asarray(w, "float64") for w in narrow.get_weights())
+            if index > 0:  # the inputs are the previous layer's copies, tiled along the channel axis
+                perturbation = rng.normal(size=(copies,) + kernel.shape) * symmetry_noise * kernel.std()
+                perturbation -= perturbation.mean(axis=0)
+                kernel = np.concatenate(list(kernel / copies + perturbation), axis=2)
+            if index < len(self.convs) - 1:
+                kernel, bias = np.tile(kernel, (1, 1, 1, copies)), np.tile(bias, copies)
+            wide.set_weights([kernel.astype("float32"), bias.astype("float32")])
+
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -128,15 +154,25 @@ class MultiscaleEnergy(keras.layers.Layer):
 
     @classmethod
     def with_convnets(cls, resolutions, channels=3, filters=16, activation="leaky_relu", **kwargs):
-        """One ``EnergyConvNet`` of width ``filters`` per resolution."""
+        """One ``EnergyConvNet`` per resolution, of width ``filters``: one int, or one per resolution."""
+        widths = [filters] * len(resolutions) if isinstance(filters, int) else list(filters)
+        if len(widths) != len(resolutions):
+            raise ValueError(f"filters must be one int or one per resolution {tuple(resolutions)}, got {filters}.")
         return cls(
             [
-                EnergyConvNet(image_size=r, channels=channels, filters=filters, activation=activation,
-                              name=f"energy_{r}")
-                for r in resolutions
+                EnergyConvNet(image_size=r, channels=channels, filters=w, activation=activation, name=f"energy_{r}")
+                for r, w in zip(resolutions, widths)
             ],
             **kwargs,
         )
+
+    def widen_from(self, source, seed=None):
+        """Loads a narrower (or equal) ``MultiscaleEnergy`` ``source`` of the same sizes into this one, each
+        resolution's energy by ``EnergyConvNet.widen_from``: the same energy function, more capacity."""
+        if not isinstance(source, MultiscaleEnergy) or sorted(source.by_size) != sorted(self.by_size):
+            raise ValueError(f"Cannot widen {source.name} into a MultiscaleEnergy of sizes {sorted(self.by_size)}.")
+        for size, energy in self.by_size.items():
+            energy.widen_from(source.by_size[size], seed=seeds.stream(seed, f"widen_{size}"))
 
     @property
     def image_size(self):

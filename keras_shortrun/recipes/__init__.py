@@ -1,0 +1,247 @@
+"""Zoo recipes as package data: ``<entry>.json`` holds an entry's whole recipe (data, model and chain, optimizer
+and schedule, budget), its ``family`` (``"ebm"``, ``"lvm"`` or ``"classifier"``) and ``notes`` (why it differs
+from its paper). A training run records the recipe it started with (``record_recipe``), so a later change of a
+file never changes what a run's snapshots are."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+FAMILIES = ("ebm", "lvm", "classifier")
+RECIPE_FILE = "recipe.json"  # in a run folder: what the run was trained with, written at its start
+_FOLDER = Path(__file__).resolve().parent
+
+
+def names(family=None):
+    """The zoo entries that have a recipe, sorted; only ``family``'s when given."""
+    if family is not None and family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}.")
+    entries = sorted(path.stem for path in _FOLDER.glob("*.json"))
+    return [name for name in entries if family is None or load(name)["family"] == family]
+
+
+def load(entry):
+    """The recipe of zoo ``entry``, or a family's defaults (``"ebm"``, ``"lvm"``, ``"classifier"``): a fresh
+    dict (JSON types: lists, string keys)."""
+    path = _FOLDER / ("defaults" if entry in FAMILIES else "") / f"{entry}.json"
+    if not isinstance(entry, str) or not path.is_file():
+        raise KeyError(f"No recipe {entry!r}; recipes: {', '.join(FAMILIES + tuple(names()))}.")
+    return json.loads(path.read_text())
+
+
+def parse_overrides(pairs):
+    """``{"a.b": value}`` from ``--set a.b=VALUE`` strings; a VALUE is read as JSON where it parses (numbers,
+    lists), else kept as a string."""
+    overrides = {}
+    for pair in pairs or ():
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set takes KEY=VALUE (e.g. coarse_to_fine.steps=[50,20,15,10]), got {pair!r}.")
+        try:
+            overrides[key] = json.loads(text)
+        except json.JSONDecodeError:
+            overrides[key] = text
+    return overrides
+
+
+def apply_overrides(recipe, overrides):
+    """A copy of ``recipe`` with dotted ``overrides`` applied; each key must already be in the recipe."""
+    recipe = json.loads(json.dumps(recipe))
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = recipe
+        for name in parents:
+            node = node.get(name) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            raise KeyError(f"The recipe has no field {key!r}; fields: {', '.join(sorted(recipe))}.")
+        node[leaf] = value
+    return recipe
+
+
+def run_recipe(entry, run_dir):
+    """The recipe a run was trained with, as it recorded it at its start (``RECIPE_FILE``; runs recorded before
+    recipes named their family get ``load(entry)``'s); a run from before runs recorded their recipe:
+    ``load(entry)`` as it is now."""
+    path = Path(run_dir) / RECIPE_FILE
+    if not path.is_file():
+        return load(entry)
+    return {"family": load(entry)["family"], **json.loads(path.read_text())["recipe"]}
+
+
+def with_image_shape(recipe, image_shape):
+    """``recipe`` with the ``image_size``/``channels`` it leaves ``null`` read from ``image_shape`` ``(H, W, C)``
+    (``None``: unchanged); raises ``ValueError`` when the shape is not the recipe's."""
+    if image_shape is None:
+        return recipe
+    height, width, channels = image_shape
+    recipe = {**recipe, "image_size": recipe.get("image_size") or height,
+              "channels": recipe.get("channels") or channels}
+    if (recipe["image_size"], recipe["image_size"], recipe["channels"]) != (height, width, channels):
+        raise ValueError(f"The data's images are {height}x{width}x{channels}; the recipe is for "
+                         f"{recipe['image_size']}x{recipe['image_size']}x{recipe['channels']} (set image_size and "
+                         "channels, or another dataset).")
+    return recipe
+
+
+def record_recipe(entry, run_dir, overrides, image_shape=None):
+    """Checks ``overrides`` against the recipe and what ``run_dir`` recorded: a new run records its whole recipe
+    (``load(entry)`` with the overrides; an ``image_size``/``channels`` left ``null``, as in a family's
+    defaults, read from ``image_shape`` ``(H, W, C)``, the training data's) and the overrides; a run resumes
+    only with the overrides it started with (none given: the recorded ones). Returns the run's recipe."""
+    path = Path(run_dir) / RECIPE_FILE
+    started = path.is_file() or (Path(run_dir) / "backup").is_dir() or (Path(run_dir) / "log.csv").is_file()
+    recorded = json.loads(path.read_text())["overrides"] if path.is_file() else {}
+    if started and overrides and overrides != recorded:
+        raise ValueError(f"The run in {run_dir} was started with the overrides {recorded}; it resumes only with "
+                         f"those (got {overrides}). Use another --run-dir for another recipe.")
+    if started:
+        return run_recipe(entry, run_dir)
+    recipe = with_image_shape(apply_overrides(load(entry), overrides), image_shape)
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"overrides": overrides, "recipe": recipe}, indent=1, sort_keys=True))
+    return recipe
+
+
+def _ebm(r, variant, name):
+    from keras_shortrun.models import ShortRunEBM
+
+    shared = {"image_size": r["image_size"], "channels": r["channels"], "filters": r["filters"], "clip": r["clip"],
+              "seed": r["seed"], "gradient_penalty": r.get("gradient_penalty", 0.0), "name": name}
+    if "coarse_to_fine" in r:
+        return ShortRunEBM.with_coarse_to_fine(**shared, **r["coarse_to_fine"])
+    return ShortRunEBM.with_convnet(steps=r["steps"], **shared)
+
+
+def _lvm(r, variant, name):
+    from keras_shortrun.models import VAE
+    from keras_shortrun.models import MultiLayerLVM
+    from keras_shortrun.models import TopDownGenerator
+    from keras_shortrun.models import posterior_chain
+
+    generator = TopDownGenerator(r["latent_dims"], r["image_size"], r["channels"], r["width"], name="generator")
+    if variant == "vae":
+        return VAE(generator, sigma=r["sigma"], seed=r["seed"], name=name)
+    chain = posterior_chain(len(r["latent_dims"]), steps=r["steps"], step_size=r["step_size"], seed=r["seed"])
+    return MultiLayerLVM(generator, sigma=r["sigma"], chain=chain, step_size_every=r["step_size_every"],
+                         step_size_batch=r["step_size_batch"], step_size_learning_rate=r["step_size_learning_rate"],
+                         seed=r["seed"], name=name)
+
+
+def _classifier(r, variant, name):
+    from keras_shortrun.models import ConvTransposeGenerator
+    from keras_shortrun.models import GenerativeClassifier
+    from keras_shortrun.models import mlp_head
+    from keras_shortrun.models import thesis_chain
+
+    generator = ConvTransposeGenerator(r["latent_dim"], r["channels"], r["widths"], name="generator")
+    return GenerativeClassifier(
+        generator, mlp_head(r["latent_dim"], r["num_classes"], r["head_hidden"]), r["num_classes"], sigma=r["sigma"],
+        chain=thesis_chain(r["steps"], r["step_size"], seed=r["seed"]), stage=variant or "generator",
+        prediction_chains=r["prediction_chains"], generative_weight=r["joint"]["generative_weight"], seed=r["seed"],
+        name=name,
+    )
+
+
+_BUILDERS = {"ebm": _ebm, "lvm": _lvm, "classifier": _classifier}
+VARIANTS = {"ebm": (None,), "lvm": (None, "vae"), "classifier": ("generator", "head", "joint")}
+
+
+def build(recipe, variant=None, name=None):
+    """The untrained model of ``recipe`` (``load``, ``run_recipe``), by its family: a ``ShortRunEBM``,
+    ``MultiLayerLVM`` or ``GenerativeClassifier``. ``variant``: ``"vae"`` for an lvm recipe's VAE baseline (same
+    generator), a classifier's training stage (``"generator"``, the default, ``"head"`` or ``"joint"``)."""
+    family = recipe.get("family")
+    if family not in _BUILDERS:
+        raise ValueError(f"A recipe's family must be one of {FAMILIES}, got {family!r}.")
+    if variant not in VARIANTS[family] and not (family == "classifier" and variant is None):
+        raise ValueError(f"A {family} recipe has the variants {VARIANTS[family]}, got {variant!r}.")
+    if recipe.get("image_size") is None or recipe.get("channels") is None:
+        raise ValueError("The recipe has no image_size/channels yet: train() reads them from the data.")
+    return _BUILDERS[family](recipe, variant, name)
+
+
+def check(recipe):
+    """Raises ``ValueError`` naming the first field of ``recipe`` that cannot train (family, updates, batch,
+    optimizer, seed), so that a bad ``--set`` fails before any data is loaded; returns ``recipe``."""
+    from keras_shortrun import validation
+
+    if recipe.get("family") not in FAMILIES:
+        raise ValueError(f"A recipe's family must be one of {FAMILIES}, got {recipe.get('family')!r}.")
+    for key in ("batch_size", "iterations_per_epoch"):
+        validation.check_positive_int(recipe[key], key)
+    validation.check_seed(recipe["seed"])
+    stages = VARIANTS["classifier"] if recipe["family"] == "classifier" else (None,)
+    for stage in stages:
+        spec, prefix = (recipe, "") if stage is None else (recipe[stage], f"{stage}.")
+        validation.check_positive_float(spec["learning_rate"], f"{prefix}learning_rate")
+        validation.check_beta_1(spec["beta_1"], f"{prefix}beta_1")
+        budgets = spec["iterations"] if isinstance(spec["iterations"], dict) else {"": spec["iterations"]}
+        for labels, iterations in budgets.items():
+            validation.check_positive_int(iterations, f"{prefix}iterations{'.' + labels if labels else ''}")
+    return recipe
+
+
+def stage_dir(run_dir, stage, labels=None):
+    """A classifier run's folder of ``stage``: ``run_dir/generator`` (every image, no labels), else
+    ``run_dir/<stage>_<labels>`` (per label budget: labels per class)."""
+    return Path(run_dir) / (stage if stage == "generator" else f"{stage}_{labels}")
+
+
+def _widen_into(recipe):
+    """``training.start_from_entry``'s ``adapt`` for an EBM: a committed entry with narrower energies."""
+    from keras_shortrun.seeds import stream
+
+    return lambda committed, model: model.energy.widen_from(committed.energy, seed=stream(recipe["seed"], "widen"))
+
+
+def train(entry, run_dir, overrides=None, iterations=None, variant=None, labels=None, data_path=None,
+          start_from=None, max_cpu_seconds=None, keep_every=None, verbose=2):
+    """Trains the recipe of zoo ``entry`` (or a family's defaults, ``"ebm"``, ``"lvm"`` or ``"classifier"``) with
+    ``overrides`` (``{"dotted.key": value}``) in ``run_dir``, for ``iterations`` updates in all (default: the
+    recipe's), and returns the model. Rerunning resumes the run (``training.fit_resumable``); the run records
+    its recipe (``record_recipe``) and the machines that trained it (``training.record_hardware``).
+
+    ``variant``: see ``build``. A classifier stage runs in ``stage_dir(run_dir, stage, labels)`` (``labels``:
+    labels per class, for ``"head"`` and ``"joint"``) and starts from the previous stage's
+    ``training.chosen_epoch``; ``"joint"`` mixes labelled and unlabelled images in every batch.
+    ``start_from``: a zoo entry whose weights a new run starts from, with a fresh optimizer (an EBM's may have
+    narrower energies, see ``EnergyConvNet.widen_from``). ``max_cpu_seconds``, ``keep_every``: see
+    ``fit_resumable``."""
+    from keras_shortrun import data
+    from keras_shortrun import training
+
+    dataset = check(apply_overrides(load(entry), overrides or {}))["dataset"]
+    x, y = data.load(dataset, "train", path=data_path)
+    r = record_recipe(entry, run_dir, overrides or {}, image_shape=x.shape[1:])
+    family = r["family"]
+    model = build(r, variant, name=f"{entry}_vae" if variant == "vae" else entry)
+    spec, folder = r, Path(run_dir)
+    if family == "classifier":
+        stage = variant or "generator"
+        spec, folder = r[stage], stage_dir(run_dir, stage, labels)
+        if stage != "generator":
+            if labels is None:
+                raise ValueError(f"The classifier's {stage!r} stage needs labels (labels per class).")
+            previous = stage_dir(run_dir, "generator" if stage == "head" else "head", labels)
+            model.load_weights(training.checkpoint_path(previous, training.chosen_epoch(previous)[0]))
+            model.set_stage(stage)
+            picked = data.labelled_subset(y, labels, r["seed"])
+            unlabelled = np.setdiff1d(np.arange(len(x)), picked)
+            per_batch = r["batch_size"] if stage == "head" else spec["labelled_per_batch"]
+            resumed = training.completed_epochs(folder / "backup")
+            x = training.semi_supervised_batches(x[picked], y[picked], x[unlabelled], r["batch_size"], per_batch,
+                                                 seed=r["seed"] + resumed, steps=r["iterations_per_epoch"])
+    total = spec["iterations"] if iterations is None else iterations
+    if isinstance(total, dict):
+        total = total[str(labels)]  # a classifier stage's updates per label budget
+    if start_from is not None:
+        training.start_from_entry(model, folder, start_from, adapt=_widen_into(r) if family == "ebm" else None)
+    training.record_hardware(folder)
+    guard = training.DivergenceGuard(**r["divergence"]) if "divergence" in r else None
+    training.fit_resumable(
+        model, x, folder, total, batch_size=r["batch_size"], iterations_per_epoch=r["iterations_per_epoch"],
+        learning_rate=spec["learning_rate"], beta_1=spec["beta_1"], seed=r["seed"], grid_size=16 if family == "ebm"
+        else 64, verbose=verbose, guard=guard, max_cpu_seconds=max_cpu_seconds, keep_every=keep_every,
+    )
+    return model

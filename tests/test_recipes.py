@@ -1,0 +1,100 @@
+"""The zoo recipes as package data (``keras_shortrun.recipes``): every entry has one, overrides are checked,
+and a run records the recipe it started with."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from builders import tiny_images
+
+from keras_shortrun import cli
+from keras_shortrun import data
+from keras_shortrun import recipes
+from keras_shortrun import zoo
+from keras_shortrun.training import last_epoch
+
+
+def test_every_zoo_entry_has_a_recipe_of_a_known_family():
+    families = {entry["name"]: entry["family"] for entry in zoo.list()}
+    model_class = {"ebm": "ShortRunEBM", "lvm": "MultiLayerLVM", "classifier": "GenerativeClassifier"}
+    for name in recipes.names():
+        recipe = recipes.load(name)
+        assert families[name] == model_class[recipe["family"]] and recipe["notes"], name
+    for name in families:  # every entry but the feature networks comes from a recipe, or is a variant of one
+        assert name.endswith("_features") or any(name.startswith(recipe) for recipe in recipes.names()), name
+    assert recipes.names("ebm") == ["celeba_ebm", "cifar10_ebm", "fashion_mnist_ebm", "mnist_ebm"]
+    assert recipes.load("mnist_ebm") is not recipes.load("mnist_ebm")  # a fresh dict: callers may change it
+    with pytest.raises(KeyError, match="No recipe 'nope'; recipes: ebm, lvm, classifier, celeba_ebm"):
+        recipes.load("nope")
+    with pytest.raises(ValueError, match="family must be one of"):
+        recipes.names("gan")
+
+
+def test_a_run_records_its_recipe_and_resumes_only_with_its_overrides(tmp_path, monkeypatch):
+    before = recipes.load("celeba_ebm")
+    overrides = recipes.parse_overrides(["coarse_to_fine.steps=[40,20,15,10]", "learning_rate=1e-4"])
+    assert overrides == {"coarse_to_fine.steps": [40, 20, 15, 10], "learning_rate": 1e-4}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        recipes.parse_overrides(["steps"])
+    with pytest.raises(KeyError, match="no field 'coarse_to_fine.stages'"):
+        recipes.apply_overrides(before, {"coarse_to_fine.stages": 3})
+    with pytest.raises(KeyError, match="no field 'steps'"):  # a coarse-to-fine recipe has no single K
+        recipes.apply_overrides(before, {"steps": 3})
+
+    recipe = recipes.record_recipe("celeba_ebm", tmp_path / "variant", overrides)
+    assert recipe["coarse_to_fine"]["steps"] == [40, 20, 15, 10] and recipe["learning_rate"] == 1e-4
+    assert recipes.load("celeba_ebm") == before  # the recipe itself is untouched
+    assert recipes.run_recipe("celeba_ebm", tmp_path / "variant") == recipe  # score and export read it back
+    changed = {**before, "batch_size": 64}
+    monkeypatch.setattr(recipes, "load", lambda entry: json.loads(json.dumps(changed)))  # a later edit of the file
+    assert recipes.run_recipe("celeba_ebm", tmp_path / "variant") == recipe  # ... leaves the run's alone
+    assert recipes.record_recipe("celeba_ebm", tmp_path / "variant", {}) == recipe  # a rerun resumes it
+    with pytest.raises(ValueError, match="resumes only with those"):
+        recipes.record_recipe("celeba_ebm", tmp_path / "variant", {"learning_rate": 5e-5})
+    (tmp_path / "plain" / "backup").mkdir(parents=True)  # a run started without overrides keeps none
+    with pytest.raises(ValueError, match="resumes only with those"):
+        recipes.record_recipe("celeba_ebm", tmp_path / "plain", overrides)
+    assert recipes.run_recipe("celeba_ebm", tmp_path / "plain")["batch_size"] == 64  # none recorded: the file's
+
+
+def test_an_ebm_recipe_builds_its_chain():
+    recipe = recipes.apply_overrides(recipes.load("celeba_ebm"), {"coarse_to_fine.steps": [40, 20, 15, 10]})
+    model = recipes.build(recipe)
+    assert model.chain.stage_steps == (40, 20, 15, 10) and model.chain.steps == 85
+
+
+def _labelled_digits(*args, **kwargs):
+    """``data.load``'s stand-in: 40 random 28x28 images, 4 of each of 10 classes."""
+    return tiny_images(40, (28, 28, 1)), np.repeat(np.arange(10), 4)
+
+
+TINY = {  # one entry of each family, at a size that trains in seconds
+    "mnist_ebm": ["filters=2", "steps=2"],
+    "mnist_lvm": ["latent_dims=[2,3]", "width=4", "steps=2", "step_size_every=1", "step_size_batch=2"],
+    "mnist_classifier": ["latent_dim=4", "widths=[4,4,2]", "head_hidden=[6]", "steps=2", "prediction_chains=2",
+                         "joint.labelled_per_batch=2"],
+}
+
+
+@pytest.mark.parametrize("entry", sorted(TINY))
+def test_cli_trains_every_familys_recipe_through_one_path_and_resumes(entry, tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "load", _labelled_digits)
+    out = tmp_path / "run"
+    settings = TINY[entry] + ["batch_size=4", "iterations_per_epoch=1"]
+    labels = ["--labels", "2"] if entry == "mnist_classifier" else []
+    args = ["train", entry, "--out", str(out), *labels, *[a for s in settings for a in ("--set", s)]]
+    assert cli.main(args + ["--iterations", "2"]) == 0
+    recorded = json.loads((out / recipes.RECIPE_FILE).read_text())
+    assert recorded["overrides"] == recipes.parse_overrides(settings)
+    assert recorded["recipe"] == recipes.apply_overrides(recipes.load(entry), recorded["overrides"])
+    stages = ["generator", "head_2", "joint_2"] if entry == "mnist_classifier" else [""]
+    for stage in stages:
+        assert last_epoch(out / stage) == 2, stage
+        model = keras.saving.load_model(out / stage / "model.keras")  # safe mode
+        assert model.name == entry and json.loads((out / stage / "hardware.json").read_text())
+    assert cli.main(args + ["--iterations", "3"]) == 0  # every stage resumes after its epoch 2
+    assert [last_epoch(out / stage) for stage in stages] == [3] * len(stages)
+    assert cli.main(args[:4] + labels + ["--iterations", "4"]) == 0  # no --set: the run's recorded overrides
+    with pytest.raises(ValueError, match="resumes only with those"):
+        recipes.record_recipe(entry, out, {"seed": 1})
