@@ -27,6 +27,7 @@ from keras_shortrun import zoo
 from keras_shortrun.export import onnx_passes
 from keras_shortrun.export import tf2onnx_handlers
 from keras_shortrun.layers import LangevinChain
+from keras_shortrun.models import FAMILY_CLASSES
 from keras_shortrun.models import VAE
 from keras_shortrun.models import ConvTransposeGenerator
 from keras_shortrun.models import EnergyConvNet
@@ -37,6 +38,7 @@ from keras_shortrun.models import TopDownGenerator
 from keras_shortrun.models import mlp_head
 from keras_shortrun.models import posterior_chain
 from keras_shortrun.models import thesis_chain
+from keras_shortrun.models.family import ShortRunFamily
 
 CPU = ["CPUExecutionProvider"]
 # The exported graphs are plain TensorFlow graphs; Keras runs the same ops bit for bit, except under
@@ -469,6 +471,19 @@ def test_wrong_objects_and_chainless_graph_options_are_clear_errors(lvm, tmp_pat
     for kwargs in ({"steps": 4}, {"noise": "internal"}):
         with pytest.raises(ValueError, match="runs no chain"):
             export.to_onnx(lvm, tmp_path / "x.onnx", graph="generator", **kwargs)
+
+
+def test_every_family_draws_its_images_and_builds_each_graph_it_names(ebm, lvm, vae, classifier):
+    """The family interface (``ShortRunFamily``) that the CLI and the exporters use, for each family."""
+    assert set(export.FAMILIES) == set(FAMILY_CLASSES)
+    for model in (ebm, lvm, vae, classifier):
+        assert isinstance(model, ShortRunFamily) and export.FAMILIES[type(model)] == type(model).EXPORT_GRAPHS
+        images = model.draw(3, seed=0)
+        assert images.shape == (3, *model.image_shape) and np.all(np.abs(images) <= 1.0 + 1e-6)
+        np.testing.assert_array_equal(model.draw(3, seed=0), images)
+        for graph in model.EXPORT_GRAPHS:
+            built = export.build_graph(model, graph)
+            assert (built.steps is not None) == model.graph_runs_chain(graph), (type(model).__name__, graph)
 
 
 def test_export_needs_the_tensorflow_backend():

@@ -19,7 +19,6 @@ from keras_shortrun.export.artifacts import verify_manifest
 from keras_shortrun.export.graphs import FAMILIES
 from keras_shortrun.export.graphs import NOISE_MODES
 from keras_shortrun.export.graphs import ExportGraph
-from keras_shortrun.export.graphs import TensorInfo
 from keras_shortrun.export.graphs import build_graph
 from keras_shortrun.export.tensorflow import DEFAULT_OPSET
 from keras_shortrun.export.tensorflow import SUPPORTED_OPSETS
@@ -33,6 +32,7 @@ from keras_shortrun.export.tensorflow import onnx_parity
 from keras_shortrun.export.tensorflow import parity_report
 from keras_shortrun.export.tensorflow import to_onnx
 from keras_shortrun.export.tensorflow import to_saved_model
+from keras_shortrun.models.family import TensorInfo
 
 __all__ = [
     "DEFAULT_OPSET",

@@ -387,3 +387,21 @@ def gaussian_posterior_potential(generator, x, sigma, mask=None):
         return energy
 
     return potential
+
+
+# Chain presets: the chains of the three papers.
+def paper_chain(steps=100, seed=None, clip=None, anneal_steps=0):
+    """The paper-1 chain: ``x += df/dx + 0.01 eps`` (``s = sqrt(2)``, ``tau = 0.01``), optionally clamped
+    (and with the noise annealed to zero over the last ``anneal_steps`` updates; paper 1: 0)."""
+    return LangevinChain(steps=steps, step_size=2.0**0.5, noise_scale=0.01, clip=clip, seed=seed,
+                         anneal_steps=anneal_steps, name="chain")
+
+
+def posterior_chain(num_layers, steps=25, step_size=0.05, seed=None):
+    """The paper-2 inference chain: K ``steps`` of exact Langevin (``tau = s``), one step size per latent layer."""
+    return LangevinChain(steps=steps, step_size=[float(step_size)] * num_layers, seed=seed, name="chain")
+
+
+def thesis_chain(steps=20, step_size=0.1, seed=None):
+    """The inference chain: K=20 steps of exact Langevin from ``N(0, I)``, learnable step size (BPTT stage)."""
+    return LangevinChain(steps=steps, step_size=step_size, learn_step_size=True, seed=seed, name="chain")

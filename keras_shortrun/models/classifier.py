@@ -8,7 +8,8 @@ from keras import layers
 from keras import ops
 
 from keras_shortrun import backend
-from keras_shortrun.layers import LangevinChain
+from keras_shortrun.layers import thesis_chain
+from keras_shortrun.models.family import TensorInfo
 from keras_shortrun.models.latent import LatentImageModel
 from keras_shortrun.models.latent import ShortRunPosterior
 from keras_shortrun.seeds import seed_generator
@@ -117,11 +118,6 @@ def conv_net_baseline(image_shape=(28, 28, 1), num_classes=10, widths=(32, 64), 
     return keras.Model(inputs, outputs, name="conv_net_baseline")
 
 
-def thesis_chain(steps=20, step_size=0.1, seed=None):
-    """The inference chain: K=20 steps of exact Langevin from ``N(0, I)``, learnable step size (BPTT stage)."""
-    return LangevinChain(steps=steps, step_size=step_size, learn_step_size=True, seed=seed, name="chain")
-
-
 @keras.saving.register_keras_serializable(package="keras_shortrun")
 class GenerativeClassifier(ShortRunPosterior, LatentImageModel, backend.TrainStepMixin, keras.Model):
     """``p(x | z) = N(g(z), sigma^2 I)``, ``z ~ N(0, I)``, and a head ``p(y | z) = softmax(h(z))`` on the
@@ -152,6 +148,23 @@ class GenerativeClassifier(ShortRunPosterior, LatentImageModel, backend.TrainSte
 
     ``model(x)`` is the class probabilities ``(B, num_classes)`` averaged over ``prediction_chains``.
     """
+
+    EXPORT_GRAPHS = ("classifier", "generator")
+
+    def export_graph(self, graph, steps, noise, chains=None):
+        """``generator`` (``generator_graph``), or ``classifier``: class probabilities ``(B, L)`` averaged over
+        ``chains`` posterior chains per image (``predict_proba``'s layout: image ``b``'s chains are rows
+        ``b * chains ... b * chains + chains - 1`` of the repeated batch; inputs ``x``, and ``z0 (B, n, D)``/
+        ``noise (B, n, K, D)`` with ``noise="input"``)."""
+        if graph == "generator":
+            return self.generator_graph()
+
+        def run(inputs, normal):
+            z = self.graph_latents(ops.repeat(inputs["x"], chains, axis=0), inputs, steps, normal)
+            return {"probabilities": ops.mean(self.head_probabilities(z, chains), axis=1)}
+
+        inputs = (TensorInfo("x", self.image_shape),) + self.posterior_graph_inputs(noise, chains, steps)
+        return inputs, (TensorInfo("probabilities", (self.num_classes,)),), run
 
     def __init__(
         self,
@@ -208,10 +221,12 @@ class GenerativeClassifier(ShortRunPosterior, LatentImageModel, backend.TrainSte
     def chain_probabilities(self, x, seed, chains, bptt=False):
         """Class probabilities of ``chains`` independent chains per image, ``(B, chains, num_classes)``."""
         x = ops.cast(x, self.compute_dtype)
-        batch = ops.shape(x)[0]
         latents = self.infer_latents(ops.repeat(x, chains, axis=0), seed, bptt=bptt)
-        probabilities = ops.softmax(self.head(latents[0]), axis=-1)
-        return ops.reshape(probabilities, (batch, chains, self.num_classes))
+        return self.head_probabilities(latents[0], chains)
+
+    def head_probabilities(self, z, chains):
+        """The head's class probabilities of latents ``z`` ``(B * chains, D)``, image by image: ``(B, chains, L)``."""
+        return ops.reshape(ops.softmax(self.head(z), axis=-1), (-1, chains, self.num_classes))
 
     def call(self, x):
         """Class probabilities ``(B, num_classes)``, averaged over ``prediction_chains`` chains."""

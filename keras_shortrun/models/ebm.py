@@ -6,12 +6,19 @@ from keras import ops
 
 from keras_shortrun import backend
 from keras_shortrun.layers import CoarseToFineChain
-from keras_shortrun.layers import LangevinChain
+from keras_shortrun.layers import paper_chain
 from keras_shortrun.models.energy import EnergyConvNet
 from keras_shortrun.models.energy import MultiscaleEnergy
+from keras_shortrun.models.family import ShortRunFamily
+from keras_shortrun.models.family import TensorInfo
+from keras_shortrun.models.family import input_or_draw
+from keras_shortrun.models.family import random_inputs
 from keras_shortrun.optim import adam_step
 from keras_shortrun.seeds import seed_generator
 from keras_shortrun.seeds import stream
+from keras_shortrun.serving import DATA
+from keras_shortrun.serving import NORMAL
+from keras_shortrun.serving import UNIFORM
 from keras_shortrun.validation import CheckedInputsMixin
 from keras_shortrun.validation import check_images
 from keras_shortrun.validation import check_optional_positive_int
@@ -22,15 +29,8 @@ from keras_shortrun.validation import check_seed
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
 
-def paper_chain(steps=100, seed=None, clip=None, anneal_steps=0):
-    """The paper-1 chain: ``x += df/dx + 0.01 eps`` (``s = sqrt(2)``, ``tau = 0.01``), optionally clamped
-    (and with the noise annealed to zero over the last ``anneal_steps`` updates; paper 1: 0)."""
-    return LangevinChain(steps=steps, step_size=2.0**0.5, noise_scale=0.01, clip=clip, seed=seed,
-                         anneal_steps=anneal_steps, name="chain")
-
-
 @keras.saving.register_keras_serializable(package="keras_shortrun")
-class ShortRunEBM(CheckedInputsMixin, backend.TrainStepMixin, keras.Model):
+class ShortRunEBM(ShortRunFamily, CheckedInputsMixin, backend.TrainStepMixin, keras.Model):
     """An energy ``E(x)`` whose K-step Langevin chain from ``Uniform(-1, 1)`` is the model.
 
     Training (``fit``) follows the paper: each batch of data ``x`` (in
@@ -258,6 +258,26 @@ class ShortRunEBM(CheckedInputsMixin, backend.TrainStepMixin, keras.Model):
             z, steps=steps, seed=stream(seed, "noise"),
             trajectory_every=trajectory_every, batch_size=batch_size,
         )
+
+    def draw(self, n, seed=None, batch_size=256):
+        """``sample``: the chain from ``Uniform(-1, 1)`` (``ShortRunFamily.draw``)."""
+        return self.sample(n, seed=seed, batch_size=batch_size)
+
+    EXPORT_GRAPHS = ("sampler", "chain")
+
+    def export_graph(self, graph, steps, noise, chains=None):
+        """``sampler``: the model ``M(z0)``, its start ``z0`` ~ U(-1, 1) an input in both noise modes; ``chain``:
+        the same K-step chain from any ``x0`` (e.g. images). Both output ``x`` (see ``ShortRunFamily``)."""
+        start, shape = ("z0" if graph == "sampler" else "x0"), self.image_shape
+
+        def run(inputs, normal):
+            x0 = inputs[start]
+            eps = input_or_draw(inputs, "noise", (ops.shape(x0)[0], steps) + shape, normal)
+            return {"x": self.chain(x0, potential=self.energy, noise=eps, steps=steps)}
+
+        inputs = (TensorInfo(start, shape, UNIFORM if graph == "sampler" else DATA),)
+        inputs += random_inputs(noise, TensorInfo("noise", (steps,) + shape, NORMAL))
+        return inputs, (TensorInfo("x", shape),), run
 
     def interpolate(self, z1=None, z2=None, n=8, seed=None, steps=None):
         """Samples along ``z_rho = rho z1 + sqrt(1 - rho^2) z2``, ``rho`` from 0 to 1.

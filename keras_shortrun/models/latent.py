@@ -8,16 +8,21 @@ from keras import ops
 
 from keras_shortrun import backend
 from keras_shortrun.layers import gaussian_posterior_potential
+from keras_shortrun.models.family import ShortRunFamily
+from keras_shortrun.models.family import TensorInfo
+from keras_shortrun.models.family import input_or_draw
+from keras_shortrun.models.family import random_inputs
 from keras_shortrun.seeds import seed_generator
 from keras_shortrun.seeds import stream
 from keras_shortrun.seeds import stream_id
+from keras_shortrun.serving import NORMAL
 from keras_shortrun.validation import CheckedInputsMixin
 from keras_shortrun.validation import check_images
 from keras_shortrun.validation import check_positive_int
 from keras_shortrun.validation import check_seed
 
 
-class LatentImageModel(CheckedInputsMixin):
+class LatentImageModel(ShortRunFamily, CheckedInputsMixin):
     """Mixin for models with a ``generator`` (a ``TopDownGenerator``-like layer with ``latent_dims`` and
     ``image_shape``) and an observation noise ``sigma``: ``p(x | z) = N(g(z), sigma^2 I)``, ``z ~ N(0, I)``."""
 
@@ -38,11 +43,11 @@ class LatentImageModel(CheckedInputsMixin):
         return self.generator(latents)
 
     def split_latents(self, flat):
-        """``(B, sum(latent_dims))`` -> list of ``(B, latent_dims[l])``."""
+        """``(..., sum(latent_dims))`` -> list of ``(..., latent_dims[l])``."""
         if len(self.latent_dims) == 1:
             return [flat]
-        cuts = list(np.cumsum(self.latent_dims)[:-1])
-        return list(ops.split(flat, cuts, axis=1))
+        cuts = [int(c) for c in np.cumsum(self.latent_dims)[:-1]]
+        return list(ops.split(flat, cuts, axis=-1))
 
     def log_likelihood_constant(self):
         """``-(P/2) log(2 pi sigma^2)``: the part of ``log p(x | z)`` that no gradient sees (``P`` pixels)."""
@@ -79,6 +84,34 @@ class LatentImageModel(CheckedInputsMixin):
         """Ancestral samples: ``eps ~ N(0, I)`` for every layer, top-down through ``g``; ``(n, *image_shape)``."""
         batch_size = check_positive_int(batch_size, "batch_size")
         return self.decode(self.prior_sample(n, seed=seed), batch_size=batch_size)
+
+    def draw(self, n, seed=None, batch_size=256):
+        """``synthesize``: ancestral samples (``ShortRunFamily.draw``)."""
+        return self.synthesize(n, seed=seed, batch_size=batch_size)
+
+    def graph_runs_chain(self, graph):
+        return graph != "generator"
+
+    def generator_graph(self):
+        """The ``generator`` export graph: ``z (B, D)`` ~ N(0, I), all layers' latents concatenated (top first),
+        to ``x = g(z)`` (see ``ShortRunFamily.export_graph``)."""
+
+        def run(inputs, normal):
+            return {"x": self.generator(self.split_latents(inputs["z"]))}
+
+        return (TensorInfo("z", (sum(self.latent_dims),), NORMAL),), (TensorInfo("x", self.image_shape),), run
+
+    def inference_graph(self, graph, latents, random=()):
+        """The ``inference`` (output ``z (B, D)``) or ``reconstruction`` (``x_hat = g(z)``) export graph of images
+        ``x``, with ``latents(inputs, normal) -> z`` and the graph's ``random`` inputs."""
+
+        def run(inputs, normal):
+            z = latents(inputs, normal)
+            return {"z": z} if graph == "inference" else {"x_hat": self.generator(self.split_latents(z))}
+
+        output = TensorInfo("z", (sum(self.latent_dims),)) if graph == "inference" else TensorInfo("x_hat",
+                                                                                                 self.image_shape)
+        return (TensorInfo("x", self.image_shape),) + tuple(random), (output,), run
 
     def reconstruct(self, x, seed=None, batch_size=256):
         """``g(z(x))`` with the model's inference (``infer``). Returns ``(x_hat, mse)``: reconstructions
@@ -141,13 +174,31 @@ class ShortRunPosterior:
             for layer, d in enumerate(self.latent_dims)
         ]
 
-    def infer_latents(self, x, seed, steps=None, mask=None, bptt=None):
+    def infer_latents(self, x, seed, steps=None, mask=None, bptt=None, start=None, noise=None):
         """Posterior latents by the chain from the prior (tensors in, list of ``(B, d_l)`` tensors out);
-        ``bptt=True`` keeps them differentiable w.r.t. ``x``, the generator and the step size."""
-        z0 = self._prior_draw(ops.shape(x)[0], seed, x.dtype)
+        ``bptt=True`` keeps them differentiable w.r.t. ``x``, the generator and the step size. ``start`` (a list
+        of ``(B, d_l)``) and ``noise`` (a list of ``(B, K, d_l)``), when given, replace the draws from ``seed``."""
+        z0 = self._prior_draw(ops.shape(x)[0], seed, x.dtype) if start is None else start
         potential = self.posterior_potential(x, mask)
-        chain_seed = backend.fold_in(seed, stream_id("chain"))
-        return self.chain(z0, potential=potential, seed=chain_seed, steps=steps, bptt=bptt)
+        draws = {"noise": noise} if noise is not None else {"seed": backend.fold_in(seed, stream_id("chain"))}
+        return self.chain(z0, potential=potential, steps=steps, bptt=bptt, **draws)
+
+    def graph_latents(self, x, inputs, steps, normal):
+        """``z_K`` ``(B', D)`` of the posterior chain on images ``x`` ``(B', H, W, C)`` inside an export graph:
+        its start and noise are the graph's inputs ``z0``/``noise`` (leading axes that flatten to ``B'``, then
+        ``D`` or ``(K, D)``) or, without them, drawn by ``normal``."""
+        dim, batch = sum(self.latent_dims), ops.shape(x)[0]
+        z0 = ops.reshape(input_or_draw(inputs, "z0", (batch, dim), normal), (-1, dim))
+        eps = ops.reshape(input_or_draw(inputs, "noise", (batch, steps, dim), normal), (-1, steps, dim))
+        latents = self.infer_latents(x, None, steps, start=self.split_latents(z0), noise=self.split_latents(eps))
+        return ops.concatenate(latents, axis=-1)
+
+    def posterior_graph_inputs(self, noise, chains=None, steps=None):
+        """The random inputs of a posterior-chain graph (``random_inputs``): ``z0`` and ``noise``, per chain when
+        ``chains`` is given."""
+        dim, per_chain = sum(self.latent_dims), () if chains is None else (chains,)
+        return random_inputs(noise, TensorInfo("z0", per_chain + (dim,), NORMAL),
+                             TensorInfo("noise", per_chain + (steps, dim), NORMAL))
 
     def infer(self, x, steps=None, seed=None, batch_size=256, mask=None):
         """Posterior samples ``z_K`` for images ``x`` ``(B, *image_shape)``: a list of ``(B, d_l)`` numpy arrays."""

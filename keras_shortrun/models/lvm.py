@@ -7,7 +7,7 @@ import numpy as np
 from keras import ops
 
 from keras_shortrun import backend
-from keras_shortrun.layers import LangevinChain
+from keras_shortrun.layers import posterior_chain
 from keras_shortrun.models.latent import LatentImageModel
 from keras_shortrun.models.latent import ShortRunPosterior
 from keras_shortrun.optim import adam_step
@@ -17,11 +17,6 @@ from keras_shortrun.validation import check_positive_int
 from keras_shortrun.validation import check_seed
 
 ENTROPY_MODES = ("propagated", "noise_conditional")
-
-
-def posterior_chain(num_layers, steps=25, step_size=0.05, seed=None):
-    """The paper-2 inference chain: K ``steps`` of exact Langevin (``tau = s``), one step size per latent layer."""
-    return LangevinChain(steps=steps, step_size=[float(step_size)] * num_layers, seed=seed, name="chain")
 
 
 @keras.saving.register_keras_serializable(package="keras_shortrun")
@@ -54,6 +49,18 @@ class MultiLayerLVM(ShortRunPosterior, LatentImageModel, backend.TrainStepMixin,
 
     ``model(latents)`` is ``g(latents)``.
     """
+
+    EXPORT_GRAPHS = ("generator", "inference", "reconstruction")
+
+    def export_graph(self, graph, steps, noise, chains=None):
+        """``generator`` (``generator_graph``), or the posterior chain's ``inference`` or ``reconstruction``
+        (``inference_graph``; inputs ``x``, and ``z0``/``noise`` with ``noise="input"``)."""
+        if graph == "generator":
+            return self.generator_graph()
+        def latents(inputs, normal):
+            return self.graph_latents(inputs["x"], inputs, steps, normal)
+
+        return self.inference_graph(graph, latents, self.posterior_graph_inputs(noise, steps=steps))
 
     def __init__(
         self,

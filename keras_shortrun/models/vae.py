@@ -60,6 +60,17 @@ class VAE(LatentImageModel, backend.TrainStepMixin, keras.Model):
         seed: seed of the reparameterisation noise.
     """
 
+    EXPORT_GRAPHS = ("generator", "inference", "reconstruction")
+
+    def graph_runs_chain(self, graph):
+        return False  # the encoder's mean: no chain, no noise
+
+    def export_graph(self, graph, steps, noise, chains=None):
+        """``generator`` (``generator_graph``), or ``inference``/``reconstruction`` through the encoder's mean."""
+        if graph == "generator":
+            return self.generator_graph()
+        return self.inference_graph(graph, lambda inputs, normal: self.encoder(inputs["x"])[0])
+
     def __init__(self, generator, encoder=None, sigma=0.15, seed=None, **kwargs):
         super().__init__(**kwargs)
         if isinstance(generator, dict):
