@@ -210,7 +210,7 @@ def test_an_entry_is_scored_under_another_chain_with_its_own_weights(monkeypatch
 
     scored = {}
 
-    def score_model(model, dataset, fid_samples, reference, data_path):
+    def score_model(model, dataset, fid_samples, reference, data_path, seed=None):
         scored.update(model=model, dataset=dataset)
         return {"fid": {"fid": 1.0}}, None
 
@@ -237,7 +237,7 @@ def test_the_average_of_kept_snapshots_is_scored_without_recording(tmp_path, mon
     checkpoint_path(tmp_path, 3).unlink()  # thinned out: the average is over the snapshots kept
     scored = {}
 
-    def score_model(model, dataset, fid_samples, reference, data_path):
+    def score_model(model, dataset, fid_samples, reference, data_path, seed=None):
         scored.update(weights=model.get_weights(), dataset=dataset)
         return {"fid": {"fid": 1.0}}, None
 

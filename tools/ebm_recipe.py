@@ -160,7 +160,7 @@ def export_entry(entry, run_dir, entry_dir, data_path=None, recon_images=1000, r
     card.write_text(render_card(metadata, model))
     directory = save_entry(model, entry_dir, metadata, extra_files=[card] + sorted(figures.glob("*.png")))
     pinned = {name: spec["sha256"] for name, spec in read_metadata(directory)["files"].items()}
-    print(f"wrote {directory}; pin in keras_shortrun/models/presets.py: \"sha256\": {json.dumps(pinned, indent=1)}")
+    print(f"wrote {directory}; pin with tools/pin_zoo_hashes.py: \"sha256\": {json.dumps(pinned, indent=1)}")
     return directory
 
 
@@ -188,15 +188,20 @@ def record_score(folder, score):
 
 
 def score_entry_chain(entry, entry_dir, overrides, fid_samples=SCORE_PROTOCOL["fid_samples"],
-                      reference=SCORE_PROTOCOL["fid_reference"], data_path=None):
+                      reference=SCORE_PROTOCOL["fid_reference"], data_path=None, seed=SCORE_PROTOCOL["seed"]):
     """``score_model`` of an exported entry's weights sampled by the chain of its recipe with ``overrides``
-    (e.g. another step count per stage): what a chain change does before any training. Records nothing."""
+    (e.g. another step count per stage): what a chain change does before any training; ``seed`` another than
+    the protocol's chooses a chain without choosing on the reported numbers. Records nothing."""
     recipe = recipes.apply_overrides(recipes.load(entry), overrides)
     model = recipes.build(recipe)
     model.set_weights(load_entry(entry_dir).get_weights())
-    score, _ = score_model(model, recipe["dataset"], fid_samples, reference, data_path)
+    score, _ = score_model(model, recipe["dataset"], fid_samples, reference, data_path, seed)
     chain = recipe.get("coarse_to_fine") or {"steps": recipe["steps"]}
     flags = " ".join(f"--set '{key}={json.dumps(value, separators=(',', ':'))}'" for key, value in overrides.items())
+    if seed != SCORE_PROTOCOL["seed"]:
+        score["seed"], flags = seed, f"{flags} --seed {seed}"
+    if fid_samples != SCORE_PROTOCOL["fid_samples"]:
+        flags = f"{flags} --fid-samples {fid_samples}"
     return {**score, "chain": chain, "command": f"python tools/train_ebm.py {entry} score-entry {flags}".strip()}
 
 

@@ -138,7 +138,7 @@ def export_entry(entry, epoch=None, data_path=None):
         extra = [card] + sorted((run_dir(entry, kind) / "figures").glob("*.png"))
         directory = save_entry(model, ROOT / "zoo" / name, metadata, extra_files=extra)
         pinned = {n: spec["sha256"] for n, spec in read_metadata(directory)["files"].items()}
-        print(f"wrote {directory}; pin in keras_shortrun/models/presets.py: \"sha256\": {json.dumps(pinned)}")
+        print(f"wrote {directory}; pin with tools/pin_zoo_hashes.py: \"sha256\": {json.dumps(pinned)}")
     return results
 
 

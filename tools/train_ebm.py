@@ -53,8 +53,8 @@ if __name__ == "__main__":
     parser.add_argument("--data-path", default=None)
     parser.add_argument("--epoch", type=int, default=None, help="snapshot to export (default: the last)")
     parser.add_argument("--seed", type=int, default=SCORE_PROTOCOL["seed"],
-                        help="score: another sampling seed than the protocol's, to choose a snapshot by (such "
-                             "scores stay off the card's quality curve)")
+                        help="score, score-entry: another sampling seed than the protocol's, to choose a snapshot or "
+                             "chain by (such scores stay off the card's quality curve)")
     parser.add_argument("--average-epochs", type=int, default=None,
                         help="score: the average of the weights of this many epochs' snapshots up to --epoch")
     parser.add_argument("--recon-images", type=int, default=1000)
@@ -80,7 +80,7 @@ if __name__ == "__main__":
     elif args.action == "score-entry":
         print(json.dumps(score_entry_chain(args.entry, args.entry_dir or str(ROOT / "zoo" / args.entry),
                                            parse_overrides(args.set), args.fid_samples, args.reference,
-                                           args.data_path)))
+                                           args.data_path, args.seed)))
     elif args.action == "card":
         rewrite_card(args.entry_dir or str(ROOT / "zoo" / args.entry), run_dir)
     elif args.action == "quality":

@@ -1,12 +1,12 @@
 """The model zoo: ``load(name_or_dir)``, ``list()``, ``info(name)``.
 
-Entries are registered per family (the presets dicts in ``keras_shortrun/models/presets.py``) and
+Entries are registered per family (the presets dicts beside each family, ``keras_shortrun/models/*_presets.py``) and
 stored as folders (top-level ``zoo/`` in a checkout, ``keras_shortrun/_zoo``
 in a wheel); ``load`` checks every file's sha256 before use, against the
 entry's metadata and, for registered entries, against hashes pinned in code.
 """
 
-from keras_shortrun.models import presets as _presets  # noqa: F401  (registers the presets)
+import keras_shortrun.models  # noqa: F401  (registers the presets)
 from keras_shortrun.zoo.registry import PRESETS
 from keras_shortrun.zoo.registry import ZooIntegrityError
 from keras_shortrun.zoo.registry import list_entries as list  # noqa: A001

@@ -1,0 +1,68 @@
+"""Presets of ``GenerativeClassifier`` and its ConvNet baselines (``classifier.py``).
+
+Registered with the zoo (keras-hub style) in ``keras_shortrun.models``. ``sha256`` pins the digests of each
+entry's files in code: ``zoo.load`` refuses an entry whose files differ, even if its ``metadata.json`` was
+edited to match. ``python tools/pin_zoo_hashes.py <entry>`` writes them here after an export.
+"""
+
+GENERATIVE_CLASSIFIER_PRESETS = {
+    "mnist_classifier": {
+        "description": "Generative classifier on MNIST, 1,000 labels per class, rest unlabelled; K=20, BPTT.",
+        "sha256": {
+            "config.json": "2d2efc627037a732434ff0052c3babb844053f5a7ae9e7fd864e677317bd2030",
+            "model.weights.h5": "2aa69fdb7562ed75466008bc1b1f2e1a3030bfc5396c7081bfadbe888997c915",
+        },
+    },
+    "mnist_classifier_100labels": {
+        "description": "Generative classifier on MNIST, 100 labels per class, rest unlabelled; K=20, BPTT.",
+        "sha256": {
+            "config.json": "f375f20d18afbf7ad8fd887f2cfbcbbf8e90006cd71f567166bb116a296016eb",
+            "model.weights.h5": "7aa8982808fa45c26854607f30d34f4db48cb086a71a6cebac27caa88e29c2b9",
+        },
+    },
+    "fashion_mnist_classifier": {
+        "description": "Generative classifier on Fashion-MNIST, 1,000 labels per class, rest unlabelled; K=20, BPTT.",
+        "sha256": {
+            "config.json": "7608a7b1b800bc026fcc9848f177cb5199e7f2d3c499a83d671c89bf0fd6b9fa",
+            "model.weights.h5": "24320b0bfc9da9aa6b11ed7583ba894d379883bd48706aee236ae6afdf605fe5",
+        },
+    },
+    "fashion_mnist_classifier_100labels": {
+        "description": "Generative classifier on Fashion-MNIST, 100 labels per class, rest unlabelled; K=20, BPTT.",
+        "sha256": {
+            "config.json": "a9ef42d42d7f93a30e2eddcb411be98ea10ae750319d790d49772dd6dd37f9d2",
+            "model.weights.h5": "bb9ccf69571f191ddc23af579d6d49263f880d9eec3ee12a7b6ebe25b7829731",
+        },
+    },
+}
+
+CONVNET_PRESETS = {
+    "mnist_classifier_convnet": {
+        "description": "ConvNet baseline of mnist_classifier: same 1,000 labels per class.",
+        "sha256": {
+            "config.json": "284dbaa6adaa95ba566b7e2e444db4ec32998ea76c71e9ce3690f27ae77ed771",
+            "model.weights.h5": "5c44555841caf89fa530581109557bcd6e3f3082f939aa24d3b056b4a483e928",
+        },
+    },
+    "mnist_classifier_convnet_100labels": {
+        "description": "ConvNet baseline of mnist_classifier_100labels: same 100 labels per class.",
+        "sha256": {
+            "config.json": "757848bda0611348abb44e5e7f4fb2d837abd83d90eec4ba4470ea078d13099a",
+            "model.weights.h5": "2f1088706c3d81930d187924887bcf38e40de30be34a86880eb53f5a2d185438",
+        },
+    },
+    "fashion_mnist_classifier_convnet": {
+        "description": "ConvNet baseline of fashion_mnist_classifier: same 1,000 labels per class.",
+        "sha256": {
+            "config.json": "284dbaa6adaa95ba566b7e2e444db4ec32998ea76c71e9ce3690f27ae77ed771",
+            "model.weights.h5": "4ba52465aa4388979e604ed5159456f3af09c3c1b974fc4a64f7ece16f2bfa19",
+        },
+    },
+    "fashion_mnist_classifier_convnet_100labels": {
+        "description": "ConvNet baseline of fashion_mnist_classifier_100labels: same 100 labels per class.",
+        "sha256": {
+            "config.json": "757848bda0611348abb44e5e7f4fb2d837abd83d90eec4ba4470ea078d13099a",
+            "model.weights.h5": "2a28e6e179dfa3b9a8f2d3a57439c093adcfe81692321b696b29ad547750fb4d",
+        },
+    },
+}

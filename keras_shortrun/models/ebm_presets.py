@@ -1,0 +1,39 @@
+"""Presets of ``ShortRunEBM`` (``ebm.py``).
+
+Registered with the zoo (keras-hub style) in ``keras_shortrun.models``. ``sha256`` pins the digests of each
+entry's files in code: ``zoo.load`` refuses an entry whose files differ, even if its ``metadata.json`` was
+edited to match. ``python tools/pin_zoo_hashes.py <entry>`` writes them here after an export.
+"""
+
+SHORT_RUN_EBM_PRESETS = {
+    "mnist_ebm": {
+        "description": "Short-run EBM (paper-1 ConvNet, nf=16, K=50, clamped) on MNIST 28x28, 1,800 CPU updates.",
+        "sha256": {
+            "config.json": "c7f325c5171ed181342cc957a247cf1016495937ef2610f7e60464e01b00bd49",
+            "model.weights.h5": "67fa10c1ad6d9741e69b44ace695a811e5c22694a117a941be87a329a3871500",
+        },
+    },
+    "fashion_mnist_ebm": {
+        "description": "Short-run EBM (paper-1 ConvNet, nf=16, K=50, clamped) on Fashion-MNIST 28x28, CPU budget.",
+        "sha256": {
+            "config.json": "c7f325c5171ed181342cc957a247cf1016495937ef2610f7e60464e01b00bd49",
+            "model.weights.h5": "178cea882722000388f4b13ae2a153c2a2a25cc6139ae3fdc34d9c9ffbff198c",
+        },
+    },
+    "cifar10_ebm": {
+        "description": "Short-run EBM, coarse-to-fine chain 8->16->32 (K=85, nf=16 per resolution) on the JPEG "
+                       "CIFAR-10 subset 32x32, CPU budget.",
+        "sha256": {
+            "config.json": "d9258dccd7b1a2ba90546c18f058be423494a34d7a565b03a0f088df7218c420",
+            "model.weights.h5": "26c9689875e1082ff7503836319ab66ca233c68017e58cc5f8a05b3cc9774889",
+        },
+    },
+    "celeba_ebm": {
+        "description": "Short-run EBM on CelebA 64x64: coarse-to-fine chain 8->16->32->64 (K=95, clamped, noise "
+                       "annealed), one nf=16 paper-1 ConvNet per resolution; CPU campaign.",
+        "sha256": {
+            "config.json": "e5c8920e8bc5eaab1483a456536d8769893f35b869a4cd550d4a6b5626318de6",
+            "model.weights.h5": "273daa30f01f8e31dfc076b074a0546290fbe65545b0ca36bb615c4c18f7d3a8",
+        },
+    },
+}
