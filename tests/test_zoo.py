@@ -173,6 +173,42 @@ def test_scored_runs_take_this_snapshots_largest_score_and_the_protocol_curve(tm
     assert "| 200 | 0.33 | - | 250.0 |" in table and "floor 14.0" in table
     assert ebm_recipe.scored_runs(tmp_path / "elsewhere", 200) == {}
 
+    chain = {"coarse_to_fine.steps": [50, 20, 15, 20]}  # the same snapshot sampled with another chain
+    ebm_recipe.record_score(tmp_path, {**score(200, n, 240.0), "chain": chain})
+    assert ebm_recipe.scored_runs(tmp_path, 200)["inception"] == score(200, n, 250.0)  # the run's own chain
+    other = ebm_recipe.scored_runs(tmp_path, 200, chain)
+    assert other["inception"] == {**score(200, n, 240.0), "chain": chain}  # an export with that chain reads it
+    assert [r["updates"] for r in other["quality_curve"]] == [100, 200]  # the curve is the trained chain's
+
+
+def test_update_cost_times_the_recipes_training_updates(monkeypatch):
+    import ebm_recipe
+    from builders import tiny_images
+
+    monkeypatch.setattr(ebm_recipe.data, "load", lambda *args, **kwargs: (tiny_images(16, (28, 28, 1)), None))
+    cost = ebm_recipe.update_cost("mnist_ebm", {"filters": 2, "steps": 2, "batch_size": 4}, updates=2)
+    assert cost["cpu_s_per_update"] > 0 and cost["updates"] == 2 and "CPU" in cost["hardware"]
+    assert cost["command"] == ("python tools/train_ebm.py mnist_ebm cost --set 'filters=2' --set 'steps=2'"
+                               " --set 'batch_size=4'")
+
+
+def test_a_snapshot_is_sampled_with_another_chain_only(tmp_path):
+    import ebm_recipe
+
+    recipes.record_recipe("celeba_ebm", tmp_path, {"coarse_to_fine.steps": [50, 20, 15, 10],
+                                                   "coarse_to_fine.anneal_steps": 5})  # trained with this chain
+    chain = {"coarse_to_fine.steps": [50, 20, 15, 20], "coarse_to_fine.anneal_steps": 10}
+    recipe = ebm_recipe.sampling_recipe("celeba_ebm", tmp_path, chain)
+    assert recipe["coarse_to_fine"] == {"resolutions": [8, 16, 32, 64], "steps": [50, 20, 15, 20], "anneal_steps": 10}
+    assert recipes.run_recipe("celeba_ebm", tmp_path)["coarse_to_fine"]["steps"] == [50, 20, 15, 10]  # untouched
+    with pytest.raises(ValueError, match=r"\['learning_rate'\] are not chain fields"):
+        ebm_recipe.sampling_recipe("celeba_ebm", tmp_path, {"learning_rate": 1e-3})
+    trained = recipes.run_recipe("celeba_ebm", tmp_path)
+    assert ebm_recipe.recipe_changes(trained, recipe) == chain  # the --set that turns one into the other
+    assert ebm_recipe.recipe_changes(recipe, recipe) == {}
+    assert ebm_recipe.chain_flags(chain) == (" --set 'coarse_to_fine.steps=[50,20,15,20]'"
+                                             " --set 'coarse_to_fine.anneal_steps=10'")
+
 
 def test_a_run_started_from_an_entry_counts_on_from_it_and_keeps_its_curve(tmp_path, monkeypatch):
     import ebm_recipe

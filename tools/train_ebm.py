@@ -14,6 +14,11 @@
                                                                  # of the last 20 snapshots (recorded nowhere)
     python tools/train_ebm.py celeba_ebm score-entry [--set K=V] # the same of zoo/<entry>'s weights under the
                                                                  # recipe's chain, or another (no training)
+    python tools/train_ebm.py celeba_ebm score --epoch E --set 'coarse_to_fine.steps=[50,20,15,20]'
+                                                                 # a snapshot sampled with other step counts
+                                                                 # than it was trained with (so is export --set)
+    python tools/train_ebm.py celeba_ebm cost [--set K=V]        # CPU-seconds per training update of the recipe
+                                                                 # (run it as training runs: one thread, pinned)
     python tools/train_ebm.py mnist_ebm card                     # renders zoo/<entry>/README.md again (with
                                                                  # the run's Inception scores, if scored)
 
@@ -32,6 +37,7 @@ from ebm_recipe import score_average
 from ebm_recipe import score_entry_chain
 from ebm_recipe import score_snapshot
 from ebm_recipe import train
+from ebm_recipe import update_cost
 
 from keras_shortrun import recipes
 from keras_shortrun.evaluation import SCORE_PROTOCOL
@@ -43,11 +49,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("entry", choices=recipes.names("ebm"))
-    parser.add_argument("action", choices=("train", "export", "quality", "score", "score-entry", "card"))
+    parser.add_argument("action",
+                        choices=("train", "export", "quality", "score", "score-entry", "card", "cost"))
     parser.add_argument("--iterations", type=int, default=None, help="total updates (default: the recipe's)")
     parser.add_argument("--run-dir", default=None, help="default: $KERAS_SHORTRUN_HOME/runs/<entry>")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="train, score-entry: override a recipe field (dotted keys, JSON values)")
+                        help="train, score-entry, cost: override a recipe field (dotted keys, JSON values); score, "
+                             "export: sample the snapshot with another chain (its step counts)")
     parser.add_argument("--cpu-minutes", type=float, default=None, help="stop once the run used this much CPU")
     parser.add_argument("--entry-dir", default=None, help="default: zoo/<entry>")
     parser.add_argument("--data-path", default=None)
@@ -76,11 +84,13 @@ if __name__ == "__main__":
                                        args.reference, args.data_path)))
     elif args.action == "score":
         print(score_snapshot(args.entry, run_dir, args.epoch, args.fid_samples, args.reference, args.data_path,
-                             args.seed))
+                             args.seed, parse_overrides(args.set)))
     elif args.action == "score-entry":
         print(json.dumps(score_entry_chain(args.entry, args.entry_dir or str(ROOT / "zoo" / args.entry),
                                            parse_overrides(args.set), args.fid_samples, args.reference,
                                            args.data_path, args.seed)))
+    elif args.action == "cost":
+        print(json.dumps(update_cost(args.entry, parse_overrides(args.set), data_path=args.data_path)))
     elif args.action == "card":
         rewrite_card(args.entry_dir or str(ROOT / "zoo" / args.entry), run_dir)
     elif args.action == "quality":
@@ -89,4 +99,5 @@ if __name__ == "__main__":
     else:
         export_entry(args.entry, run_dir, args.entry_dir or str(ROOT / "zoo" / args.entry), args.data_path,
                      recon_images=args.recon_images, recon_iterations=args.recon_iterations, epoch=args.epoch,
-                     convergence_images=args.convergence_images, quality_samples=args.samples)
+                     convergence_images=args.convergence_images, quality_samples=args.samples,
+                     chain=parse_overrides(args.set))

@@ -29,10 +29,10 @@ SHORT_RUN_EBM_PRESETS = {
         },
     },
     "celeba_ebm": {
-        "description": "Short-run EBM on CelebA 64x64: coarse-to-fine chain 8->16->32->64 (K=95, clamped, noise "
+        "description": "Short-run EBM on CelebA 64x64: coarse-to-fine chain 8->16->32->64 (K=105, clamped, noise "
                        "annealed), one nf=16 paper-1 ConvNet per resolution; CPU campaign.",
         "sha256": {
-            "config.json": "e5c8920e8bc5eaab1483a456536d8769893f35b869a4cd550d4a6b5626318de6",
+            "config.json": "3c01097ad3817dee9d8bd9f668736d4bbd212933f0f59df5b16bfa4d905703cb",
             "model.weights.h5": "273daa30f01f8e31dfc076b074a0546290fbe65545b0ca36bb615c4c18f7d3a8",
         },
     },
