@@ -206,7 +206,7 @@ def test_a_snapshot_is_sampled_with_another_chain_only(tmp_path):
     trained = recipes.run_recipe("celeba_ebm", tmp_path)
     assert ebm_recipe.recipe_changes(trained, recipe) == chain  # the --set that turns one into the other
     assert ebm_recipe.recipe_changes(recipe, recipe) == {}
-    assert ebm_recipe.chain_flags(chain) == (" --set 'coarse_to_fine.steps=[50,20,15,20]'"
+    assert ebm_recipe.set_flags(chain) == (" --set 'coarse_to_fine.steps=[50,20,15,20]'"
                                              " --set 'coarse_to_fine.anneal_steps=10'")
 
 

@@ -98,9 +98,11 @@ def recipe_changes(recipe, other):
     return changes
 
 
-def chain_flags(chain):
-    """The ``--set`` flags of ``chain`` (or any) overrides, for a recorded command."""
-    return "".join(f" --set '{key}={json.dumps(value, separators=(',', ':'))}'" for key, value in (chain or {}).items())
+def set_flags(overrides):
+    """The ``--set`` flags of ``overrides`` (``{"dotted.key": value}``), each led by a space, for a recorded
+    command."""
+    pairs = (overrides or {}).items()
+    return "".join(f" --set '{key}={json.dumps(value, separators=(',', ':'))}'" for key, value in pairs)
 
 
 def snapshot_model(entry, run_dir, chain=None):
@@ -155,7 +157,7 @@ def export_entry(entry, run_dir, entry_dir, data_path=None, recon_images=1000, r
     iterations, cpu_seconds, wall_seconds = snapshot_totals(entry, run_dir, epoch, row)
     origin = run_origin(run_dir)
     train_command = (f"python tools/train_ebm.py {entry} train --iterations {epoch * r['iterations_per_epoch']}"
-                     f"{chain_flags(recipe_changes(recipes.load(entry), recipes.run_recipe(entry, run_dir)))}")
+                     f"{set_flags(recipe_changes(recipes.load(entry), recipes.run_recipe(entry, run_dir)))}")
     if origin["updates"]:
         train_command += (f"  # starts from the entry of {origin['updates']:,} updates (weights sha256 "
                           f"{origin['weights_sha256'][:12]}...), see git history")
@@ -189,7 +191,7 @@ def export_entry(entry, run_dir, entry_dir, data_path=None, recon_images=1000, r
             "recon_wall_time_s": round(recon_seconds, 1),
             "command": f"python tools/train_ebm.py {entry} export --epoch {epoch} --recon-images {recon_images} "
                        f"--recon-iterations {recon_iterations} --convergence-images {convergence_images}"
-                       f"{chain_flags(chain)}",
+                       f"{set_flags(chain)}",
         },
         "keras_version": keras.__version__,
     }
@@ -238,12 +240,12 @@ def score_entry_chain(entry, entry_dir, overrides, fid_samples=SCORE_PROTOCOL["f
     model.set_weights(load_entry(entry_dir).get_weights())
     score, _ = score_model(model, recipe["dataset"], fid_samples, reference, data_path, seed)
     chain = recipe.get("coarse_to_fine") or {"steps": recipe["steps"]}
-    flags = " ".join(f"--set '{key}={json.dumps(value, separators=(',', ':'))}'" for key, value in overrides.items())
+    flags = set_flags(overrides)
     if seed != SCORE_PROTOCOL["seed"]:
         score["seed"], flags = seed, f"{flags} --seed {seed}"
     if fid_samples != SCORE_PROTOCOL["fid_samples"]:
         flags = f"{flags} --fid-samples {fid_samples}"
-    return {**score, "chain": chain, "command": f"python tools/train_ebm.py {entry} score-entry {flags}".strip()}
+    return {**score, "chain": chain, "command": f"python tools/train_ebm.py {entry} score-entry{flags}"}
 
 
 def update_cost(entry, overrides, updates=10, data_path=None):
@@ -258,7 +260,7 @@ def update_cost(entry, overrides, updates=10, data_path=None):
     start = time.process_time()
     model.fit(x[2 * recipe["batch_size"]:], batch_size=recipe["batch_size"], epochs=1, verbose=0)
     return {"cpu_s_per_update": (time.process_time() - start) / updates, "updates": updates,
-            "hardware": hardware(), "command": f"python tools/train_ebm.py {entry} cost{chain_flags(overrides)}"}
+            "hardware": hardware(), "command": f"python tools/train_ebm.py {entry} cost{set_flags(overrides)}"}
 
 
 def score_snapshot(entry, run_dir, epoch=None, fid_samples=SCORE_PROTOCOL["fid_samples"],
@@ -277,7 +279,7 @@ def score_snapshot(entry, run_dir, epoch=None, fid_samples=SCORE_PROTOCOL["fid_s
     command = f"python tools/train_ebm.py {entry} score --epoch {epoch} --fid-samples {fid_samples} " \
               f"--reference {reference}"
     if chain:  # sampled with another chain than the run trained with: only an export with that chain reads it
-        score["chain"], command = chain, command + chain_flags(chain)
+        score["chain"], command = chain, command + set_flags(chain)
     if seed != SCORE_PROTOCOL["seed"]:
         score["seed"], command = seed, f"{command} --seed {seed}"
     score.update(updates=updates, cpu_minutes=cpu_seconds / 60, wall_minutes=wall_seconds / 60, command=command)

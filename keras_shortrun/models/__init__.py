@@ -25,7 +25,10 @@ from keras_shortrun.zoo.registry import register_presets
 
 FAMILY_CLASSES = (ShortRunEBM, MultiLayerLVM, VAE, GenerativeClassifier)  # the model families (ShortRunFamily)
 
-# The zoo's presets, each family's beside it, registered with the class its entries build (keras-hub style).
+# The zoo's presets, each family's beside it (``*_presets.py``), registered with the class its entries build
+# (keras-hub style). Their ``sha256`` pins the digests of each entry's files in code: ``zoo.load`` refuses an
+# entry whose files differ, even if its ``metadata.json`` was edited to match; ``python tools/pin_zoo_hashes.py
+# <entry>`` writes them after an export.
 register_presets("ShortRunEBM", SHORT_RUN_EBM_PRESETS, ShortRunEBM)
 register_presets("MultiLayerLVM", MULTI_LAYER_LVM_PRESETS, MultiLayerLVM)
 register_presets("VAE", VAE_PRESETS, VAE)

@@ -1,9 +1,4 @@
-"""Presets of ``ShortRunEBM`` (``ebm.py``).
-
-Registered with the zoo (keras-hub style) in ``keras_shortrun.models``. ``sha256`` pins the digests of each
-entry's files in code: ``zoo.load`` refuses an entry whose files differ, even if its ``metadata.json`` was
-edited to match. ``python tools/pin_zoo_hashes.py <entry>`` writes them here after an export.
-"""
+"""Presets of ``ShortRunEBM`` (``ebm.py``)."""
 
 SHORT_RUN_EBM_PRESETS = {
     "mnist_ebm": {

@@ -1,9 +1,4 @@
-"""Presets of the feature networks of FD/KID (``keras_shortrun.metrics``).
-
-Registered with the zoo (keras-hub style) in ``keras_shortrun.models``. ``sha256`` pins the digests of each
-entry's files in code: ``zoo.load`` refuses an entry whose files differ, even if its ``metadata.json`` was
-edited to match. ``python tools/pin_zoo_hashes.py <entry>`` writes them here after an export.
-"""
+"""Presets of the feature networks of FD/KID (``keras_shortrun.metrics``)."""
 
 FEATURE_NET_PRESETS = {
     "celeba_features": {

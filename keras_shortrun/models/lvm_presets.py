@@ -1,9 +1,4 @@
-"""Presets of ``MultiLayerLVM`` (``lvm.py``) and its ``VAE`` baselines (``vae.py``).
-
-Registered with the zoo (keras-hub style) in ``keras_shortrun.models``. ``sha256`` pins the digests of each
-entry's files in code: ``zoo.load`` refuses an entry whose files differ, even if its ``metadata.json`` was
-edited to match. ``python tools/pin_zoo_hashes.py <entry>`` writes them here after an export.
-"""
+"""Presets of ``MultiLayerLVM`` (``lvm.py``) and its ``VAE`` baselines (``vae.py``)."""
 
 MULTI_LAYER_LVM_PRESETS = {
     "mnist_lvm": {
