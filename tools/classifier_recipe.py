@@ -28,6 +28,7 @@ from keras_shortrun.zoo import info as read_metadata
 from keras_shortrun.zoo import save_entry
 
 ROOT = Path(__file__).resolve().parents[1]
+CARD = Path(__file__).resolve().parent / "cards" / "classifier.md"  # the card template, str.format fields
 LABEL_BUDGETS = (1000, 100)  # labels per class; the zoo's main entry uses the first
 
 def build(entry, stage="generator"):
@@ -173,85 +174,73 @@ def _robustness_rows(results, names):
     return "\n".join(lines)
 
 
-def card_text(metadata, kind, results, entry, labels):
-    """The entry's README: what it is, its accuracy and robustness numbers, how to reproduce them."""
-    name = metadata["name"]
-    gc = entry_name(entry, labels, "classifier")
+def _accuracy_rows(results, entry):
     accuracy = results.get("accuracy", {})
-    acc_rows = []
+    rows = []
     for budget in LABEL_BUDGETS:
         pair = [accuracy.get(entry_name(entry, budget, k)) for k in ("classifier", "convnet")]
         if None not in pair:
-            acc_rows.append(f"| {budget} | {100 * pair[0]:.2f} % | {100 * pair[1]:.2f} % | "
-                            f"{100 * (pair[0] - pair[1]):+.2f} |")
-    acc_rows = "\n".join(acc_rows) or "| (not measured yet) | | | |"
+            rows.append(f"| {budget} | {100 * pair[0]:.2f} % | {100 * pair[1]:.2f} % | "
+                        f"{100 * (pair[0] - pair[1]):+.2f} |")
+    return "\n".join(rows) or "| (not measured yet) | | | |"
+
+
+def card_text(metadata, kind, results, entry, labels):
+    """The entry's README, ``CARD`` filled in: what it is, its accuracy and robustness numbers, how to reproduce
+    them."""
+    return CARD.read_text().format(**flat_card_fields(metadata, kind, results, entry, labels))
+
+
+def flat_card_fields(metadata, kind, results, entry, labels):
+    """``CARD``'s fields; the parts that differ between a generative classifier and its ConvNet baseline come in
+    written out."""
     if kind == "classifier":
-        c, t = metadata["chain"], metadata["training"]
-        what = (
-            f"A generative classifier (Fischer 2020): generator z (200-d) -> 28x28 with transposed convolutions "
-            f"{metadata['recipe']['widths']} (half the thesis's widths: a CPU budget), "
-            f"sigma={metadata['recipe']['sigma']}; "
-            f"a Mish MLP head 200-140-80-10 on latents inferred by K={c['steps']} Langevin steps from N(0, I) "
-            f"(learned step size {c['learned_step_size']:.4f}); predictions average 8 chains.\n\n"
-            f"Trained on {metadata['dataset']['name']} with {labels} labels per class; the other training images "
-            f"were used unlabelled. Stages: generator {t['stages']['generator']['iterations']} updates on all images, "
-            f"head {t['stages']['head']['iterations']}, joint BPTT {t['stages']['joint']['iterations']} "
-            f"(batches of 32 labelled + 32 unlabelled); {t['wall_time_s'] / 60:.0f} min on {t['hardware']}."
-        )
-        joint = t["stages"]["joint"]
-        if joint["rolled_back"]:
-            what += (
-                f"\n\nThe joint stage ran {joint['iterations_run']} updates, but its training loss rose above "
-                f"{STAGE_DIVERGENCE_FACTOR}x its lowest (BPTT through the chain diverged), so this entry is the "
-                f"checkpoint with the lowest training loss, after {joint['iterations']} joint updates (chosen "
-                f"from training logs only; `chosen_epoch` in `keras_shortrun/training.py`)."
-            )
-        usage = (f"model = zoo.load(\"{name}\")\np = model.predict(x_test)           # (B, 10), 8 chains averaged\n"
-                 f"x = model.synthesize(16, seed=0)\nx_hat, mse = model.reconstruct(x_test[:16], seed=0)")
+        usage = ("p = model.predict(x_test)           # (B, 10), 8 chains averaged\n"
+                 "x = model.synthesize(16, seed=0)\nx_hat, mse = model.reconstruct(x_test[:16], seed=0)")
         pictures = ("## Samples (from the prior)\n![samples](samples.png)\n\n"
                     "## Reconstructions of test images (pairs: original, reconstruction)\n"
                     "![reconstruction](reconstruction.png)\n")
     else:
-        what = (f"The ConvNet baseline of `{gc}` (the thesis's: four 3x3 convolutions with Mish, two max-pools, "
-                f"MLP 140-80-10), trained on the same {labels} labelled images per class only, "
-                f"{metadata['training']['epochs']} epochs of Adam.")
-        usage = f"model = zoo.load(\"{name}\")\np = model.predict(x_test)   # (B, 10)"
+        usage = "p = model.predict(x_test)   # (B, 10)"
         pictures = ""
-    robustness = _robustness_rows(results, [entry_name(entry, LABEL_BUDGETS[0], k) for k in ("classifier", "convnet")])
-    return f"""# {name}
+    compared = [entry_name(entry, LABEL_BUDGETS[0], k) for k in ("classifier", "convnet")]  # robustness columns
+    return dict(
+        name=metadata["name"], what=model_text(metadata, kind, entry, labels), usage=usage, labels=labels,
+        accuracy_rows=_accuracy_rows(results, entry), robustness_images=results.get("robustness_images", "?"),
+        pgd_steps=results.get("pgd_steps", "?"), eot_chains=results.get("eot_chains", "?"),
+        robustness=_robustness_rows(results, compared), pictures=pictures,
+        train_command=metadata["training"]["command"], dataset=metadata["dataset"]["name"],
+        licence=metadata["dataset"]["licence"],
+    )
 
-{what}
 
-```python
-from keras_shortrun import zoo
-{usage}
-```
-
-## Clean accuracy, full test split (10,000 images), by labels per class
-Generative classifier: 8 chains per image, seed 0. This entry is the {labels}-label row.
-
-| labels per class | generative classifier | ConvNet baseline | difference (points) |
-| --- | --- | --- | --- |
-{acc_rows}
-
-## White-box robustness, 1,000 labels per class ({results.get('robustness_images', '?')} first test images)
-FGSM, and PGD with {results.get('pgd_steps', '?')} steps (random start, step 2.5 eps / steps); epsilon in
-pixel units of [-1, 1] (0.1 here is 0.05 on a [0, 1] scale). Against the generative classifier every attack
-gradient goes through the unrolled chain and is averaged over {results.get('eot_chains', '?')} chains with fresh
-noise at every step (EOT); its accuracy on the attacked images averages 8 new chains.
-
-{robustness}
-
-{pictures}
-## Reproduce
-```
-{metadata['training']['command']}
-python tools/eval_classifier.py --dataset {metadata['dataset']['name']}
-python tools/eval_robustness.py --dataset {metadata['dataset']['name']}
-```
-
-Data licence: {metadata['dataset']['licence']}.
-"""
+def model_text(metadata, kind, entry, labels):
+    """The card's first paragraphs: the generative classifier and its training stages, or the ConvNet baseline."""
+    if kind != "classifier":
+        return (f"The ConvNet baseline of `{entry_name(entry, labels, 'classifier')}` (the thesis's: four 3x3 "
+                f"convolutions with Mish, two max-pools, MLP 140-80-10), trained on the same {labels} labelled images "
+                f"per class only, {metadata['training']['epochs']} epochs of Adam.")
+    c, t = metadata["chain"], metadata["training"]
+    what = (
+        f"A generative classifier (Fischer 2020): generator z (200-d) -> 28x28 with transposed convolutions "
+        f"{metadata['recipe']['widths']} (half the thesis's widths: a CPU budget), "
+        f"sigma={metadata['recipe']['sigma']}; "
+        f"a Mish MLP head 200-140-80-10 on latents inferred by K={c['steps']} Langevin steps from N(0, I) "
+        f"(learned step size {c['learned_step_size']:.4f}); predictions average 8 chains.\n\n"
+        f"Trained on {metadata['dataset']['name']} with {labels} labels per class; the other training images "
+        f"were used unlabelled. Stages: generator {t['stages']['generator']['iterations']} updates on all images, "
+        f"head {t['stages']['head']['iterations']}, joint BPTT {t['stages']['joint']['iterations']} "
+        f"(batches of 32 labelled + 32 unlabelled); {t['wall_time_s'] / 60:.0f} min on {t['hardware']}."
+    )
+    joint = t["stages"]["joint"]
+    if joint["rolled_back"]:
+        what += (
+            f"\n\nThe joint stage ran {joint['iterations_run']} updates, but its training loss rose above "
+            f"{STAGE_DIVERGENCE_FACTOR}x its lowest (BPTT through the chain diverged), so this entry is the "
+            f"checkpoint with the lowest training loss, after {joint['iterations']} joint updates (chosen "
+            f"from training logs only; `chosen_epoch` in `keras_shortrun/training.py`)."
+        )
+    return what
 
 
 def _generator_done(entry):

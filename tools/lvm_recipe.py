@@ -26,6 +26,7 @@ from keras_shortrun.zoo import load as load_entry
 from keras_shortrun.zoo import save_entry
 
 ROOT = Path(__file__).resolve().parents[1]
+CARD = Path(__file__).resolve().parent / "cards" / "lvm.md"  # the card template, str.format fields
 
 def build(entry, kind="lvm"):
     """The untrained ``MultiLayerLVM`` (``kind="lvm"``) or ``VAE`` (``kind="vae"``) of a recipe."""
@@ -143,93 +144,52 @@ def export_entry(entry, epoch=None, data_path=None):
 
 
 def card_text(metadata, model, results):
-    """The entry's README: what it is, how to use it, its figures, its numbers and how to reproduce them."""
+    """The entry's README, ``CARD`` filled in: what it is, how to use it, its figures, its numbers and how to
+    reproduce them."""
+    return CARD.read_text().format(**flat_card_fields(metadata, model, results))
+
+
+def flat_card_fields(metadata, model, results):
+    """``CARD``'s fields; the parts that differ between an LVM and its VAE baseline come in written out."""
     t, m, e = metadata["training"], metadata["metrics"], metadata["evaluation"]
     is_lvm = isinstance(model, MultiLayerLVM)
     entry = metadata["name"].removesuffix("_vae")
-    res = metadata["resolution"]
-    if is_lvm:
-        c = metadata["chain"]
-        what = (
-            f"A multi-layer latent variable model (Nijkamp et al., ECCV 2020): a top-down generator with latent "
-            f"layers {metadata['latent_dims']} (top first), posterior inferred by K={c['steps']} steps of "
-            f"Langevin dynamics from N(0, I), sigma={metadata['sigma']}. Step sizes learned by minimising "
-            f"KL(q_s || p(z|x)) ({c['step_size_objective']} log q_s): started at {c['initial_step_size']}, ended at "
-            f"{', '.join(f'{s:.4f}' for s in c['learned_step_sizes'])} (top to bottom)."
-        )
-    else:
-        what = (
-            f"The VAE baseline of `{entry}`: the same generator ({metadata['latent_dims']}, sigma="
-            f"{metadata['sigma']}), data, batch size, optimiser and number of updates, with an amortised "
-            f"convolutional encoder in place of short-run inference."
-        )
     comparison = (
         f"| reconstruction MSE, short-run inference (`{entry}`) | {results['lvm']:.4f} |\n"
         f"| reconstruction MSE, VAE baseline (`{entry}_vae`) | {results['vae']:.4f} |"
         if "vae" in results else ""
     )
-    mse = f"{m['recon_mse_test']:.4f} (std {m['recon_mse_test_std']:.4f})"
-    inception = inception_rows(metadata)
     inpainting = (
         "## Inpainting (lower half missing): originals, inputs, completions\n![inpainting](inpainting.png)\n"
         if is_lvm else ""
     )
-    return f"""# {metadata['name']}
+    return dict(
+        name=metadata["name"], what=model_text(metadata, entry, is_lvm), dataset=metadata["dataset"]["name"],
+        resolution=metadata["resolution"], test_split=metadata["dataset"]["test_split"], inpainting=inpainting,
+        images=e["images"], recon_mse=m["recon_mse_test"], recon_std=m["recon_mse_test_std"],
+        inference=e["inference"], inception=inception_rows(metadata), comparison=comparison,
+        iterations=t["iterations"], batch_size=t["batch_size"], lr=t["learning_rate"], beta_1=t["beta_1"],
+        hardware=t["hardware"], wall_time_min=t["wall_time_s"] / 60, train_command=t["command"],
+        eval_command=e["command"], licence=metadata["dataset"]["licence"],
+    )
 
-{what}
 
-Data: {metadata['dataset']['name']} ({res}x{res}), trained on the train split, evaluated on the held-out
-split: {metadata['dataset']['test_split']}. Pixels are in [-1, 1].
-
-```python
-from keras_shortrun import zoo
-model = zoo.load("{metadata['name']}")
-x = model.synthesize(16, seed=0)                 # ancestral samples
-x_hat, mse = model.reconstruct(x_test, seed=0)   # inference, then g(z)
-```
-
-## Samples (ancestral, seed 0)
-![samples](samples.png)
-
-## Reconstructions of held-out images (pairs: original, reconstruction)
-![reconstruction](reconstruction.png)
-
-## What each latent layer controls
-Each row: a held-out image, then 9 images with one latent layer redrawn from N(0, I) and the others held
-(rows cycle through the layers, top layer first, for 3 images).
-![layers](layers.png)
-
-{inpainting}
-## Interpolation between the latents of two held-out images
-![interpolation](interpolation.png)
-
-## Numbers
-| metric | value |
-| --- | --- |
-| reconstruction MSE per pixel, {e['images']} held-out images | {mse} |
-| inference | {e['inference']} |
-{inception}{comparison}
-
-## Training budget
-| | |
-| --- | --- |
-| parameter updates | {t['iterations']} |
-| batch size | {t['batch_size']} |
-| optimiser | Adam, lr {t['learning_rate']}, beta_1 {t['beta_1']} |
-| hardware | {t['hardware']} |
-| wall time | {t['wall_time_s'] / 60:.0f} min |
-
-A CPU-budget entry: the paper trains for far longer on GPUs, with latent dims [64, 64, 64, 96, 128] at 64x64.
-
-## Reproduce
-```
-{t['command']}
-{e['command']}
-python tools/eval_lvm.py
-```
-
-Data licence: {metadata['dataset']['licence']}.
-"""
+def model_text(metadata, entry, is_lvm):
+    """The card's first paragraph: the LVM and its learned chain, or what the VAE baseline shares with it."""
+    if not is_lvm:
+        return (
+            f"The VAE baseline of `{entry}`: the same generator ({metadata['latent_dims']}, sigma="
+            f"{metadata['sigma']}), data, batch size, optimiser and number of updates, with an amortised "
+            f"convolutional encoder in place of short-run inference."
+        )
+    c = metadata["chain"]
+    return (
+        f"A multi-layer latent variable model (Nijkamp et al., ECCV 2020): a top-down generator with latent "
+        f"layers {metadata['latent_dims']} (top first), posterior inferred by K={c['steps']} steps of "
+        f"Langevin dynamics from N(0, I), sigma={metadata['sigma']}. Step sizes learned by minimising "
+        f"KL(q_s || p(z|x)) ({c['step_size_objective']} log q_s): started at {c['initial_step_size']}, ended at "
+        f"{', '.join(f'{s:.4f}' for s in c['learned_step_sizes'])} (top to bottom)."
+    )
 
 
 def rewrite_cards(entry):
