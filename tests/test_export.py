@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 import tf2onnx
 from builders import tiny_ebm
+from conftest import EXPORTS
 from conftest import ROOT
 from conftest import run_python
 from PIL import Image
@@ -40,6 +41,7 @@ from keras_shortrun.models import posterior_chain
 from keras_shortrun.models import thesis_chain
 from keras_shortrun.models.family import ShortRunFamily
 
+pytestmark = EXPORTS  # every test here exports in this process
 CPU = ["CPUExecutionProvider"]
 # The exported graphs are plain TensorFlow graphs; Keras runs the same ops bit for bit, except under
 # KERAS_SHORTRUN_TF_XLA=1, where XLA fuses and reorders them (last-bit rounding, amplified by the chain).
@@ -484,20 +486,6 @@ def test_every_family_draws_its_images_and_builds_each_graph_it_names(ebm, lvm, 
         for graph in model.EXPORT_GRAPHS:
             built = export.build_graph(model, graph)
             assert (built.steps is not None) == model.graph_runs_chain(graph), (type(model).__name__, graph)
-
-
-def test_export_needs_the_tensorflow_backend():
-    out = run_python(
-        "from keras_shortrun import export\n"
-        "from keras_shortrun.models import ShortRunEBM\n"
-        "m = ShortRunEBM.with_convnet(image_size=8, channels=1, filters=4, steps=2)\n"
-        "try:\n"
-        "    export.to_onnx(m, 'never.onnx')\n"
-        "except RuntimeError as e:\n"
-        "    print(e)\n",
-        backend="jax",
-    )
-    assert "KERAS_BACKEND=tensorflow" in out and not (ROOT / "never.onnx").exists()
 
 
 # Serving --------------------------------------------------------------------------------------------------------

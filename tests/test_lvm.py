@@ -3,7 +3,6 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 from builders import tiny_images
 from builders import tiny_lvm
 from conftest import run_python
@@ -103,42 +102,55 @@ def test_objective_is_the_exact_gaussian_kl_minus_log_evidence():
 STEP_SIZES, SIGMA = (0.3, 0.2), 0.3  # of the small non-linear posterior below
 
 
-def small_nonlinear_setup(steps=4, dims=(2, 3), seed=0, dtype="float32"):
-    """A 2-layer tanh generator's posterior (``D = 5`` latents, 3 examples), its K-step chain, start and noise;
-    every array in ``dtype``."""
+def small_nonlinear_arrays(steps=4, dims=(2, 3), seed=0):
+    """The float64 arrays of the small non-linear posterior: generator weights ``w1 (D, 6)``, ``w2 (6, 5)``,
+    data ``x (3, 5)``, chain starts and noise per latent group (``D = 5`` latents, 3 examples)."""
     rng = np.random.default_rng(seed)
-    w1 = rng.normal(size=(sum(dims), 6)).astype(dtype)
-    w2 = rng.normal(size=(6, 5)).astype(dtype)
+    w1, w2 = rng.normal(size=(sum(dims), 6)), rng.normal(size=(6, 5))
+    x = rng.uniform(-1, 1, size=(3, 5))
+    z0 = [rng.normal(size=(3, d)) for d in dims]
+    noise = [rng.normal(size=(3, steps, d)) for d in dims]
+    return w1, w2, x, z0, noise
+
+
+def small_nonlinear_setup(dtype="float32"):
+    """A 2-layer tanh generator's posterior, its K-step chain (``STEP_SIZES`` per group), start and noise; every
+    array in ``dtype``."""
+    w1, w2, x, z0, noise = [np.asarray(a, dtype) if isinstance(a, np.ndarray) else [g.astype(dtype) for g in a]
+                            for a in small_nonlinear_arrays()]
 
     def generator(latents):
         z = ops.concatenate(list(latents), axis=1)
         return ops.tanh(ops.matmul(ops.tanh(ops.matmul(z, w1)), w2))
 
-    x = rng.uniform(-1, 1, size=(3, 5)).astype(dtype)
-    z0 = [rng.normal(size=(3, d)).astype(dtype) for d in dims]
-    noise = [rng.normal(size=(3, steps, d)).astype(dtype) for d in dims]
-    chain = LangevinChain(steps=steps, step_size=list(STEP_SIZES))
+    chain = LangevinChain(steps=noise[0].shape[1], step_size=list(STEP_SIZES))
     return chain, gaussian_posterior_potential(generator, x, SIGMA), z0, noise
 
 
 def float64_reference(propagate_noise):
-    """An independent float64 reference: the chain ``z - (s^2/2) dU/dz + s eps`` written out here in
-    TensorFlow, its Jacobians w.r.t. start and noise, then ``log det`` of ``J_0 J_0^T + J_eps J_eps^T`` (or of
-    ``J_0 J_0^T``); also ``cond`` of that matrix, per example ``(B,)``."""
-    chain, potential, z0, noise = small_nonlinear_setup(dtype="float64")
-    z0_t, noise_t = [tf.constant(z) for z in z0], [tf.constant(n) for n in noise]
-    with tf.GradientTape(persistent=True) as tape:
-        tape.watch(z0_t + noise_t)
-        state = list(z0_t)
-        for k in range(chain.steps):
-            with tf.GradientTape() as inner:
-                inner.watch(state)
-                energy = tf.reduce_sum(potential(state))
-            grads = inner.gradient(energy, state)
-            state = [z - 0.5 * s * s * g + s * n[:, k] for z, g, s, n in zip(state, grads, STEP_SIZES, noise_t)]
-        out = tf.concat(state, axis=1)
-    j_start = tf.concat([tape.batch_jacobian(out, z) for z in z0_t], axis=2).numpy()  # (B, D, D)
-    j_noise = tf.concat([tf.reshape(tape.batch_jacobian(out, n), (3, 5, -1)) for n in noise_t], axis=2).numpy()
+    """An independent float64 reference, written out here in JAX (64-bit mode), apart from Keras and its backend:
+    the chain ``z - (s^2/2) dU/dz + s eps``, its Jacobians w.r.t. start and noise per example, then
+    ``log det`` of ``J_0 J_0^T + J_eps J_eps^T`` (or of ``J_0 J_0^T``); also ``cond`` of that matrix, ``(B,)``."""
+    import jax
+    import jax.numpy as jnp
+
+    w1, w2, x, z0, noise = small_nonlinear_arrays()
+    dims = [z.shape[1] for z in z0]
+    with jax.enable_x64(True):
+        step = jnp.repeat(jnp.asarray(STEP_SIZES), jnp.asarray(dims), total_repeat_length=sum(dims))  # (D,)
+
+        def chain(start, eps, image):  # (D,), (K, D), (5,) -> (D,)
+            def potential(z):
+                residual = image - jnp.tanh(jnp.tanh(z @ w1) @ w2)
+                return jnp.sum(residual**2) / (2 * SIGMA**2) + 0.5 * jnp.sum(z**2)
+
+            for k in range(eps.shape[0]):
+                start = start - 0.5 * step**2 * jax.grad(potential)(start) + step * eps[k]
+            return start
+
+        starts, eps = np.concatenate(z0, axis=1), np.concatenate(noise, axis=2)
+        j_start = np.asarray(jax.vmap(jax.jacfwd(chain, argnums=0))(starts, eps, x))  # (B, D, D)
+        j_noise = np.asarray(jax.vmap(jax.jacfwd(chain, argnums=1))(starts, eps, x)).reshape(len(x), sum(dims), -1)
     covariance = j_start @ j_start.transpose(0, 2, 1)
     if propagate_noise:
         covariance = covariance + j_noise @ j_noise.transpose(0, 2, 1)

@@ -20,6 +20,7 @@ import tensorflow as tf
 from builders import tiny_classifier
 from builders import tiny_ebm
 from builders import tiny_lvm
+from conftest import EXPORTS
 from conftest import run_python
 from PIL import Image
 
@@ -493,6 +494,7 @@ def test_a_state_cut_short_falls_back_to_the_one_before(tmp_path):
     assert fresh._initial_epoch == 1 and not list((tmp_path / "backup").glob(".*"))
 
 
+@EXPORTS
 def test_an_interrupted_saved_model_export_keeps_the_previous_folder(tmp_path, monkeypatch):
     from keras_shortrun.export import to_saved_model
 

@@ -13,7 +13,9 @@ import keras
 import numpy as np
 import pytest
 from builders import tiny_ebm
+from conftest import EXPORTS
 from conftest import ROOT
+from conftest import run_python
 
 from keras_shortrun import cli
 from keras_shortrun import export
@@ -185,6 +187,7 @@ def test_save_entry_replaces_the_extra_files_it_wrote_and_no_others(tmp_path):
     assert (entry / "notes.md").read_text() == "mine" and (entry / "plot.png").read_bytes() == b"mine"
 
 
+@EXPORTS
 def test_saved_model_export_refuses_a_users_folder_and_overwrites_its_own_only_when_asked(tmp_path):
     folder = user_folder(tmp_path / "mine")
     with pytest.raises(FileExistsError, match="not a keras_shortrun SavedModel"):
@@ -206,6 +209,7 @@ def test_onnx_export_refuses_a_file_that_is_not_its_graph(tmp_path):
     assert precious.read_text() == "not a graph"
 
 
+@EXPORTS
 def test_cli_export_never_deletes_a_users_folder(tmp_path, capsys):
     entry = zoo.save_entry(tiny_ebm(steps=2), tmp_path / "entry", {"name": "entry"})
     folder = user_folder(tmp_path / "mine")
@@ -252,8 +256,9 @@ def test_reconstruct_refuses_a_learning_rate_that_cannot_descend(learning_rate):
     (["sample", "mnist_ebm", "-o", "{tmp}/x.txt"], "must end in one of .png"),
     (["sample", "mnist_ebm", "-o", "{tmp}"], "must end in one of|is a directory"),
     (["sample", "mnist_ebm", "-o", "{tmp}/x.png", "--gif", "{tmp}/x.png"], "--gif .* must end in one of .gif"),
-    (["export", "mnist_ebm", "-o", "{tmp}/x.txt"], "must end in one of .onnx"),
-    (["export", "mnist_ebm", "-o", "{tmp}/x.onnx", "--opset", "9"], "opset must be one of"),
+    pytest.param(["export", "mnist_ebm", "-o", "{tmp}/x.txt"], "must end in one of .onnx", marks=EXPORTS),
+    pytest.param(["export", "mnist_ebm", "-o", "{tmp}/x.onnx", "--opset", "9"], "opset must be one of",
+                 marks=EXPORTS),
     (["serve-onnx", "{tmp}/missing.onnx", "-o", "{tmp}/x.png"], "No ONNX file"),
 ])
 def test_cli_user_errors_are_one_line_and_exit_2(tmp_path, args, message, capsys, monkeypatch):
@@ -296,3 +301,17 @@ def _datasets(group, prefix=""):
             yield f"{prefix}{key}"
         else:
             yield from _datasets(value, f"{prefix}{key}/")
+
+
+def test_export_needs_the_tensorflow_backend():
+    out = run_python(
+        "from keras_shortrun import export\n"
+        "from keras_shortrun.models import ShortRunEBM\n"
+        "m = ShortRunEBM.with_convnet(image_size=8, channels=1, filters=4, steps=2)\n"
+        "try:\n"
+        "    export.to_onnx(m, 'never.onnx')\n"
+        "except RuntimeError as e:\n"
+        "    print(e)\n",
+        backend="jax",
+    )
+    assert "KERAS_BACKEND=tensorflow" in out and not (ROOT / "never.onnx").exists()

@@ -6,6 +6,8 @@ Everything here has one implementation per supported Keras backend
 
 - ``value_and_grad(fn, x)``: per-sample scalar ``fn(x)`` of shape ``(B,)`` and
   the gradient of its sum w.r.t. ``x`` (an input, not a weight).
+- ``value_and_gradients(fn, variables, inputs)``: a scalar ``fn(*inputs)`` and its gradients w.r.t. Keras
+  variables (weights) and input arrays.
 - ``batch_hessian(fn, x)``: per-sample Hessians ``(B, D, D)`` of ``fn`` w.r.t. ``x (B, D)``
   (the exact log-determinant of the chain's Jacobian needs them).
 - ``fori_loop(steps, body, state, unroll=False)``: a K-step loop that stays differentiable;
@@ -50,6 +52,7 @@ if BACKEND == "tensorflow":
     from keras_shortrun.backend.tensorflow import stateless_normal
     from keras_shortrun.backend.tensorflow import sync_training_state
     from keras_shortrun.backend.tensorflow import value_and_grad
+    from keras_shortrun.backend.tensorflow import value_and_gradients
 elif BACKEND == "jax":
     from keras_shortrun.backend.jax import TrainStepMixin
     from keras_shortrun.backend.jax import batch_hessian
@@ -60,6 +63,7 @@ elif BACKEND == "jax":
     from keras_shortrun.backend.jax import stateless_normal
     from keras_shortrun.backend.jax import sync_training_state
     from keras_shortrun.backend.jax import value_and_grad
+    from keras_shortrun.backend.jax import value_and_gradients
 else:
     raise ImportError(
         f"keras_shortrun supports the 'tensorflow' and 'jax' Keras backends, "
@@ -90,4 +94,5 @@ __all__ = [
     "trace_count",
     "tracing_plain_graph",
     "value_and_grad",
+    "value_and_gradients",
 ]

@@ -25,6 +25,19 @@ def value_and_grad(fn, x):
     return values, grads
 
 
+def value_and_gradients(fn, variables, inputs=()):
+    """Returns the scalar ``fn(*inputs)`` and its gradients w.r.t. ``variables`` (Keras variables) and ``inputs``
+    (arrays), as two lists; the variables' values are traced as arguments, so ``fn`` reads them as weights."""
+    variables, inputs = list(variables), [jnp.asarray(x) for x in inputs]
+
+    def pure(values, arguments):
+        return _run_stateless(variables, values, lambda: fn(*arguments))[0]
+
+    value, (variable_grads, input_grads) = jax.value_and_grad(pure, argnums=(0, 1))(
+        [v.value for v in variables], inputs)
+    return value, list(variable_grads), list(input_grads)
+
+
 def batch_hessian(fn, x):
     """Per-sample Hessians ``d^2 fn(x)_b / dx_b^2``, shape ``(B, D, D)``, of a per-sample ``fn`` on ``x (B, D)``.
 

@@ -25,6 +25,18 @@ def value_and_grad(fn, x):
     return values, tape.gradient(total, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
+def value_and_gradients(fn, variables, inputs=()):
+    """Returns the scalar ``fn(*inputs)`` and its gradients w.r.t. ``variables`` (Keras variables) and ``inputs``
+    (arrays), as two lists; a gradient that does not depend on them is zero."""
+    variables, inputs = list(variables), [tf.convert_to_tensor(x) for x in inputs]
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        value = fn(*inputs)
+    grads = tape.gradient(value, [v.value for v in variables] + inputs,
+                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return value, grads[: len(variables)], grads[len(variables):]
+
+
 def batch_hessian(fn, x):
     """Per-sample Hessians ``d^2 fn(x)_b / dx_b^2``, shape ``(B, D, D)``, of a per-sample ``fn`` on ``x (B, D)``."""
     with tf.GradientTape() as outer:

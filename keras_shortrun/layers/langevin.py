@@ -205,8 +205,9 @@ class LangevinChain(keras.layers.Layer):
         single = not isinstance(x0, (list, tuple))
         states = [ops.convert_to_tensor(x) for x in ([x0] if single else x0)]
         for x in states:
-            if "float" not in str(x.dtype):
-                raise ValueError(f"The chain's state must be floating point, got dtype {x.dtype}.")
+            dtype = keras.backend.standardize_dtype(x.dtype)
+            if "float" not in dtype:
+                raise ValueError(f"The chain's state must be floating point, got dtype {dtype}.")
         if seed is not None and tuple(ops.shape(seed)) != (2,):
             raise ValueError(f"seed must be a (2,) integer tensor, got shape {tuple(ops.shape(seed))}.")
         if len(states) != self.num_groups:
