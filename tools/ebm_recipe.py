@@ -14,6 +14,7 @@ from keras_shortrun import metrics
 from keras_shortrun import recipes
 from keras_shortrun.evaluation import SCORE_PROTOCOL
 from keras_shortrun.images import save_grid
+from keras_shortrun.models import MultiscaleEnergy
 from keras_shortrun.training import checkpoint_path
 from keras_shortrun.training import hardware
 from keras_shortrun.training import last_epoch
@@ -431,8 +432,15 @@ def penalty_text(trained, recipe):
     return f"{trained:g} (the recipe has used {recipe:g} since this snapshot was trained)"
 
 
+def energy_filters(model):
+    """The exported energy's ``nf``: one number, or one per resolution (coarse first) where they differ."""
+    energies = model.energy.energies if isinstance(model.energy, MultiscaleEnergy) else [model.energy]
+    filters = [energy.filters for energy in energies]
+    return filters[0] if len(set(filters)) == 1 else filters
+
+
 def flat_card_fields(metadata, model):
-    filters = recipes.load(metadata["name"])["filters"]
+    filters = energy_filters(model)
     t, e, m = metadata["training"], metadata["evaluation"], metadata["metrics"]
     return dict(
         name=metadata["name"], dataset=metadata["dataset"]["name"], resolution=metadata["resolution"],
@@ -494,10 +502,15 @@ BUDGET_NOTES = {
                   "its run folder and each session exports the best snapshot so far. Since the seventh session "
                   "(2026-12-06) it is sampled with a longer 64x64 stage than it was trained with, 20 updates "
                   "instead of 10, the noise annealed over the last 10 instead of 5 (the chain above; training "
-                  "used 50 + 20 + 15 + 10): on a selection seed (7, 500 samples), the same weights scored "
-                  "Inception FID 102.0 against 111.2, the best of six chains tried on that seed "
-                  "(docs/celeba_ebm_study.md, \"A longer 64x64 stage\"); the FID above is the issue's protocol "
-                  "with that chain.",
+                  "used 50 + 20 + 15 + 10): on a selection seed (7, 500 samples), the 16-filter weights of then "
+                  "scored Inception FID 102.0 against 111.2 with it, the best of six chains tried on that seed "
+                  "(docs/celeba_ebm_study.md, \"A longer 64x64 stage\"). Since the eighth session (2026-12-06) its "
+                  "8x8 and 16x16 energies have 32 filters: the 16-filter entry of 11,640 updates was widened so "
+                  "that it computes the same energy (Net2WiderNet, `EnergyConvNet.widen_from`) and trained 6,010 "
+                  "more updates with a fresh Adam and the previous chain, about 1.35 CPU-seconds each; chosen on "
+                  "the selection seed among three snapshots (Inception FID 95.7 against the 16-filter entry's "
+                  "102.0; docs/celeba_ebm_study.md, \"Wider coarse energies\"). The FID above is the issue's "
+                  "protocol with the chain above.",
 }
 
 
@@ -508,11 +521,13 @@ def model_text(metadata, filters, params):
         return (f"the paper-1 energy ConvNet with nf={filters} ({params:,} parameters) and a K={chain['steps']}-step "
                 "Langevin chain from Uniform(-1, 1), `x = clip(x - dE/dx + 0.01 eps, -1, 1)`")
     sizes = " -> ".join(f"{r}x{r}" for r in chain["resolutions"])
+    widths = (f"nf={filters}" if isinstance(filters, int) else
+              "nf=" + ", ".join(f"{f} at {r}x{r}" for f, r in zip(filters, chain["resolutions"])))
     steps = " + ".join(str(k) for k in chain["stage_steps"])
     return (f"a **coarse-to-fine** short-run chain (CF-EBM, Zhao, Xie & Li, ICLR 2021): {chain['init']}, "
             f"K={chain['steps']} updates ({steps}) `x = clip(x - dE_r/dx + 0.01 eps, -1, 1)` at {sizes}, "
             f"nearest-neighbour upsampling between resolutions, the noise annealed to zero over the last "
-            f"{chain['anneal_steps']} updates; one paper-1 energy ConvNet of nf={filters} per resolution "
+            f"{chain['anneal_steps']} updates; one paper-1 energy ConvNet per resolution, {widths} "
             f"({params:,} parameters in all), trained on every resolution at once")
 
 

@@ -25,10 +25,11 @@ SHORT_RUN_EBM_PRESETS = {
     },
     "celeba_ebm": {
         "description": "Short-run EBM on CelebA 64x64: coarse-to-fine chain 8->16->32->64 (K=105, clamped, noise "
-                       "annealed), one nf=16 paper-1 ConvNet per resolution; CPU campaign.",
+                       "annealed), one paper-1 ConvNet per resolution (nf=32 at 8 and 16 px, 16 at 32 and 64 px); "
+                       "CPU campaign.",
         "sha256": {
-            "config.json": "3c01097ad3817dee9d8bd9f668736d4bbd212933f0f59df5b16bfa4d905703cb",
-            "model.weights.h5": "273daa30f01f8e31dfc076b074a0546290fbe65545b0ca36bb615c4c18f7d3a8",
+            "config.json": "80b4f5c72e178634bb7b11b2dd1ebac8c7c4290419d179960158b256a88055f3",
+            "model.weights.h5": "6dacdc1c06a3344928e4c00b16b55f9ef4c8baeed8e358ea6d775ad3548b6c41",
         },
     },
 }
