@@ -507,9 +507,9 @@ BUDGET_NOTES = {
                   "(docs/celeba_ebm_study.md, \"A longer 64x64 stage\"). Since the eighth session (2026-12-06) its "
                   "8x8 and 16x16 energies have 32 filters: the 16-filter entry of 11,640 updates was widened so "
                   "that it computes the same energy (Net2WiderNet, `EnergyConvNet.widen_from`) and trained 6,010 "
-                  "more updates with a fresh Adam and the previous chain, about 1.35 CPU-seconds each; chosen on "
-                  "the selection seed among three snapshots (Inception FID 95.7 against the 16-filter entry's "
-                  "102.0; docs/celeba_ebm_study.md, \"Wider coarse energies\"). The FID above is the issue's "
+                  "more updates with a fresh Adam and the previous chain, 1.34 CPU-seconds each (the run's "
+                  "log.csv); chosen on the selection seed among three snapshots (Inception FID 95.7 against the "
+                  "16-filter entry's 102.0; docs/celeba_ebm_study.md, \"Wider coarse energies\"). The FID above is the issue's "
                   "protocol with the chain above.",
 }
 
