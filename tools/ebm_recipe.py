@@ -509,8 +509,8 @@ BUDGET_NOTES = {
                   "that it computes the same energy (Net2WiderNet, `EnergyConvNet.widen_from`) and trained 6,010 "
                   "more updates with a fresh Adam and the previous chain, 1.34 CPU-seconds each (the run's "
                   "log.csv); chosen on the selection seed among three snapshots (Inception FID 95.7 against the "
-                  "16-filter entry's 102.0; docs/celeba_ebm_study.md, \"Wider coarse energies\"). The FID above is the issue's "
-                  "protocol with the chain above.",
+                  "16-filter entry's 102.0; docs/celeba_ebm_study.md, \"Wider coarse energies\"). The FID above "
+                  "is the issue's protocol with the chain above.",
 }
 
 
