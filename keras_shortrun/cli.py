@@ -45,16 +45,6 @@ def _seed(text):
     return value
 
 
-def _positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text!r}")
-    return value
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (exit 2) that point to ``--help``."""
 
@@ -91,7 +81,8 @@ def check_distinct_outputs(*named_paths):
 
 # What ``keras-shortrun train`` (``fit_resumable`` and ``model.save``) writes into a run folder, by name:
 # top-level files, and folders with the glob patterns of their files (``.*partial*``: a write cut short).
-RUN_FILES = ("log.csv", "wall_time.json", "model.keras", "recipe.json", "hardware.json", "started_from.json")
+RUN_FILES = ("log.csv", "wall_time.json", "model.keras", "recipe.json", "hardware.json", "started_from.json",
+             "forked_from.json")
 RUN_FOLDERS = {
     "backup": ("state-*.weights.h5", "state-*.json", ".state-*.partial.weights.h5", ".state-*.json.partial",
                "settings.json", ".settings.json.partial"),
@@ -398,7 +389,7 @@ def cmd_train(args):
     for stage, folder in zip(stages, folders):
         model = recipes.train(args.recipe, out, overrides, args.iterations, variant=stage,
                               labels=None if stage in (None, "generator") else labels, data_path=args.data_path,
-                              start_from=args.recipe if args.from_entry else None)
+                              start_from=args.recipe if args.from_entry else None, fork_from=args.fork_from)
         model.save(folder / "model.keras")
         print(f"saved {folder / 'model.keras'}; checkpoints and sample grids are in {folder}")
 
@@ -532,6 +523,9 @@ def build_parser():
     train.add_argument("--from-entry", action="store_true",
                        help="a new run starts from the committed entry's weights with a fresh optimizer "
                             "(fine-tuning); default: from random weights, as the entry was")
+    train.add_argument("--fork-from", default=None, metavar="RUN_DIR",
+                       help="a new run (--out) branches from this run's last epoch, optimizer and data position "
+                            "included, with the --set changes (an EBM or LVM run; e.g. a lower learning_rate)")
     train.add_argument("--data-path", default=None, help="the dataset's npz file or folder")
     train.set_defaults(func=cmd_train)
     return parser

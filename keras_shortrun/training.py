@@ -6,6 +6,7 @@ import math
 import os
 import platform
 import re
+import shutil
 import time
 import warnings
 import weakref
@@ -608,6 +609,58 @@ def completed_epochs(backup_dir):
     """Epochs finished by an earlier run, from ``ResumableBackup``'s newest state (0 for a new run)."""
     states = ResumableBackup(backup_dir).states()
     return states[0][0]["epoch"] if states else 0
+
+
+FORK_FILE = "forked_from.json"  # in a run folder started by ``fork_run``: the run and epoch it branched from
+FORKED_RECORDS = ("hardware.json", "started_from.json")  # copied as they are: who trained it, what it started from
+
+
+def fork_run(source, run_dir):
+    """Starts ``run_dir`` as a branch of the ``fit_resumable`` run in ``source`` after the newest epoch that both
+    a complete ``ResumableBackup`` state and a ``log.csv`` row record: that state (weights, optimizer, seed
+    states), its settings, the log and clocks up to it, ``FORKED_RECORDS`` and its snapshot. A variant (another
+    learning rate, say) then continues the same training, optimizer and data position included, where a new
+    run would start over with a fresh optimizer. ``source`` may be training meanwhile (its files are read, never
+    written). Records ``FORK_FILE`` and returns the epoch (1-based); raises ``ValueError`` when ``run_dir``
+    holds a run or nothing in ``source`` can be forked."""
+    source, run_dir = Path(source), Path(run_dir)
+    if (run_dir / "backup").exists() or (run_dir / "log.csv").exists():
+        raise ValueError(f"{run_dir} holds a run already: fork into a new folder.")
+    try:
+        with open(source / "log.csv") as f:
+            reader = csv.DictReader(f)
+            header, rows = reader.fieldnames, {int(row["epoch"]) + 1: row for row in reader}
+    except (OSError, KeyError, ValueError) as error:
+        raise ValueError(f"{source} has no readable log.csv to fork from ({error}).") from None
+    states = [(record, weights) for record, weights in ResumableBackup(source / "backup").states()
+              if record["epoch"] in rows]
+    if not states:
+        raise ValueError(f"{source} has no finished epoch (a backup state with its log row) to fork from.")
+    record, weights = states[0]
+    epoch, backup = record["epoch"], run_dir / "backup"
+    backup.mkdir(parents=True)
+    copied = backup / weights.name
+    shutil.copyfile(weights, copied)
+    if sha256_file(copied) != record["sha256"]:  # the source run replaced it while it was copied
+        shutil.rmtree(backup)
+        raise ValueError(f"{weights} changed while it was copied: fork again.")
+    shutil.copyfile(source / "backup" / SETTINGS_FILE, backup / SETTINGS_FILE)
+    _atomic_write_text(backup / f"state-{record['index']}.json", json.dumps(record))
+    with open(run_dir / "log.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, header)
+        writer.writeheader()
+        writer.writerows(rows[e] for e in sorted(rows) if e <= epoch)
+    clock = {key: float(rows[epoch][key]) for key in ("wall_time_s", "cpu_time_s")}
+    _atomic_write_text(run_dir / "wall_time.json", json.dumps({**clock, "epochs": epoch}))
+    for name in FORKED_RECORDS:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, run_dir / name)
+    if checkpoint_path(source, epoch).is_file():
+        checkpoint_path(run_dir, epoch).parent.mkdir()
+        shutil.copyfile(checkpoint_path(source, epoch), checkpoint_path(run_dir, epoch))
+    _atomic_write_text(run_dir / FORK_FILE, json.dumps({"run": str(source.resolve()), "epoch": epoch,
+                                                        "weights_sha256": record["sha256"]}))
+    return epoch
 
 
 SETTINGS_FILE = "settings.json"  # in the backup folder: the settings a resumed run must share

@@ -98,3 +98,26 @@ def test_cli_trains_every_familys_recipe_through_one_path_and_resumes(entry, tmp
     assert cli.main(args[:4] + labels + ["--iterations", "4"]) == 0  # no --set: the run's recorded overrides
     with pytest.raises(ValueError, match="resumes only with those"):
         recipes.record_recipe(entry, out, {"seed": 1})
+
+
+def test_cli_forks_a_run_with_another_learning_rate(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(data, "load", _labelled_digits)
+    source, branch = tmp_path / "source", tmp_path / "branch"
+    settings = [a for s in TINY["mnist_ebm"] + ["batch_size=4", "iterations_per_epoch=1"] for a in ("--set", s)]
+    assert cli.main(["train", "mnist_ebm", "--out", str(source), *settings, "--iterations", "2"]) == 0
+    fork = ["train", "mnist_ebm", "--out", str(branch), "--fork-from", str(source), "--set", "learning_rate=5e-05"]
+    assert cli.main(fork + ["--iterations", "3"]) == 0
+    recorded = json.loads((branch / recipes.RECIPE_FILE).read_text())
+    assert recorded["overrides"] == {**recipes.recorded_overrides(source), "learning_rate": 5e-05}
+    source_recipe = recipes.run_recipe("mnist_ebm", source)
+    assert recorded["recipe"] == recipes.apply_overrides(source_recipe, {"learning_rate": 5e-05})
+    assert json.loads((branch / "backup" / "settings.json").read_text())["learning_rate"] == 5e-05
+    assert last_epoch(branch) == 3 and last_epoch(source) == 2  # epochs 1-2 are the source's, 3 the branch's
+    model = keras.saving.load_model(branch / "model.keras")
+    assert float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)) == np.float32(5e-05)
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 3  # Adam's count ran on
+    assert cli.main(fork + ["--iterations", "4"]) == 0  # the same command resumes the branch
+    assert cli.main(["train", "mnist_ebm", "--out", str(branch), "--iterations", "5"]) == 0  # so does a plain rerun
+    assert last_epoch(branch) == 5
+    assert cli.main(["train", "mnist_ebm", "--out", str(source), "--fork-from", str(branch)]) == 2
+    assert "holds a run already" in capsys.readouterr().err

@@ -4,6 +4,7 @@ import json
 import math
 import shutil
 import warnings
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -19,6 +20,7 @@ from keras_shortrun.training import DivergenceGuard
 from keras_shortrun.training import batches
 from keras_shortrun.training import fine_tune
 from keras_shortrun.training import fit_resumable
+from keras_shortrun.training import fork_run
 from keras_shortrun.training import pin_checkpoint
 
 
@@ -189,6 +191,31 @@ def test_any_array_type_is_batched_with_batch_size_and_resumed(tmp_path, convert
     run(model, out, 4, x=convert(x))
     expected = next(iter(batches(x, 4, seed=0, steps=2, start=2)))  # batch 3 of the uninterrupted run
     np.testing.assert_array_equal(np.asarray(first[0]), np.asarray(expected))
+
+
+def test_a_forked_run_continues_its_source_exactly(tmp_path):
+    """A fork is its source at the source's last epoch, Adam's moments, step count, seed states and data
+    position included: trained on alike, it ends with the source's weights (to float rounding: the same ops on
+    the same machine; 1e-6 as in the SIGKILL test). Forking reads the source and writes nothing there."""
+    x, source, fork = tiny_images(), tmp_path / "source", tmp_path / "fork"
+    run(tiny_ebm(), source, 4, x=x)
+    before = tree(source)
+    assert fork_run(source, fork) == 2
+    assert tree(source) == before
+    assert (fork / "log.csv").read_bytes() == before[Path("log.csv")]
+    assert json.loads((fork / "forked_from.json").read_text())["epoch"] == 2
+    straight, forked = tiny_ebm(), tiny_ebm()
+    run(straight, source, 8, x=x)
+    run(forked, fork, 8, x=x)
+    assert iterations_of(forked) == iterations_of(straight) == 8
+    for a, b in zip(weights_of(forked), weights_of(straight)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert json.loads((fork / "wall_time.json").read_text())["epochs"] == 4
+    with pytest.raises(ValueError, match="holds a run already"):
+        fork_run(source, fork)
+    with pytest.raises(ValueError, match="no readable log.csv"):
+        fork_run(tmp_path / "nothing", tmp_path / "fork2")
+    assert not (tmp_path / "fork2").exists()
 
 
 def test_images_of_any_type_are_range_checked_before_any_folder(tmp_path):

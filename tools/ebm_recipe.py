@@ -36,13 +36,13 @@ KEEP_EVERY = 10  # a campaign keeps every 10th epoch's snapshot past its last 20
 
 
 def train(entry, run_dir, iterations=None, data_path=None, max_cpu_seconds=None, overrides=None,
-          keep_every=KEEP_EVERY):
+          keep_every=KEEP_EVERY, fork_from=None):
     """``recipes.train`` of a campaign: resumes the run in ``run_dir``, else starts from the committed entry's
     weights (same architecture, or wider energies) or from scratch (``training.start_from_entry`` says which).
     Snapshots are thinned to every ``keep_every``-th epoch past the last 20 (``None``: all kept); scored and
-    exported ones stay (``training.pin_checkpoint``)."""
+    exported ones stay (``training.pin_checkpoint``). ``fork_from``: a run to branch from (``recipes.fork``)."""
     return recipes.train(entry, run_dir, overrides, iterations, data_path=data_path, start_from=entry,
-                         max_cpu_seconds=max_cpu_seconds, keep_every=keep_every)
+                         max_cpu_seconds=max_cpu_seconds, keep_every=keep_every, fork_from=fork_from)
 
 
 def run_origin(run_dir):

@@ -56,6 +56,8 @@ if __name__ == "__main__":
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="train, score-entry, cost: override a recipe field (dotted keys, JSON values); score, "
                              "export: sample the snapshot with another chain (its step counts)")
+    parser.add_argument("--fork-from", default=None, metavar="RUN_DIR",
+                        help="train: start --run-dir as a branch of this run (its optimizer too), with --set")
     parser.add_argument("--cpu-minutes", type=float, default=None, help="stop once the run used this much CPU")
     parser.add_argument("--entry-dir", default=None, help="default: zoo/<entry>")
     parser.add_argument("--data-path", default=None)
@@ -78,7 +80,8 @@ if __name__ == "__main__":
     run_dir = args.run_dir or str(runs_home() / args.entry)
     if args.action == "train":
         max_cpu = None if args.cpu_minutes is None else 60.0 * args.cpu_minutes
-        train(args.entry, run_dir, args.iterations, args.data_path, max_cpu, parse_overrides(args.set))
+        train(args.entry, run_dir, args.iterations, args.data_path, max_cpu, parse_overrides(args.set),
+              fork_from=args.fork_from)
     elif args.action == "score" and args.average_epochs:
         print(json.dumps(score_average(args.entry, run_dir, args.epoch, args.average_epochs, args.fid_samples,
                                        args.reference, args.data_path)))

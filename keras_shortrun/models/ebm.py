@@ -7,12 +7,12 @@ from keras import ops
 from keras_shortrun import backend
 from keras_shortrun.layers import CoarseToFineChain
 from keras_shortrun.layers import paper_chain
-from keras_shortrun.models.energy import EnergyConvNet
-from keras_shortrun.models.energy import MultiscaleEnergy
+from keras_shortrun.models.energy_conv_net import EnergyConvNet
 from keras_shortrun.models.family import ShortRunFamily
 from keras_shortrun.models.family import TensorInfo
 from keras_shortrun.models.family import input_or_draw
 from keras_shortrun.models.family import random_inputs
+from keras_shortrun.models.multiscale_energy import MultiscaleEnergy
 from keras_shortrun.optim import adam_step
 from keras_shortrun.seeds import seed_generator
 from keras_shortrun.seeds import stream

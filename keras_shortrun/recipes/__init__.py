@@ -84,6 +84,12 @@ def with_image_shape(recipe, image_shape):
     return recipe
 
 
+def recorded_overrides(run_dir):
+    """The overrides a run started with (``{}`` for a run without a recorded recipe)."""
+    path = Path(run_dir) / RECIPE_FILE
+    return json.loads(path.read_text())["overrides"] if path.is_file() else {}
+
+
 def record_recipe(entry, run_dir, overrides, image_shape=None):
     """Checks ``overrides`` against the recipe and what ``run_dir`` recorded: a new run records its whole recipe
     (``load(entry)`` with the overrides; an ``image_size``/``channels`` left ``null``, as in a family's
@@ -91,7 +97,7 @@ def record_recipe(entry, run_dir, overrides, image_shape=None):
     only with the overrides it started with (none given: the recorded ones). Returns the run's recipe."""
     path = Path(run_dir) / RECIPE_FILE
     started = path.is_file() or (Path(run_dir) / "backup").is_dir() or (Path(run_dir) / "log.csv").is_file()
-    recorded = json.loads(path.read_text())["overrides"] if path.is_file() else {}
+    recorded = recorded_overrides(run_dir)
     if started and overrides and overrides != recorded:
         raise ValueError(f"The run in {run_dir} was started with the overrides {recorded}; it resumes only with "
                          f"those (got {overrides}). Use another --run-dir for another recipe.")
@@ -101,6 +107,27 @@ def record_recipe(entry, run_dir, overrides, image_shape=None):
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"overrides": overrides, "recipe": recipe}, indent=1, sort_keys=True))
     return recipe
+
+
+def fork(entry, source, run_dir, overrides):
+    """Starts ``run_dir`` as a branch of the run in ``source`` (``training.fork_run``: its weights, optimizer and
+    data position) whose recipe is ``source``'s with ``overrides``, recorded as the branch's; a ``run_dir``
+    already forked from ``source`` is left to resume. Returns the branch's overrides (``source``'s and these)."""
+    from keras_shortrun import training
+
+    source, run_dir = Path(source), Path(run_dir)
+    if load(entry)["family"] == "classifier":
+        raise ValueError("A classifier run has one folder per stage: fork a stage by starting it from the "
+                         "previous one (train --stage) instead.")
+    merged = {**recorded_overrides(source), **overrides}
+    fork_record = run_dir / training.FORK_FILE
+    if fork_record.is_file() and json.loads(fork_record.read_text())["run"] == str(source.resolve()):
+        return merged
+    recipe = apply_overrides(run_recipe(entry, source), overrides)
+    check(recipe)
+    training.fork_run(source, run_dir)
+    (run_dir / RECIPE_FILE).write_text(json.dumps({"overrides": merged, "recipe": recipe}, indent=1, sort_keys=True))
+    return merged
 
 
 def _ebm(r, variant, name):
@@ -196,7 +223,7 @@ def _widen_into(recipe):
 
 
 def train(entry, run_dir, overrides=None, iterations=None, variant=None, labels=None, data_path=None,
-          start_from=None, max_cpu_seconds=None, keep_every=None, verbose=2):
+          start_from=None, max_cpu_seconds=None, keep_every=None, fork_from=None, verbose=2):
     """Trains the recipe of zoo ``entry`` (or a family's defaults, ``"ebm"``, ``"lvm"`` or ``"classifier"``) with
     ``overrides`` (``{"dotted.key": value}``) in ``run_dir``, for ``iterations`` updates in all (default: the
     recipe's), and returns the model. Rerunning resumes the run (``training.fit_resumable``); the run records
@@ -206,13 +233,15 @@ def train(entry, run_dir, overrides=None, iterations=None, variant=None, labels=
     labels per class, for ``"head"`` and ``"joint"``) and starts from the previous stage's
     ``training.chosen_epoch``; ``"joint"`` mixes labelled and unlabelled images in every batch.
     ``start_from``: a zoo entry whose weights a new run starts from, with a fresh optimizer (an EBM's may have
-    narrower energies, see ``EnergyConvNet.widen_from``). ``max_cpu_seconds``, ``keep_every``: see
-    ``fit_resumable``."""
+    narrower energies, see ``EnergyConvNet.widen_from``). ``fork_from``: a run folder that a new run branches
+    from with ``overrides`` (``fork``). ``max_cpu_seconds``, ``keep_every``: see ``fit_resumable``."""
     from keras_shortrun import data
     from keras_shortrun import training
 
     dataset = check(apply_overrides(load(entry), overrides or {}))["dataset"]
     x, y = data.load(dataset, "train", path=data_path)
+    if fork_from is not None:
+        overrides = fork(entry, fork_from, run_dir, overrides or {})
     r = record_recipe(entry, run_dir, overrides or {}, image_shape=x.shape[1:])
     family = r["family"]
     model = build(r, variant, name=f"{entry}_vae" if variant == "vae" else entry)

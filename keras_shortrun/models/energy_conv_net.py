@@ -1,4 +1,4 @@
-"""Energy networks."""
+"""The paper-1 energy ConvNet, and PyTorch's default initialisation that it (and ``EnergyMLP``) start from."""
 
 import math
 
@@ -7,12 +7,10 @@ import numpy as np
 from keras import layers
 from keras import ops
 
-from keras_shortrun import seeds
-
 ACTIVATIONS = ("leaky_relu", "silu")
 
 
-def _torch_default_init(fan_in):
+def torch_default_init(fan_in):
     """PyTorch's default Conv/Linear init, ``U(+-1/sqrt(fan_in))`` for kernel and bias.
 
     The paper-1 chain takes gradient steps of coefficient 1 on the raw network
@@ -60,7 +58,7 @@ class EnergyConvNet(keras.layers.Layer):
         self.convs = [
             layers.Conv2D(
                 self.filters, 3, padding="same", name="conv_0", dtype=self.dtype_policy,
-                **_torch_default_init(9 * self.channels),
+                **torch_default_init(9 * self.channels),
             )
         ]
         size, width = self.image_size, self.filters
@@ -70,14 +68,14 @@ class EnergyConvNet(keras.layers.Layer):
             self.convs.append(
                 layers.Conv2D(
                     new_width, 4, strides=2, padding="same", name=f"conv_{len(self.convs)}",
-                    dtype=self.dtype_policy, **_torch_default_init(16 * width),
+                    dtype=self.dtype_policy, **torch_default_init(16 * width),
                 )
             )
             width = new_width
         self.convs.append(
             layers.Conv2D(
                 1, size, padding="valid", name="energy_head", dtype=self.dtype_policy,
-                **_torch_default_init(size * size * width),
+                **torch_default_init(size * size * width),
             )
         )
 
@@ -131,106 +129,4 @@ class EnergyConvNet(keras.layers.Layer):
             negative_slope=self.negative_slope,
             activation=self.activation,
         )
-        return config
-
-
-@keras.saving.register_keras_serializable(package="keras_shortrun")
-class MultiscaleEnergy(keras.layers.Layer):
-    """One energy per resolution, chosen by the input's size: images ``(B, r, r, C)`` -> ``(B,)``.
-
-    The potential of a ``CoarseToFineChain``: each stage's state goes to the energy of its own
-    resolution. ``energies`` are layers with an ``image_size`` (e.g. ``EnergyConvNet``), one per size.
-    """
-
-    def __init__(self, energies, **kwargs):
-        super().__init__(**kwargs)
-        self.energies = [
-            keras.saving.deserialize_keras_object(e) if isinstance(e, dict) else e for e in energies
-        ]
-        sizes = [e.image_size for e in self.energies]
-        if not sizes or len(set(sizes)) != len(sizes):
-            raise ValueError(f"MultiscaleEnergy needs one energy per distinct image size, got sizes {sizes}.")
-        self.by_size = dict(zip(sizes, self.energies))
-
-    @classmethod
-    def with_convnets(cls, resolutions, channels=3, filters=16, activation="leaky_relu", **kwargs):
-        """One ``EnergyConvNet`` per resolution, of width ``filters``: one int, or one per resolution."""
-        widths = [filters] * len(resolutions) if isinstance(filters, int) else list(filters)
-        if len(widths) != len(resolutions):
-            raise ValueError(f"filters must be one int or one per resolution {tuple(resolutions)}, got {filters}.")
-        return cls(
-            [
-                EnergyConvNet(image_size=r, channels=channels, filters=w, activation=activation, name=f"energy_{r}")
-                for r, w in zip(resolutions, widths)
-            ],
-            **kwargs,
-        )
-
-    def widen_from(self, source, seed=None):
-        """Loads a narrower (or equal) ``MultiscaleEnergy`` ``source`` of the same sizes into this one, each
-        resolution's energy by ``EnergyConvNet.widen_from``: the same energy function, more capacity."""
-        if not isinstance(source, MultiscaleEnergy) or sorted(source.by_size) != sorted(self.by_size):
-            raise ValueError(f"Cannot widen {source.name} into a MultiscaleEnergy of sizes {sorted(self.by_size)}.")
-        for size, energy in self.by_size.items():
-            energy.widen_from(source.by_size[size], seed=seeds.stream(seed, f"widen_{size}"))
-
-    @property
-    def image_size(self):
-        """The largest resolution (the data's)."""
-        return max(self.by_size)
-
-    def build(self, input_shape):
-        for size, energy in self.by_size.items():
-            if not energy.built:
-                energy.build((input_shape[0], size, size) + tuple(input_shape[3:]))
-
-    def call(self, x):
-        size = x.shape[1]
-        if size not in self.by_size:
-            raise ValueError(f"No energy for images of size {size}; this one has sizes {sorted(self.by_size)}.")
-        return self.by_size[size](x)
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0],)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(energies=[keras.saving.serialize_keras_object(e) for e in self.energies])
-        return config
-
-
-@keras.saving.register_keras_serializable(package="keras_shortrun")
-class EnergyMLP(keras.layers.Layer):
-    """A small MLP energy for vector data ``(B, D)`` -> ``(B,)`` (toy densities, tests)."""
-
-    def __init__(self, dim=2, hidden=(128, 128), negative_slope=0.2, **kwargs):
-        super().__init__(**kwargs)
-        self.dim = int(dim)
-        self.hidden = tuple(int(h) for h in hidden)
-        self.negative_slope = float(negative_slope)
-        fan_ins = (self.dim,) + self.hidden
-        self.dense = [
-            layers.Dense(units, name=f"dense_{i}", dtype=self.dtype_policy, **_torch_default_init(fan_in))
-            for i, (units, fan_in) in enumerate(zip(self.hidden + (1,), fan_ins))
-        ]
-
-    def build(self, input_shape):
-        if tuple(input_shape[1:]) != (self.dim,):
-            raise ValueError(f"EnergyMLP expects inputs of shape (B, {self.dim}), got {tuple(input_shape)}.")
-        shape = tuple(input_shape)
-        for dense in self.dense:
-            dense.build(shape)
-            shape = dense.compute_output_shape(shape)
-
-    def call(self, x):
-        for dense in self.dense[:-1]:
-            x = ops.leaky_relu(dense(x), self.negative_slope)
-        return ops.squeeze(self.dense[-1](x), axis=1)
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0],)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(dim=self.dim, hidden=list(self.hidden), negative_slope=self.negative_slope)
         return config
