@@ -177,3 +177,16 @@ def nearest_distances(queries, pool, batch_size=256):
     pixels = int(np.prod(np.shape(queries)[1:]))
     nearest = np.concatenate([block.min(axis=1) for block in _squared_distance_blocks(queries, pool, batch_size)])
     return np.sqrt(np.clip(nearest, 0, None) / pixels)
+
+
+def wilson_interval(successes, trials, z=1.96):
+    """The Wilson score interval ``(low, high)`` of a proportion ``successes / trials`` (``z``: 1.96 for 95 %);
+    unlike ``p +- z * sqrt(p (1 - p) / n)`` it stays inside ``[0, 1]`` and is not empty at 0 or ``n``
+    successes (an accuracy of 100 % on 50 images is ``(0.929, 1.0)``, not ``(1, 1)``)."""
+    trials = check_positive_int(trials, "trials")
+    if not 0 <= successes <= trials:
+        raise ValueError(f"successes must lie in [0, trials={trials}], got {successes!r}.")
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))

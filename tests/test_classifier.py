@@ -10,6 +10,7 @@ from keras import ops
 from keras_shortrun import attacks
 from keras_shortrun import backend
 from keras_shortrun.models import conv_net_baseline
+from keras_shortrun.seeds import stream
 from keras_shortrun.training import SemiSupervisedBatches
 
 
@@ -256,3 +257,52 @@ def test_eot_gradient_redraws_the_chain_noise_at_every_attack_step():
     first, second = gradient(x, y), gradient(x, y)
     assert first.shape == x.shape and not np.allclose(first, second)
     np.testing.assert_array_equal(first, attacks.loss_gradient(model, chains=2, seed=0)(x, y))
+
+
+def test_fixed_noise_gradient_is_one_deterministic_network():
+    """``fixed_noise``: every call draws the same chain starts and noise (the gradient of one deterministic
+    network of x), which EOT's fresh draws are not."""
+    model = classifier("joint")
+    x, y = images(2), np.array([0, 1])
+    fixed = attacks.loss_gradient(model, chains=2, seed=0, fixed_noise=True)
+    first = fixed(x, y)
+    np.testing.assert_array_equal(first, fixed(x, y))
+    np.testing.assert_array_equal(first, model.input_gradient(x, y, chains=2, seed=stream(0, "fixed_noise"))[0])
+    assert not np.allclose(first, attacks.loss_gradient(model, chains=2, seed=0)(x, y))
+
+
+def test_pgd_curve_is_the_worst_case_over_restarts_at_each_step_count():
+    model = linear_softmax()
+    x, y = images(8), np.arange(8) % 3
+    gradient = attacks.loss_gradient(model)
+
+    def predict(images_):
+        return np.argmax(model.predict(images_, verbose=0), axis=1)
+
+    curve, robust = attacks.pgd_curve(gradient, predict, x, y, 0.3, steps=20, restarts=2, seed=5)
+    assert sorted(curve) == [10, 20]
+    runs = [attacks.pgd(gradient, x, y, 0.3, steps=20, step_size=2.5 * 0.3 / 20, seed=stream(5, f"restart_{r}"))
+            for r in range(2)]
+    expected = np.logical_and.reduce([predict(a) == y for a in runs])
+    np.testing.assert_array_equal(robust, expected)
+    assert curve[20] == np.mean(expected)
+    one, robust_one = attacks.pgd_curve(gradient, predict, x, y, 0.3, steps=20, restarts=1, seed=5)
+    assert np.all(robust <= robust_one)  # a second restart can only break more images
+    default, _ = attacks.pgd_curve(gradient, predict, x[:1], y[:1], 0.1, steps=100)
+    assert sorted(default) == [10, 20, 50, 100]
+
+
+def test_robustness_table_runs_every_attack_on_both_models():
+    from argparse import Namespace
+
+    from eval_robustness import attack_dataset
+
+    models = {"classifier": classifier("joint"), "convnet": linear_softmax()}
+    x, y = images(4), np.array([0, 1, 2, 0])
+    args = Namespace(epsilons=[0.2], eot_chains=2, pgd_steps=2, restarts=2)
+    table, curves = attack_dataset("toy", models, x, y, args)
+    assert sorted(table["classifier"]) == ["FGSM@0.2", "PGD@0.2", "clean@0", "fixed-noise@0.2", "transfer@0.2"]
+    assert sorted(table["convnet"]) == ["FGSM@0.2", "PGD@0.2", "clean@0"]
+    assert sorted(curves["classifier"]) == ["PGD@0.2", "fixed-noise@0.2"]
+    assert list(curves["convnet"]["PGD@0.2"]) == ["2"]  # the iterates' step counts: the last only, at 2 steps
+    assert all(0 <= v <= 1 for kind in table for v in table[kind].values())

@@ -133,3 +133,13 @@ def test_sample_quality_kid_ignores_the_feature_scale():
     assert large["fd"] == pytest.approx(1e4 * small["fd"], rel=1e-6)
     assert large["kid_feature_scale"] == pytest.approx(100 * small["kid_feature_scale"], rel=1e-6)
     assert small["kid"] > 0
+
+
+def test_wilson_interval_matches_its_closed_forms():
+    z = 1.96
+    assert metrics.wilson_interval(50, 50) == pytest.approx((50 / (50 + z * z), 1.0))  # all correct: n / (n + z^2)
+    assert metrics.wilson_interval(0, 50) == pytest.approx((0.0, z * z / (50 + z * z)))
+    low, high = metrics.wilson_interval(500, 1000)  # symmetric about 1/2; off the normal approximation by O(z^2/n)
+    assert (low + high) / 2 == pytest.approx(0.5) and high - 0.5 == pytest.approx(z * np.sqrt(0.25 / 1000), rel=5e-3)
+    with pytest.raises(ValueError, match="successes"):
+        metrics.wilson_interval(11, 10)

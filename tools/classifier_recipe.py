@@ -17,6 +17,7 @@ from lvm_recipe import sample_and_reconstruction_figures
 
 from keras_shortrun import data
 from keras_shortrun import recipes
+from keras_shortrun.metrics import wilson_interval
 from keras_shortrun.models import conv_net_baseline
 from keras_shortrun.training import STAGE_DIVERGENCE_FACTOR
 from keras_shortrun.training import checkpoint_path
@@ -167,11 +168,35 @@ def _robustness_rows(results, names):
     lines = ["| attack | epsilon | " + " | ".join(f"`{n}`" for n in names) + " |",
              "| --- | --- | " + " | ".join("---" for _ in names) + " |"]
     keys = {k for n in names for k in table.get(n, {})}
+    images = results["robustness_images"]
     for key in sorted(keys, key=lambda k: (k != "clean@0", k.split("@")[0], float(k.split("@")[1]))):
         attack, eps = key.split("@")
-        cells = [f"{100 * table[n][key]:.1f} %" if key in table.get(n, {}) else "" for n in names]
+        cells = [_accuracy_cell(table[n][key], images) if key in table.get(n, {}) else "" for n in names]
         lines.append(f"| {attack} | {eps} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _accuracy_cell(accuracy, images):
+    """``accuracy`` in percent with its 95 % Wilson interval over ``images``."""
+    low, high = wilson_interval(round(accuracy * images), images)
+    return f"{100 * accuracy:.1f} % ({100 * low:.1f}-{100 * high:.1f})"
+
+
+def _robustness_method(results, dataset):
+    """What the robustness table measured, and the command that measures it again."""
+    restarts = results.get("pgd_restarts", 1)
+    epsilons = sorted({float(k.split("@")[1]) for v in results.get("robustness", {}).values() for k in v} - {0.0})
+    text = (f"FGSM, and PGD with {results.get('pgd_steps', '?')} steps (step 2.5 eps / steps) from {restarts} random "
+            f"start{'s' if restarts > 1 else ''} (robust: no start fools the model)")
+    attacks = {k.split("@")[0] for v in results.get("robustness", {}).values() for k in v}
+    if "transfer" in attacks:
+        text += "; transfer: the ConvNet's PGD adversarials shown to the generative classifier"
+    if "fixed-noise" in attacks:
+        text += "; fixed-noise: PGD on a copy of the generative classifier whose chain noise is frozen"
+    command = (f"python tools/eval_robustness.py --dataset {dataset} --images {results.get('robustness_images')} "
+               f"--pgd-steps {results.get('pgd_steps')} --restarts {restarts} --eot-chains "
+               f"{results.get('eot_chains')} --epsilons {' '.join(f'{e:g}' for e in epsilons)}")
+    return text + ". Cells: accuracy (95 % Wilson interval).", command
 
 
 def _accuracy_rows(results, entry):
@@ -204,11 +229,13 @@ def flat_card_fields(metadata, kind, results, entry, labels):
         usage = "p = model.predict(x_test)   # (B, 10)"
         pictures = ""
     compared = [entry_name(entry, LABEL_BUDGETS[0], k) for k in ("classifier", "convnet")]  # robustness columns
+    robustness_method, robustness_command = _robustness_method(results, metadata["dataset"]["name"])
     return dict(
         name=metadata["name"], what=model_text(metadata, kind, entry, labels), usage=usage, labels=labels,
         accuracy_rows=_accuracy_rows(results, entry), robustness_images=results.get("robustness_images", "?"),
-        pgd_steps=results.get("pgd_steps", "?"), eot_chains=results.get("eot_chains", "?"),
-        robustness=_robustness_rows(results, compared), pictures=pictures,
+        eot_chains=results.get("eot_chains", "?"),
+        robustness=_robustness_rows(results, compared), robustness_method=robustness_method,
+        robustness_command=robustness_command, pictures=pictures,
         train_command=metadata["training"]["command"], dataset=metadata["dataset"]["name"],
         licence=metadata["dataset"]["licence"],
     )
