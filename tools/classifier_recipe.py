@@ -6,7 +6,8 @@ drawn with a fixed seed), the head is trained on it (stage 2), then everything
 jointly with BPTT through the chain (stage 3), with the other training images
 as unlabelled data; the ConvNet baseline sees the same labelled images.
 
-Runs live in ``runs/<entry>/{generator,head_<L>,joint_<L>,convnet_<L>}``; each stage resumes.
+Runs live in ``$KERAS_SHORTRUN_HOME/runs/<entry>/{generator,head_<L>,joint_<L>,convnet_<L>}``
+(``training.runs_home``); each stage resumes.
 """
 
 import json
@@ -25,6 +26,7 @@ from keras_shortrun.training import chosen_epoch
 from keras_shortrun.training import hardware
 from keras_shortrun.training import last_epoch
 from keras_shortrun.training import log_row
+from keras_shortrun.training import runs_home
 from keras_shortrun.zoo import info as read_metadata
 from keras_shortrun.zoo import save_entry
 
@@ -38,14 +40,15 @@ def build(entry, stage="generator"):
 
 
 def run_dir(entry, stage, labels=None):
-    return recipes.stage_dir(ROOT / "runs" / entry, stage, labels)
+    """A stage's folder of the entry's run, in ``training.runs_home()`` (outside the work tree)."""
+    return recipes.stage_dir(runs_home() / entry, stage, labels)
 
 
 def train_stage(entry, stage, labels=None, data_path=None):
     """Runs (or resumes) one stage (``recipes.train``); stages 2 and 3 start from the previous stage's
     ``training.chosen_epoch``; the ConvNet baseline is trained on the same labelled images."""
     if stage != "convnet":
-        return recipes.train(entry, ROOT / "runs" / entry, variant=stage, labels=labels, data_path=data_path)
+        return recipes.train(entry, runs_home() / entry, variant=stage, labels=labels, data_path=data_path)
     x, y = data.load(recipes.load(entry)["dataset"], "train", path=data_path)
     return train_convnet(entry, labels, x, y)
 
@@ -79,7 +82,7 @@ def load_trained(entry, labels, kind="classifier"):
 
 
 def load_model(entry, labels, kind, source="zoo"):
-    """A trained model of a label budget, from its zoo entry (``source="zoo"``) or from ``runs/``."""
+    """A trained model of a label budget, from its zoo entry (``source="zoo"``) or from its run (``run_dir``)."""
     if source == "runs":
         return load_trained(entry, labels, kind)
     from keras_shortrun import zoo
@@ -88,11 +91,12 @@ def load_model(entry, labels, kind, source="zoo"):
 
 
 def results_path(entry):
-    return ROOT / "runs" / entry / "results.json"
+    return runs_home() / entry / "results.json"
 
 
 def update_results(entry, results):
-    """Merges ``results`` into ``runs/<entry>/results.json`` (what ``export`` writes into the cards)."""
+    """Merges ``results`` into ``results_path(entry)``, the run folder's ``results.json`` (what ``export`` writes
+    into the cards)."""
     path = results_path(entry)
     merged = json.loads(path.read_text()) if path.exists() else {}
     for key, value in results.items():
@@ -121,7 +125,7 @@ def stage_budget(entry, labels):
 
 def export_entries(entry, results, data_path=None):
     """Writes the zoo entries of both label budgets and both kinds; ``results`` come from
-    ``tools/eval_classifier.py`` and ``tools/eval_robustness.py`` (``runs/<entry>/results.json``)."""
+    ``tools/eval_classifier.py`` and ``tools/eval_robustness.py`` (``results_path(entry)``)."""
     r = recipes.load(entry)
     x_test, _ = data.load(r["dataset"], "test", path=data_path)
     dataset = data.provenance(r["dataset"], path=data_path, test_split="test set (10,000 images)")

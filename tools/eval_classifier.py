@@ -4,7 +4,7 @@
 
 Prints, per dataset and label budget (100 and 1,000 labels per class), the
 accuracy of both models side by side (the label-efficiency curve), and with
-``--source runs`` records it in ``runs/<entry>/results.json`` for the cards.
+``--source runs`` records it in the run folder's ``results.json`` (``$KERAS_SHORTRUN_HOME/runs/<entry>``) for the cards.
 """
 
 import argparse

@@ -21,6 +21,7 @@ from keras_shortrun.seeds import stream
 from keras_shortrun.training import hardware
 from keras_shortrun.training import last_epoch
 from keras_shortrun.training import log_row
+from keras_shortrun.training import runs_home
 from keras_shortrun.zoo import info as read_metadata
 from keras_shortrun.zoo import load as load_entry
 from keras_shortrun.zoo import save_entry
@@ -35,17 +36,18 @@ def build(entry, kind="lvm"):
 
 
 def run_dir(entry, kind):
-    return ROOT / "runs" / (entry if kind == "lvm" else f"{entry}_vae")
+    return runs_home() / (entry if kind == "lvm" else f"{entry}_vae")
 
 
 def train(entry, kind, iterations, data_path=None):
-    """Trains (resuming from ``runs/<entry>[_vae]``) for ``iterations`` updates in total."""
+    """Trains (resuming ``run_dir(entry, kind)``, in ``$KERAS_SHORTRUN_HOME/runs``) for ``iterations`` updates in
+    all."""
     return recipes.train(entry, run_dir(entry, kind), iterations=iterations, variant=None if kind == "lvm" else "vae",
                          data_path=data_path)
 
 
 def load_checkpoint(entry, kind, epoch):
-    """The model of ``runs/<entry>[_vae]`` after ``epoch`` (1-based) and that epoch's log row."""
+    """The model of ``run_dir(entry, kind)`` after ``epoch`` (1-based) and that epoch's log row."""
     model = build(entry, kind)
     model.load_weights(run_dir(entry, kind) / "checkpoints" / f"epoch_{epoch:04d}.weights.h5")
     return model, log_row(run_dir(entry, kind), epoch)
