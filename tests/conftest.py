@@ -23,10 +23,12 @@ OTHER_RANDOM_STREAM = backend.BACKEND != "tensorflow" or backend.compiles_with_x
 EXPORTS = pytest.mark.skipif(backend.BACKEND != "tensorflow", reason="export traces the model with TensorFlow")
 
 
-def assert_matches_golden(actual, name, atol):
-    """``actual`` against ``tests/golden/<name>`` within ``atol``; under TensorFlow's XLA (see above), the shape
-    only, then the test is reported as skipped. Call it last, after the test's other checks."""
+def assert_matches_golden(actual, name, atol, reduce=None):
+    """``actual`` against ``tests/golden/<name>`` (passed through ``reduce`` when ``actual`` is a reduction of what
+    the file holds) within ``atol``; under TensorFlow's XLA (see above), the shape only, then the test is reported
+    as skipped. Call it last, after the test's other checks."""
     golden = np.load(ROOT / "tests" / "golden" / name)
+    golden = golden if reduce is None else reduce(golden)
     assert np.shape(actual) == golden.shape
     if OTHER_RANDOM_STREAM:
         pytest.skip("golden outputs hold for TensorFlow's CPU random stream, not JAX's or XLA's")

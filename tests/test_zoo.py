@@ -103,15 +103,25 @@ def test_ebm_entry_loads_and_matches_golden_samples(name):
     assert_matches_golden(ten_steps(), f"{name}_sample_seed0_k10.npy", atol=rounding_tolerance(model, ten_steps))
 
 
+def block_means(images, block=8):
+    """The means of ``block`` x ``block`` pixel blocks: ``(B, H, W, C)`` -> ``(B, H / block, W / block, C)``."""
+    b, h, w, c = images.shape
+    return images.reshape(b, h // block, block, w // block, block, c).mean(axis=(2, 4))
+
+
 @pytest.mark.parametrize("name", FULL_CHAIN_ENTRIES)
 def test_coarse_to_fine_entry_matches_its_golden_full_chain(name):
-    """All stages of the chain (8x8 up to full size), not only the first 10 steps at 8x8."""
+    """All stages of the chain (8x8 up to full size), not only the first 10 steps at 8x8, compared in the means of
+    8x8-pixel blocks: single pixels of a long chain's samples are chaotic in rounding (a relative 1e-6 change of
+    the weights moves some of celeba_ebm's by 0.2, which would leave a pixel tolerance of 2, no check at all);
+    block means move by 5e-3 (``rounding_tolerance`` measures it)."""
     model = zoo.load(name)
 
     def full_chain():
-        return model.sample(2, seed=0)
+        return block_means(model.sample(2, seed=0))
 
-    assert_matches_golden(full_chain(), f"{name}_sample_seed0_full.npy", atol=rounding_tolerance(model, full_chain))
+    assert_matches_golden(full_chain(), f"{name}_sample_seed0_full.npy", atol=rounding_tolerance(model, full_chain),
+                          reduce=block_means)
 
 
 @pytest.mark.parametrize("name", EBM_ENTRIES)
