@@ -740,7 +740,7 @@ class _ResumedLearningRate(keras.callbacks.Callback):
 
 def fit_resumable(model, x, out_dir, iterations, batch_size=64, iterations_per_epoch=100,
                   learning_rate=1e-4, beta_1=0.9, seed=0, grid_size=64, verbose=1, guard=None,
-                  max_cpu_seconds=None, keep_every=None):
+                  max_cpu_seconds=None, keep_every=None, global_clipnorm=None):
     """``model.fit`` for ``iterations`` updates with a progress bar, a sample grid, a
     resumable backup (weights + optimizer + epoch) and a kept weights snapshot
     (``checkpoints/epoch_NNNN.weights.h5``, to go back to if a run diverges)
@@ -755,10 +755,11 @@ def fit_resumable(model, x, out_dir, iterations, batch_size=64, iterations_per_e
     optimizer state, seed-generator states and data position of that moment (killed
     mid-epoch, the run repeats that epoch's batches exactly as it first saw them). The
     settings of the data position (``RESUME_SETTINGS``) must be those of the first run; a
-    new ``learning_rate`` or ``beta_1`` is applied. ``max_cpu_seconds`` ends the run early, after the first
-    epoch at which the run's CPU time (all runs of ``out_dir`` together, see ``WallClock``) reaches it: budgets
-    of equal CPU time compare recipes fairly on a shared machine. Every argument is checked before any file is
-    written.
+    new ``learning_rate`` or ``beta_1`` is applied. ``global_clipnorm``: Adam scales the gradients down to this
+    global norm (BPTT through a chain can produce rare huge gradients). ``max_cpu_seconds`` ends the run early,
+    after the first epoch at which the run's CPU time (all runs of ``out_dir`` together, see ``WallClock``)
+    reaches it: budgets of equal CPU time compare recipes fairly on a shared machine. Every argument is checked
+    before any file is written.
     Returns the ``History``.
     """
     iterations = check_positive_int(iterations, "iterations")
@@ -772,6 +773,8 @@ def fit_resumable(model, x, out_dir, iterations, batch_size=64, iterations_per_e
         max_cpu_seconds = check_positive_float(max_cpu_seconds, "max_cpu_seconds")
     if keep_every is not None:
         keep_every = check_positive_int(keep_every, "keep_every")
+    if global_clipnorm is not None:
+        global_clipnorm = check_positive_float(global_clipnorm, "global_clipnorm")
     if guard is not None and not isinstance(guard, DivergenceGuard):
         raise TypeError(f"guard must be a DivergenceGuard or None, got {type(guard).__name__}.")
     if iterations % iterations_per_epoch:
@@ -791,7 +794,7 @@ def fit_resumable(model, x, out_dir, iterations, batch_size=64, iterations_per_e
     recorded = _check_resume(backup_dir, settings, resumed_after)
     backup_dir.mkdir(parents=True, exist_ok=True)
     _atomic_write_text(backup_dir / SETTINGS_FILE, json.dumps(settings))
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate, beta_1=beta_1))
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate, beta_1=beta_1, global_clipnorm=global_clipnorm))
     guard = DivergenceGuard() if guard is None else guard
     callbacks = [ResumableBackup(backup_dir)]
     if resumed_after and recorded.get("learning_rate") != learning_rate:

@@ -121,3 +121,39 @@ def test_cli_forks_a_run_with_another_learning_rate(tmp_path, monkeypatch, capsy
     assert last_epoch(branch) == 5
     assert cli.main(["train", "mnist_ebm", "--out", str(source), "--fork-from", str(branch)]) == 2
     assert "holds a run already" in capsys.readouterr().err
+
+
+def test_train_images_is_a_seeded_subset_and_bad_fields_fail_first():
+    x, y = tiny_images(40, (28, 28, 1)), np.arange(40)
+    kept_x, kept_y = recipes.training_subset(x, y, 10, seed=0)
+    np.testing.assert_array_equal(kept_x, x[kept_y])  # images stay with their labels
+    assert len(set(kept_y)) == 10 and list(kept_y) == sorted(kept_y)
+    np.testing.assert_array_equal(recipes.training_subset(x, y, 10, seed=0)[1], kept_y)
+    assert not np.array_equal(recipes.training_subset(x, y, 10, seed=1)[1], kept_y)
+    assert recipes.training_subset(x, y, None, seed=0)[0] is x
+    with pytest.raises(ValueError, match="more than the 40 training images"):
+        recipes.training_subset(x, y, 41, seed=0)
+    recipe = recipes.load("mnist_classifier")
+    for key, value, message in [("train_images", 0, "train_images"), ("joint.global_clipnorm", -1.0, "clipnorm")]:
+        with pytest.raises(ValueError, match=message):
+            recipes.check(recipes.apply_overrides(recipe, {key: value}))
+
+
+def test_global_clipnorm_bounds_the_update(tmp_path):
+    """Adam's step is about ``lr * g / (|g| + 1e-7)`` per weight, so gradients clipped to a global norm of 1e-12
+    keep each of the 4 updates under ``lr * 1e-5`` (4e-7 in all at lr 1e-2), while unclipped ones move the weights
+    by about ``lr``."""
+    from builders import tiny_ebm
+
+    from keras_shortrun.training import fit_resumable
+
+    def moved(out, **kwargs):
+        model = tiny_ebm()
+        before = [np.array(w) for w in model.trainable_weights]
+        fit_resumable(model, tiny_images(), tmp_path / out, 4, batch_size=4, iterations_per_epoch=2,
+                      learning_rate=1e-2, grid_size=4, verbose=0, **kwargs)
+        return max(float(np.max(np.abs(np.array(w) - b))) for w, b in zip(model.trainable_weights, before))
+
+    assert moved("clipped", global_clipnorm=1e-12) < 4e-7 < 1e-3 < moved("free")
+    with pytest.raises(ValueError, match="global_clipnorm"):
+        moved("bad", global_clipnorm=0.0)

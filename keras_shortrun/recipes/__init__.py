@@ -198,15 +198,35 @@ def check(recipe):
     for key in ("batch_size", "iterations_per_epoch"):
         validation.check_positive_int(recipe[key], key)
     validation.check_seed(recipe["seed"])
+    if recipe.get("train_images") is not None:
+        validation.check_positive_int(recipe["train_images"], "train_images")
     stages = VARIANTS["classifier"] if recipe["family"] == "classifier" else (None,)
     for stage in stages:
         spec, prefix = (recipe, "") if stage is None else (recipe[stage], f"{stage}.")
         validation.check_positive_float(spec["learning_rate"], f"{prefix}learning_rate")
         validation.check_beta_1(spec["beta_1"], f"{prefix}beta_1")
+        if spec.get("global_clipnorm") is not None:
+            validation.check_positive_float(spec["global_clipnorm"], f"{prefix}global_clipnorm")
         budgets = spec["iterations"] if isinstance(spec["iterations"], dict) else {"": spec["iterations"]}
         for labels, iterations in budgets.items():
             validation.check_positive_int(iterations, f"{prefix}iterations{'.' + labels if labels else ''}")
     return recipe
+
+
+def training_subset(x, y, count, seed):
+    """The ``count`` training images (and labels) a recipe's ``train_images`` keeps, a seeded subset of the split
+    taken before anything else (a classifier's labelled images are drawn from within it, the rest are its
+    unlabelled ones); ``None``: all of them."""
+    if count is None:
+        return x, y
+    from keras_shortrun import validation
+    from keras_shortrun.seeds import stream
+
+    count = validation.check_positive_int(count, "train_images")
+    if count > len(x):
+        raise ValueError(f"train_images={count} is more than the {len(x)} training images of the split.")
+    kept = np.sort(np.random.default_rng(stream(seed, "train_images")).permutation(len(x))[:count])
+    return x[kept], (None if y is None else y[kept])
 
 
 def stage_dir(run_dir, stage, labels=None):
@@ -243,6 +263,7 @@ def train(entry, run_dir, overrides=None, iterations=None, variant=None, labels=
     if fork_from is not None:
         overrides = fork(entry, fork_from, run_dir, overrides or {})
     r = record_recipe(entry, run_dir, overrides or {}, image_shape=x.shape[1:])
+    x, y = training_subset(x, y, r.get("train_images"), r["seed"])
     family = r["family"]
     model = build(r, variant, name=f"{entry}_vae" if variant == "vae" else entry)
     spec, folder = r, Path(run_dir)
@@ -270,7 +291,8 @@ def train(entry, run_dir, overrides=None, iterations=None, variant=None, labels=
     guard = training.DivergenceGuard(**r["divergence"]) if "divergence" in r else None
     training.fit_resumable(
         model, x, folder, total, batch_size=r["batch_size"], iterations_per_epoch=r["iterations_per_epoch"],
-        learning_rate=spec["learning_rate"], beta_1=spec["beta_1"], seed=r["seed"], grid_size=16 if family == "ebm"
-        else 64, verbose=verbose, guard=guard, max_cpu_seconds=max_cpu_seconds, keep_every=keep_every,
+        learning_rate=spec["learning_rate"], beta_1=spec["beta_1"], global_clipnorm=spec.get("global_clipnorm"),
+        seed=r["seed"], grid_size=16 if family == "ebm" else 64, verbose=verbose, guard=guard,
+        max_cpu_seconds=max_cpu_seconds, keep_every=keep_every,
     )
     return model
