@@ -24,11 +24,11 @@ SHORT_RUN_EBM_PRESETS = {
         },
     },
     "celeba_ebm": {
-        "description": "Short-run EBM on CelebA 64x64: coarse-to-fine chain 8->16->32->64 (K=105, clamped, noise "
+        "description": "Short-run EBM on CelebA 64x64: coarse-to-fine chain 8->16->32->64 (K=130, clamped, noise "
                        "annealed), one paper-1 ConvNet per resolution (nf=32 at 8 and 16 px, 16 at 32 and 64 px); "
                        "CPU campaign.",
         "sha256": {
-            "config.json": "80b4f5c72e178634bb7b11b2dd1ebac8c7c4290419d179960158b256a88055f3",
+            "config.json": "dffc6bd9407ff831bb293eab7db132032bb78a502cba08ddfacd70da46cada97",
             "model.weights.h5": "6dacdc1c06a3344928e4c00b16b55f9ef4c8baeed8e358ea6d775ad3548b6c41",
         },
     },
