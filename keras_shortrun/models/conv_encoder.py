@@ -6,6 +6,8 @@ import keras
 from keras import layers
 from keras import ops
 
+from keras_shortrun.models.building import build_in_order
+
 
 @keras.saving.register_keras_serializable(package="keras_shortrun")
 class ConvEncoder(layers.Layer):
@@ -21,10 +23,7 @@ class ConvEncoder(layers.Layer):
             layers.Conv2D(self.width * 2**i, 4, strides=2, padding="same", name=f"conv_{i}") for i in range(3)
         ]
         self.head = layers.Dense(2 * sum(self.latent_dims), name="head")
-        shape = (None,) + self.image_shape
-        for conv in self.convs:
-            conv.build(shape)
-            shape = conv.compute_output_shape(shape)
+        shape = build_in_order(self.convs, (None,) + self.image_shape)
         self.head.build((None, math.prod(shape[1:])))
         self.built = True
 

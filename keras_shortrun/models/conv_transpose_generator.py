@@ -4,6 +4,7 @@ import keras
 from keras import layers
 from keras import ops
 
+from keras_shortrun.models.building import build_in_order
 from keras_shortrun.validation import check_positive_int
 
 
@@ -33,10 +34,7 @@ class ConvTransposeGenerator(layers.Layer):
             layers.Conv2DTranspose(self.widths[2], 4, strides=2, padding="same", name="up_14"),
             layers.Conv2DTranspose(self.channels, 4, strides=2, padding="same", name="up_28"),
         ]
-        shape = (None, 1, 1, self.latent_dim)
-        for deconv in self.deconvs:
-            deconv.build(shape)
-            shape = deconv.compute_output_shape(shape)
+        build_in_order(self.deconvs, (None, 1, 1, self.latent_dim))
         self.built = True
 
     @property

@@ -7,6 +7,8 @@ import numpy as np
 from keras import layers
 from keras import ops
 
+from keras_shortrun.models.building import build_in_order
+
 ACTIVATIONS = ("leaky_relu", "silu")
 
 
@@ -83,10 +85,7 @@ class EnergyConvNet(keras.layers.Layer):
         expected = (self.image_size, self.image_size, self.channels)
         if tuple(input_shape[1:]) != expected:
             raise ValueError(f"EnergyConvNet expects images of shape (B, *{expected}), got {tuple(input_shape)}.")
-        shape = tuple(input_shape)
-        for conv in self.convs:
-            conv.build(shape)
-            shape = conv.compute_output_shape(shape)
+        build_in_order(self.convs, input_shape)
 
     def call(self, x):
         for conv in self.convs[:-1]:

@@ -4,6 +4,7 @@ import keras
 from keras import layers
 from keras import ops
 
+from keras_shortrun.models.building import build_in_order
 from keras_shortrun.models.energy_conv_net import torch_default_init
 
 
@@ -25,10 +26,7 @@ class EnergyMLP(keras.layers.Layer):
     def build(self, input_shape):
         if tuple(input_shape[1:]) != (self.dim,):
             raise ValueError(f"EnergyMLP expects inputs of shape (B, {self.dim}), got {tuple(input_shape)}.")
-        shape = tuple(input_shape)
-        for dense in self.dense:
-            dense.build(shape)
-            shape = dense.compute_output_shape(shape)
+        build_in_order(self.dense, input_shape)
 
     def call(self, x):
         for dense in self.dense[:-1]:
