@@ -292,17 +292,33 @@ def test_pgd_curve_is_the_worst_case_over_restarts_at_each_step_count():
     assert sorted(default) == [10, 20, 50, 100]
 
 
-def test_robustness_table_runs_every_attack_on_both_models():
+def test_robustness_table_runs_every_attack_on_both_models(tmp_path, monkeypatch):
     from argparse import Namespace
 
+    import eval_robustness
     from eval_robustness import attack_dataset
+
+    monkeypatch.setattr(eval_robustness, "CHUNK_IMAGES", 3)  # 4 images: two chunks, the second of one image
 
     models = {"classifier": classifier("joint"), "convnet": linear_softmax()}
     x, y = images(4), np.array([0, 1, 2, 0])
     args = Namespace(epsilons=[0.2], eot_chains=2, pgd_steps=2, restarts=2)
-    table, curves = attack_dataset("toy", models, x, y, args)
-    assert sorted(table["classifier"]) == ["FGSM@0.2", "PGD@0.2", "clean@0", "fixed-noise@0.2", "transfer@0.2"]
-    assert sorted(table["convnet"]) == ["FGSM@0.2", "PGD@0.2", "clean@0"]
+    table, curves = attack_dataset("toy", models, x, y, args, cache=tmp_path)
+    assert sorted(table["classifier"]) == ["FGSM@0.2", "PGD@0.2", "clean@0", "fixed-noise@0.2", "strongest@0.2",
+                                           "transfer@0.2"]
+    assert sorted(table["convnet"]) == ["FGSM@0.2", "PGD@0.2", "clean@0", "strongest@0.2"]
     assert sorted(curves["classifier"]) == ["PGD@0.2", "fixed-noise@0.2"]
     assert list(curves["convnet"]["PGD@0.2"]) == ["2"]  # the iterates' step counts: the last only, at 2 steps
     assert all(0 <= v <= 1 for kind in table for v in table[kind].values())
+    for kind in models:  # the per-image worst case is at most every attack's accuracy
+        assert table[kind]["strongest@0.2"] <= min(v for k, v in table[kind].items() if k.endswith("@0.2"))
+    assert len(list(tmp_path.glob("toy_eps0.2_images*.json"))) == 2
+
+    def refuse(*args):
+        raise AssertionError("a cached chunk was attacked again")
+
+    monkeypatch.setattr(eval_robustness, "attack_chunk", refuse)
+    assert attack_dataset("toy", models, x, y, args, cache=tmp_path) == (table, curves)  # resumed from the cache
+    models["convnet"].layers[2].kernel.assign(models["convnet"].layers[2].kernel + 1.0)
+    with pytest.raises(AssertionError, match="attacked again"):  # another model's chunks are not reused
+        attack_dataset("toy", models, x, y, args, cache=tmp_path)

@@ -20,6 +20,7 @@ from keras_shortrun import data
 from keras_shortrun import recipes
 from keras_shortrun.metrics import wilson_interval
 from keras_shortrun.models import conv_net_baseline
+from keras_shortrun.models.conv_transpose_generator import THESIS_WIDTHS
 from keras_shortrun.training import STAGE_DIVERGENCE_FACTOR
 from keras_shortrun.training import checkpoint_path
 from keras_shortrun.training import chosen_epoch
@@ -197,6 +198,8 @@ def _robustness_method(results, dataset):
         text += "; transfer: the ConvNet's PGD adversarials shown to the generative classifier"
     if "fixed-noise" in attacks:
         text += "; fixed-noise: PGD on a copy of the generative classifier whose chain noise is frozen"
+    if "strongest" in attacks:
+        text += "; strongest: an image counts only when it survives every attack on its model"
     command = (f"python tools/eval_robustness.py --dataset {dataset} --images {results.get('robustness_images')} "
                f"--pgd-steps {results.get('pgd_steps')} --restarts {restarts} --eot-chains "
                f"{results.get('eot_chains')} --epsilons {' '.join(f'{e:g}' for e in epsilons)}")
@@ -254,7 +257,7 @@ def model_text(metadata, kind, entry, labels):
     c, t = metadata["chain"], metadata["training"]
     what = (
         f"A generative classifier (Fischer 2020): generator z (200-d) -> 28x28 with transposed convolutions "
-        f"{metadata['recipe']['widths']} (half the thesis's widths: a CPU budget), "
+        f"{_widths_text(metadata['recipe']['widths'])}, "
         f"sigma={metadata['recipe']['sigma']}; "
         f"a Mish MLP head 200-140-80-10 on latents inferred by K={c['steps']} Langevin steps from N(0, I) "
         f"(learned step size {c['learned_step_size']:.4f}); predictions average 8 chains.\n\n"
@@ -272,6 +275,12 @@ def model_text(metadata, kind, entry, labels):
             f"from training logs only; `chosen_epoch` in `keras_shortrun/training.py`)."
         )
     return what
+
+
+def _widths_text(widths):
+    if tuple(widths) == THESIS_WIDTHS:
+        return f"{list(widths)} (the thesis's widths)"
+    return f"{list(widths)} (the thesis's are {list(THESIS_WIDTHS)}; a CPU budget)"
 
 
 def _generator_done(entry):

@@ -14,13 +14,18 @@ On the first ``--images`` test images, at each epsilon (pixels in [-1, 1]), both
 - fixed noise: PGD on a deterministic copy of the generative classifier (its chains' starts and noise frozen),
   shown to the real one. Much stronger than EOT would mean that the EOT numbers are masked.
 
-The generative classifier's accuracy averages 8 fresh chains per image, as ``predict`` does. The last rows give
-each model's accuracy under the strongest of its attacks: the claim is what survives that.
+The generative classifier's accuracy averages 8 fresh chains per image, as ``predict`` does. The last row of
+each epsilon counts an image as robust only when it survives every attack on its model (the per-image worst
+case): the claim is what survives that. Finished chunks of 100 images are kept in the run folder, so a stopped
+evaluation (hours on a CPU) resumes where it stopped.
 """
 
 import argparse
+import hashlib
+import json
 import sys
 import time
+from pathlib import Path
 
 import classifier_recipe as recipe
 import numpy as np
@@ -28,6 +33,7 @@ import numpy as np
 from keras_shortrun import attacks
 from keras_shortrun import data
 from keras_shortrun.metrics import wilson_interval
+from keras_shortrun.seeds import stream
 from keras_shortrun.training import hardware
 
 EPSILONS = (0.1, 0.2, 0.3)
@@ -47,49 +53,109 @@ def cell(accuracy, n):
     return f"{100 * accuracy:.1f} % ({100 * low:.1f}-{100 * high:.1f})"
 
 
-def attack_dataset(dataset, models, x, y, args):
+CHUNK_IMAGES = 100  # images per cached piece: a stopped evaluation resumes from the pieces it finished
+
+
+def weights_digest(model):
+    """A short sha256 of a model's weights: cached results of another model are never reused."""
+    digest = hashlib.sha256()
+    for weight in model.get_weights():
+        digest.update(np.ascontiguousarray(weight).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def attack_chunk(models, predict, x, y, epsilon, args, start):
+    """Every attack at ``epsilon`` on one chunk of images (the first at index ``start``): per-image outcomes
+    ``{kind: {attack: [0/1] * B}}`` (1: still classified right) and PGD's iterates as counts of robust images,
+    ``{kind: {attack: {steps: count}}}``. The attacks' seeds are named streams of the chunk's ``start``."""
+    def seed(name):
+        return stream(start, name)
+
+    def timed(label, attack, *attack_args, **kwargs):
+        began = time.time()
+        result = attack(*attack_args, **kwargs)
+        print(f"  ({label}, images {start}-{start + len(x)}: {time.time() - began:.0f} s)", file=sys.stderr,
+              flush=True)
+        return result
+
+    outcomes = {kind: {} for kind in models}
+    curves = {kind: {} for kind in models}
+    pgd = dict(steps=args.pgd_steps, restarts=args.restarts)
+    gradients = {kind: attacks.loss_gradient(m, chains=args.eot_chains, seed=seed("eot")) for kind, m in
+                 models.items()}
+    fixed = attacks.loss_gradient(models["classifier"], chains=args.eot_chains, seed=seed("fixed"), fixed_noise=True)
+    for kind in models:
+        adversarial = timed(f"{kind} FGSM@{epsilon}", attacks.fgsm, gradients[kind], x, y, epsilon)
+        outcomes[kind]["FGSM"] = predict[kind](adversarial) == y
+        curve, outcomes[kind]["PGD"] = timed(f"{kind} PGD@{epsilon}", attacks.pgd_curve, gradients[kind],
+                                             predict[kind], x, y, epsilon, seed=seed("pgd"), **pgd)
+        curves[kind]["PGD"] = curve
+    transferred = timed(f"transfer@{epsilon}", attacks.pgd, gradients["convnet"], x, y, epsilon,
+                        steps=args.pgd_steps, seed=seed("transfer"))
+    outcomes["classifier"]["transfer"] = predict["classifier"](transferred) == y
+    curve, outcomes["classifier"]["fixed-noise"] = timed(f"fixed-noise@{epsilon}", attacks.pgd_curve, fixed,
+                                                         predict["classifier"], x, y, epsilon,
+                                                         seed=seed("fixed_pgd"), **pgd)
+    curves["classifier"]["fixed-noise"] = curve
+    return (
+        {kind: {a: [int(v) for v in ok] for a, ok in attacks_.items()} for kind, attacks_ in outcomes.items()},
+        {kind: {a: {str(steps): round(accuracy * len(x)) for steps, accuracy in c.items()} for a, c in
+                curves_.items()} for kind, curves_ in curves.items()},
+    )
+
+
+def cached_chunk(cache, key, compute):
+    """``compute()``'s JSON-able result, kept in ``cache / key`` (``None``: no cache)."""
+    path = None if cache is None else Path(cache) / f"{key}.json"
+    if path is not None and path.is_file():
+        return json.loads(path.read_text())
+    result = compute()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        partial.write_text(json.dumps(result))
+        partial.replace(path)  # a stopped process leaves no half-written piece
+    return result
+
+
+def attack_dataset(dataset, models, x, y, args, cache=None):
     """``({kind: {"attack@eps": accuracy}}, {kind: {"attack@eps": {steps: accuracy}}})`` (the second: PGD's
-    iterates) for one dataset, printing the table's rows as they come."""
+    iterates) for one dataset, printing the table's rows as they come. The images are attacked in chunks of
+    ``CHUNK_IMAGES``, each kept in ``cache`` (a folder; ``None``: no cache) under a name made of the models'
+    weights and the settings, so that a rerun skips the chunks already done. The ``strongest`` row counts an
+    image as robust only when it survives every attack (the per-image worst case)."""
     predict = {kind: predictor(model, kind) for kind, model in models.items()}
     table = {kind: {"clean@0": float(np.mean(predict[kind](x) == y))} for kind in models}
     curves = {kind: {} for kind in models}
     n = len(x)
+    settings = "_".join([weights_digest(models["classifier"]), weights_digest(models["convnet"]),
+                         f"pgd{args.pgd_steps}x{args.restarts}", f"eot{args.eot_chains}"])
 
     def row(attack, epsilon, generative, convnet):
         print(f"| {dataset} | {attack} | {epsilon} | {generative} | {convnet} |", flush=True)
 
-    def timed(label, attack, *args, **kwargs):
-        start = time.time()
-        result = attack(*args, **kwargs)
-        print(f"  ({label}: {time.time() - start:.0f} s)", file=sys.stderr, flush=True)
-        return result
-
-    pgd = dict(steps=args.pgd_steps, restarts=args.restarts)
     row("none", 0, cell(table["classifier"]["clean@0"], n), cell(table["convnet"]["clean@0"], n))
     for epsilon in args.epsilons:
-        gradients = {kind: attacks.loss_gradient(m, chains=args.eot_chains, seed=1) for kind, m in models.items()}
+        pieces = [
+            cached_chunk(cache, f"{dataset}_eps{epsilon:g}_images{i}-{min(i + CHUNK_IMAGES, n)}_{settings}",
+                         lambda i=i, e=epsilon: attack_chunk(models, predict, x[i:i + CHUNK_IMAGES],
+                                                             y[i:i + CHUNK_IMAGES], e, args, i))
+            for i in range(0, n, CHUNK_IMAGES)
+        ]
         for kind in models:
-            adversarial = timed(f"{kind} FGSM@{epsilon}", attacks.fgsm, gradients[kind], x, y, epsilon)
-            table[kind][f"FGSM@{epsilon}"] = float(np.mean(predict[kind](adversarial) == y))
-            curve, _ = timed(f"{kind} PGD@{epsilon}", attacks.pgd_curve, gradients[kind], predict[kind], x, y,
-                             epsilon, seed=2, **pgd)
-            table[kind][f"PGD@{epsilon}"] = curve[args.pgd_steps]
-            curves[kind][f"PGD@{epsilon}"] = {str(steps): accuracy for steps, accuracy in curve.items()}
-        for attack in ("FGSM", "PGD"):
-            key = f"{attack}@{epsilon}"
-            row(attack, epsilon, cell(table["classifier"][key], n), cell(table["convnet"][key], n))
-        transferred = timed(f"transfer@{epsilon}", attacks.pgd, gradients["convnet"], x, y, epsilon,
-                            steps=args.pgd_steps, seed=3)
-        table["classifier"][f"transfer@{epsilon}"] = float(np.mean(predict["classifier"](transferred) == y))
-        row("transfer from the ConvNet", epsilon, cell(table["classifier"][f"transfer@{epsilon}"], n), "")
-        fixed = attacks.loss_gradient(models["classifier"], chains=args.eot_chains, seed=4, fixed_noise=True)
-        curve, _ = timed(f"fixed-noise@{epsilon}", attacks.pgd_curve, fixed, predict["classifier"], x, y, epsilon,
-                         seed=5, **pgd)
-        table["classifier"][f"fixed-noise@{epsilon}"] = curve[args.pgd_steps]
-        curves["classifier"][f"fixed-noise@{epsilon}"] = {str(steps): accuracy for steps, accuracy in curve.items()}
-        row("PGD on fixed noise", epsilon, cell(curve[args.pgd_steps], n), "")
-        strongest = {kind: min(v for k, v in table[kind].items() if k.endswith(f"@{epsilon}")) for kind in models}
-        row("**strongest**", epsilon, cell(strongest["classifier"], n), cell(strongest["convnet"], n))
+            outcomes = {a: np.concatenate([p[0][kind][a] for p in pieces]).astype(bool) for a in pieces[0][0][kind]}
+            for attack, ok in outcomes.items():
+                table[kind][f"{attack}@{epsilon}"] = float(np.mean(ok))
+            table[kind][f"strongest@{epsilon}"] = float(np.mean(np.logical_and.reduce(list(outcomes.values()))))
+            for attack in pieces[0][1][kind]:
+                curves[kind][f"{attack}@{epsilon}"] = {
+                    steps: sum(p[1][kind][attack][steps] for p in pieces) / n for steps in pieces[0][1][kind][attack]
+                }
+        for attack, label in (("FGSM", "FGSM"), ("PGD", "PGD"), ("transfer", "transfer from the ConvNet"),
+                              ("fixed-noise", "PGD on fixed noise"), ("strongest", "**every attack (per image)**")):
+            cells = [cell(table[kind][f"{attack}@{epsilon}"], n) if f"{attack}@{epsilon}" in table[kind] else ""
+                     for kind in ("classifier", "convnet")]
+            row(label, epsilon, *cells)
     return table, curves
 
 
@@ -104,6 +170,9 @@ def main():
     parser.add_argument("--epsilons", type=float, nargs="+", default=list(EPSILONS))
     parser.add_argument("--labels", type=int, default=recipe.LABEL_BUDGETS[0])
     parser.add_argument("--data-path", default=None)
+    parser.add_argument("--no-cache", action="store_true",
+                        help="do not keep or reuse finished chunks of images (by default they are kept in "
+                             "$KERAS_SHORTRUN_HOME/runs/<entry>/robustness_cache, so that a rerun resumes)")
     args = parser.parse_args()
     datasets = ("mnist", "fashion_mnist") if args.dataset == "all" else (args.dataset,)
     print(f"machine: {hardware()}; first {args.images} test images; PGD {args.pgd_steps} steps, {args.restarts} "
@@ -115,7 +184,8 @@ def main():
         x_test, y_test = data.load(dataset, "test", path=args.data_path)
         x, y = x_test[: args.images], y_test[: args.images].astype("int32")
         models = {kind: recipe.load_model(entry, args.labels, kind, args.source) for kind in ("classifier", "convnet")}
-        table, curves = attack_dataset(dataset, models, x, y, args)
+        cache = None if args.no_cache else recipe.results_path(entry).parent / "robustness_cache"
+        table, curves = attack_dataset(dataset, models, x, y, args, cache)
         print(f"PGD iterates (accuracy after N of the {args.pgd_steps} steps): "
               + "; ".join(f"{kind} {key}: " + ", ".join(f"{s}: {100 * a:.1f} %" for s, a in curve.items())
                           for kind in curves for key, curve in curves[kind].items()))

@@ -7,6 +7,8 @@ from keras import ops
 from keras_shortrun.models.building import build_in_order
 from keras_shortrun.validation import check_positive_int
 
+THESIS_WIDTHS = (128, 128, 64)  # the thesis generator's hidden widths
+
 
 @keras.saving.register_keras_serializable(package="keras_shortrun")
 class ConvTransposeGenerator(layers.Layer):
@@ -16,12 +18,12 @@ class ConvTransposeGenerator(layers.Layer):
     Args:
         latent_dim: size of ``z`` (thesis: 200).
         channels: image channels.
-        widths: the three hidden widths (thesis: ``(128, 128, 64)``).
+        widths: the three hidden widths (thesis: ``THESIS_WIDTHS``).
 
     Call: ``z`` ``(B, latent_dim)`` or a one-element list of it (the chain's state).
     """
 
-    def __init__(self, latent_dim=200, channels=1, widths=(128, 128, 64), **kwargs):
+    def __init__(self, latent_dim=200, channels=1, widths=THESIS_WIDTHS, **kwargs):
         super().__init__(**kwargs)
         self.latent_dim = check_positive_int(latent_dim, "latent_dim")
         self.channels = check_positive_int(channels, "channels")
