@@ -525,7 +525,8 @@ def build_parser():
                             "(fine-tuning); default: from random weights, as the entry was")
     train.add_argument("--fork-from", default=None, metavar="RUN_DIR",
                        help="a new run (--out) branches from this run's last epoch, optimizer and data position "
-                            "included, with the --set changes (an EBM or LVM run; e.g. a lower learning_rate)")
+                            "included, with the --set changes (e.g. a lower learning_rate); a classifier run "
+                            "branches before --stage head or joint, copying its earlier stages")
     train.add_argument("--data-path", default=None, help="the dataset's npz file or folder")
     train.set_defaults(func=cmd_train)
     return parser

@@ -123,6 +123,36 @@ def test_cli_forks_a_run_with_another_learning_rate(tmp_path, monkeypatch, capsy
     assert "holds a run already" in capsys.readouterr().err
 
 
+def test_cli_branches_a_classifier_before_its_joint_stage(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(data, "load", _labelled_digits)
+    source, branch = tmp_path / "source", tmp_path / "branch"
+    settings = TINY["mnist_classifier"] + ["batch_size=4", "iterations_per_epoch=1"]
+    common = ["train", "mnist_classifier", "--labels", "2", "--iterations", "2"]
+    assert cli.main(common + ["--out", str(source), *[a for s in settings for a in ("--set", s)]]) == 0
+    fork = common + ["--out", str(branch), "--fork-from", str(source), "--stage", "joint", "--set",
+                     "joint.global_clipnorm=0.5", "--set", "sigma=0.5"]
+    assert cli.main(fork) == 0
+    recorded = json.loads((branch / recipes.RECIPE_FILE).read_text())
+    assert recorded["overrides"] == {**recipes.recorded_overrides(source), "joint.global_clipnorm": 0.5, "sigma": 0.5}
+    assert recorded["recipe"]["joint"]["global_clipnorm"] == 0.5 and recorded["recipe"]["sigma"] == 0.5
+    for stage in ("generator", "head_2"):  # copied as they were
+        assert (branch / stage / "log.csv").read_bytes() == (source / stage / "log.csv").read_bytes()
+    assert last_epoch(branch / "joint_2") == 2
+    model = keras.saving.load_model(branch / "joint_2" / "model.keras")
+    assert model.sigma == 0.5
+    assert cli.main(fork[:5] + ["3"] + fork[6:]) == 0  # the same command, more updates: resumes the branch
+    assert cli.main(["train", "mnist_classifier", "--labels", "2", "--out", str(branch), "--stage", "joint",
+                     "--iterations", "4"]) == 0  # so does a plain rerun
+    assert last_epoch(branch / "joint_2") == 4 and last_epoch(source / "joint_2") == 2
+    refused = [(["--set", "widths=[2,2,2]"], "cannot change"), (["--set", "head.learning_rate=0.1"], "cannot change"),
+               (["--stage", "generator"], "branches before its 'head' or 'joint'")]
+    for extra, message in refused:
+        fresh = common + ["--out", str(tmp_path / "other"), "--fork-from", str(source), "--stage", "joint"] + extra
+        assert cli.main(fresh) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()  # refused before anything was written
+
+
 def test_train_images_is_a_seeded_subset_and_bad_fields_fail_first():
     x, y = tiny_images(40, (28, 28, 1)), np.arange(40)
     kept_x, kept_y = recipes.training_subset(x, y, 10, seed=0)

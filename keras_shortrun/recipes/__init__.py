@@ -4,6 +4,7 @@ from its paper). A training run records the recipe it started with (``record_rec
 file never changes what a run's snapshots are."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -109,25 +110,62 @@ def record_recipe(entry, run_dir, overrides, image_shape=None):
     return recipe
 
 
-def fork(entry, source, run_dir, overrides):
+def fork(entry, source, run_dir, overrides, stage=None, labels=None):
     """Starts ``run_dir`` as a branch of the run in ``source`` (``training.fork_run``: its weights, optimizer and
     data position) whose recipe is ``source``'s with ``overrides``, recorded as the branch's; a ``run_dir``
-    already forked from ``source`` is left to resume. Returns the branch's overrides (``source``'s and these)."""
+    already forked from ``source`` is left to resume. A classifier run branches before ``stage`` (``"head"``
+    or ``"joint"``, with ``labels``) instead: ``_fork_classifier``. Returns the branch's overrides
+    (``source``'s and these)."""
     from keras_shortrun import training
 
     source, run_dir = Path(source), Path(run_dir)
-    if load(entry)["family"] == "classifier":
-        raise ValueError("A classifier run has one folder per stage: fork a stage by starting it from the "
-                         "previous one (train --stage) instead.")
     merged = {**recorded_overrides(source), **overrides}
     fork_record = run_dir / training.FORK_FILE
     if fork_record.is_file() and json.loads(fork_record.read_text())["run"] == str(source.resolve()):
         return merged
     recipe = apply_overrides(run_recipe(entry, source), overrides)
     check(recipe)
-    training.fork_run(source, run_dir)
+    if recipe["family"] == "classifier":
+        _fork_classifier(source, run_dir, overrides, stage, labels)
+    else:
+        training.fork_run(source, run_dir)
     (run_dir / RECIPE_FILE).write_text(json.dumps({"overrides": merged, "recipe": recipe}, indent=1, sort_keys=True))
     return merged
+
+
+# What a classifier's later stages may not change: the data and the shapes of the trained weights.
+CLASSIFIER_FIXED_FIELDS = ("dataset", "image_size", "channels", "num_classes", "latent_dim", "widths", "head_hidden",
+                           "train_images", "seed", "iterations_per_epoch", "batch_size")
+
+
+def _fork_classifier(source, run_dir, overrides, stage, labels):
+    """A classifier branch trains ``stage`` anew from ``source``'s finished earlier stages, which it copies
+    (``stage_dir``): a ``"joint"`` branch starts from the source's generator and head of ``labels``, a
+    ``"head"`` branch from its generator. ``overrides`` may change that stage and those after it, and the
+    chain (``sigma``, ``steps``, ``step_size``, ``prediction_chains``), never an earlier stage or
+    ``CLASSIFIER_FIXED_FIELDS``. Records ``training.FORK_FILE``."""
+    from keras_shortrun import training
+
+    order = VARIANTS["classifier"]
+    if stage not in order[1:] or labels is None:
+        raise ValueError(f"A classifier run branches before its 'head' or 'joint' stage of a label budget (--stage "
+                         f"and --labels), got stage {stage!r}, labels {labels!r}.")
+    earlier = order[: order.index(stage)]
+    frozen = [k for k in overrides if k.split(".")[0] in CLASSIFIER_FIXED_FIELDS + earlier]
+    if frozen:
+        raise ValueError(f"A branch before the {stage!r} stage cannot change {frozen}: the stages it copies were "
+                         "trained with them. Start a new run instead.")
+    for name in earlier:
+        folder = stage_dir(source, name, labels)
+        if not (folder / "log.csv").is_file():
+            raise ValueError(f"{source} has no {name!r} stage{'' if name == 'generator' else f' of {labels} labels'} "
+                             f"to branch from ({folder}).")
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise ValueError(f"{run_dir} holds something already: branch into a new folder.")
+    for name in earlier:
+        shutil.copytree(stage_dir(source, name, labels), stage_dir(run_dir, name, labels))
+    (run_dir / training.FORK_FILE).write_text(json.dumps({"run": str(source.resolve()), "stage": stage,
+                                                          "labels": labels, "copied": list(earlier)}))
 
 
 def _ebm(r, variant, name):
@@ -261,7 +299,7 @@ def train(entry, run_dir, overrides=None, iterations=None, variant=None, labels=
     dataset = check(apply_overrides(load(entry), overrides or {}))["dataset"]
     x, y = data.load(dataset, "train", path=data_path)
     if fork_from is not None:
-        overrides = fork(entry, fork_from, run_dir, overrides or {})
+        overrides = fork(entry, fork_from, run_dir, overrides or {}, stage=variant, labels=labels)
     r = record_recipe(entry, run_dir, overrides or {}, image_shape=x.shape[1:])
     x, y = training_subset(x, y, r.get("train_images"), r["seed"])
     family = r["family"]
