@@ -264,7 +264,8 @@ def model_text(metadata, kind, entry, labels):
         f"Trained on {metadata['dataset']['name']} with {labels} labels per class; the other training images "
         f"were used unlabelled. Stages: generator {t['stages']['generator']['iterations']} updates on all images, "
         f"head {t['stages']['head']['iterations']}, joint BPTT {t['stages']['joint']['iterations']} "
-        f"(batches of 32 labelled + 32 unlabelled); {t['wall_time_s'] / 60:.0f} min on {t['hardware']}."
+        f"(batches of 32 labelled + 32 unlabelled{_clip_text(metadata['recipe']['joint'])}); "
+        f"{t['wall_time_s'] / 60:.0f} min on {t['hardware']}."
     )
     joint = t["stages"]["joint"]
     if joint["rolled_back"]:
@@ -275,6 +276,11 @@ def model_text(metadata, kind, entry, labels):
             f"from training logs only; `chosen_epoch` in `keras_shortrun/training.py`)."
         )
     return what
+
+
+def _clip_text(joint):
+    clipnorm = joint.get("global_clipnorm")
+    return "" if clipnorm is None else f", Adam's update clipped at global gradient norm {clipnorm:g}"
 
 
 def _widths_text(widths):

@@ -18,15 +18,15 @@ GENERATIVE_CLASSIFIER_PRESETS = {
     "fashion_mnist_classifier": {
         "description": "Generative classifier on Fashion-MNIST, 1,000 labels per class, rest unlabelled; K=20, BPTT.",
         "sha256": {
-            "config.json": "7608a7b1b800bc026fcc9848f177cb5199e7f2d3c499a83d671c89bf0fd6b9fa",
-            "model.weights.h5": "24320b0bfc9da9aa6b11ed7583ba894d379883bd48706aee236ae6afdf605fe5",
+            "config.json": "2cef2c07c7c5841fbb94a7aecae019cdf79d698c18cf83fb9a853a721c66a1bb",
+            "model.weights.h5": "f8516ad13a306178955cd4be14b8c95b862b5e8030a01694df7ace50e86f1a8c",
         },
     },
     "fashion_mnist_classifier_100labels": {
         "description": "Generative classifier on Fashion-MNIST, 100 labels per class, rest unlabelled; K=20, BPTT.",
         "sha256": {
-            "config.json": "a9ef42d42d7f93a30e2eddcb411be98ea10ae750319d790d49772dd6dd37f9d2",
-            "model.weights.h5": "bb9ccf69571f191ddc23af579d6d49263f880d9eec3ee12a7b6ebe25b7829731",
+            "config.json": "82eca8ecca0ef8ab9281e28708fd0f4743dfa1cc19d3b73d81cf1896c8768405",
+            "model.weights.h5": "df7eee6630842f79261615eb621075aaaab47f0c774e20ab38c41fbce1617f50",
         },
     },
 }
