@@ -156,7 +156,7 @@ def start_from_entry(model, run_dir, entry, verbose=True, adapt=None):
             metadata = zoo.info(entry)
             record["weights_sha256"] = metadata["files"]["model.weights.h5"]["sha256"]
             record["entry_metadata"] = {k: metadata[k] for k in INHERITED_METADATA if k in metadata}
-        _atomic_write_text(run_dir / "started_from.json", json.dumps(record))
+        atomic_write_text(run_dir / "started_from.json", json.dumps(record))
     if verbose:
         print(why)
     return start
@@ -454,7 +454,9 @@ def atomic_save_weights(model, path):
     return digest
 
 
-def _atomic_write_text(path, text):
+def atomic_write_text(path, text):
+    """``text`` written to ``.<name>.partial`` beside ``path`` and renamed over it: a process stopped while
+    writing leaves the old file (or none), never a part of the new one."""
     partial = path.with_name(f".{path.name}.partial")
     partial.write_text(text)
     os.replace(partial, path)
@@ -550,7 +552,7 @@ class ResumableBackup(keras.callbacks.Callback):
                  for v in self.model.non_trainable_variables if v.path.endswith("seed_generator_state")}
         record = {"index": index, "epoch": epoch + 1, "weights": weights.name, "sha256": digest,
                   "seed_states": seeds}
-        _atomic_write_text(self.directory / f"state-{index}.json", json.dumps(record))
+        atomic_write_text(self.directory / f"state-{index}.json", json.dumps(record))
         for old, _ in self.states()[self.KEEP:]:  # exactly the two files written for that state
             (self.directory / f"state-{old['index']}.json").unlink(missing_ok=True)
             (self.directory / f"state-{old['index']}.weights.h5").unlink(missing_ok=True)
@@ -645,20 +647,20 @@ def fork_run(source, run_dir):
         shutil.rmtree(backup)
         raise ValueError(f"{weights} changed while it was copied: fork again.")
     shutil.copyfile(source / "backup" / SETTINGS_FILE, backup / SETTINGS_FILE)
-    _atomic_write_text(backup / f"state-{record['index']}.json", json.dumps(record))
+    atomic_write_text(backup / f"state-{record['index']}.json", json.dumps(record))
     with open(run_dir / "log.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, header)
         writer.writeheader()
         writer.writerows(rows[e] for e in sorted(rows) if e <= epoch)
     clock = {key: float(rows[epoch][key]) for key in ("wall_time_s", "cpu_time_s")}
-    _atomic_write_text(run_dir / "wall_time.json", json.dumps({**clock, "epochs": epoch}))
+    atomic_write_text(run_dir / "wall_time.json", json.dumps({**clock, "epochs": epoch}))
     for name in FORKED_RECORDS:
         if (source / name).is_file():
             shutil.copyfile(source / name, run_dir / name)
     if checkpoint_path(source, epoch).is_file():
         checkpoint_path(run_dir, epoch).parent.mkdir()
         shutil.copyfile(checkpoint_path(source, epoch), checkpoint_path(run_dir, epoch))
-    _atomic_write_text(run_dir / FORK_FILE, json.dumps({"run": str(source.resolve()), "epoch": epoch,
+    atomic_write_text(run_dir / FORK_FILE, json.dumps({"run": str(source.resolve()), "epoch": epoch,
                                                         "weights_sha256": record["sha256"]}))
     return epoch
 
@@ -793,7 +795,7 @@ def fit_resumable(model, x, out_dir, iterations, batch_size=64, iterations_per_e
         settings.update(examples=len(images), labelled=isinstance(x, tuple), batch_size=batch_size, seed=seed)
     recorded = _check_resume(backup_dir, settings, resumed_after)
     backup_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(backup_dir / SETTINGS_FILE, json.dumps(settings))
+    atomic_write_text(backup_dir / SETTINGS_FILE, json.dumps(settings))
     model.compile(optimizer=keras.optimizers.Adam(learning_rate, beta_1=beta_1, global_clipnorm=global_clipnorm))
     guard = DivergenceGuard() if guard is None else guard
     callbacks = [ResumableBackup(backup_dir)]

@@ -34,6 +34,7 @@ from keras_shortrun import attacks
 from keras_shortrun import data
 from keras_shortrun.metrics import wilson_interval
 from keras_shortrun.seeds import stream
+from keras_shortrun.training import atomic_write_text
 from keras_shortrun.training import hardware
 
 EPSILONS = (0.1, 0.2, 0.3)
@@ -112,9 +113,7 @@ def cached_chunk(cache, key, compute):
     result = compute()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial")
-        partial.write_text(json.dumps(result))
-        partial.replace(path)  # a stopped process leaves no half-written piece
+        atomic_write_text(path, json.dumps(result))  # a stopped process leaves no half-written piece
     return result
 
 
