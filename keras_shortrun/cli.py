@@ -379,10 +379,12 @@ def cmd_train(args):
     classifier = recipe["family"] == "classifier"
     if not classifier and (args.stage or args.labels):
         raise ValueError(f"--stage and --labels are for classifier recipes; {args.recipe!r} is a {recipe['family']}.")
+    labels = args.labels or 1000
+    if classifier:
+        recipes.check_label_budget(recipe, labels)
     out = Path(args.out) if args.out else runs_home() / args.recipe
     stages = (("generator", "head", "joint") if args.stage in (None, "all") else (args.stage,)) if classifier \
         else (None,)
-    labels = args.labels or 1000
     folders = [recipes.stage_dir(out, stage, labels) if classifier else out for stage in stages]
     for folder in [out] + folders:
         check_run_folder(folder)

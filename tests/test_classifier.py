@@ -322,3 +322,14 @@ def test_robustness_table_runs_every_attack_on_both_models(tmp_path, monkeypatch
     models["convnet"].layers[2].kernel.assign(models["convnet"].layers[2].kernel + 1.0)
     with pytest.raises(AssertionError, match="attacked again"):  # another model's chunks are not reused
         attack_dataset("toy", models, x, y, args, cache=tmp_path)
+
+
+def test_card_shows_the_unlabelled_curve_with_the_entrys_own_point():
+    from classifier_recipe import _unlabelled_curve
+
+    results = {"unlabelled_curve": {"100": {"20000": 0.79, "10000": 0.775}}, "train_split_images": 60000,
+               "accuracy": {"fashion_mnist_classifier_100labels": 0.81}}
+    text = _unlabelled_curve(results, "fashion_mnist_classifier")
+    rows = [line for line in text.splitlines() if line[:3].strip("| ").isdigit()]
+    assert rows == ["| 10000 | 9000 | 77.50 % |", "| 20000 | 19000 | 79.00 % |", "| 60000 | 59000 | 81.00 % |"]
+    assert _unlabelled_curve({}, "fashion_mnist_classifier") == ""

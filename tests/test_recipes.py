@@ -11,6 +11,7 @@ from builders import tiny_images
 from keras_shortrun import cli
 from keras_shortrun import data
 from keras_shortrun import recipes
+from keras_shortrun import training
 from keras_shortrun import zoo
 from keras_shortrun.training import last_epoch
 
@@ -154,19 +155,43 @@ def test_cli_branches_a_classifier_before_its_joint_stage(tmp_path, monkeypatch,
 
 
 def test_train_images_is_a_seeded_subset_and_bad_fields_fail_first():
-    x, y = tiny_images(40, (28, 28, 1)), np.arange(40)
-    kept_x, kept_y = recipes.training_subset(x, y, 10, seed=0)
-    np.testing.assert_array_equal(kept_x, x[kept_y])  # images stay with their labels
-    assert len(set(kept_y)) == 10 and list(kept_y) == sorted(kept_y)
-    np.testing.assert_array_equal(recipes.training_subset(x, y, 10, seed=0)[1], kept_y)
-    assert not np.array_equal(recipes.training_subset(x, y, 10, seed=1)[1], kept_y)
-    assert recipes.training_subset(x, y, None, seed=0)[0] is x
+    kept = recipes.training_subset(40, 10, seed=0)
+    assert len(set(kept)) == 10 and list(kept) == sorted(kept)
+    np.testing.assert_array_equal(recipes.training_subset(40, 10, seed=0), kept)
+    assert not np.array_equal(recipes.training_subset(40, 10, seed=1), kept)
+    np.testing.assert_array_equal(recipes.training_subset(40, None, seed=0), np.arange(40))
     with pytest.raises(ValueError, match="more than the 40 training images"):
-        recipes.training_subset(x, y, 41, seed=0)
+        recipes.training_subset(40, 41, seed=0)
     recipe = recipes.load("mnist_classifier")
     for key, value, message in [("train_images", 0, "train_images"), ("joint.global_clipnorm", -1.0, "clipnorm")]:
         with pytest.raises(ValueError, match=message):
             recipes.check(recipes.apply_overrides(recipe, {key: value}))
+
+
+def test_a_classifiers_train_images_keep_the_splits_labelled_images(tmp_path, monkeypatch, capsys):
+    x, y = _labelled_digits()
+    small, large = (recipes.training_subset(40, n, seed=0, labels=y) for n in (20, 30))
+    assert set(small) < set(large) and np.bincount(y[small]).tolist() == [2] * 10  # nested, class-balanced
+    with pytest.raises(ValueError, match="multiple of the 10 classes"):
+        recipes.training_subset(40, 25, seed=0, labels=y)
+    monkeypatch.setattr(data, "load", _labelled_digits)
+    seen = {}
+    batches = training.semi_supervised_batches
+
+    def spy(x_labelled, y_labelled, x_unlabelled, *args, **kwargs):
+        seen.update(labelled=x_labelled, unlabelled=x_unlabelled)
+        return batches(x_labelled, y_labelled, x_unlabelled, *args, **kwargs)
+
+    monkeypatch.setattr(training, "semi_supervised_batches", spy)
+    settings = TINY["mnist_classifier"] + ["batch_size=4", "iterations_per_epoch=1", "train_images=20"]
+    common = ["train", "mnist_classifier", "--iterations", "1", *[a for s in settings for a in ("--set", s)]]
+    assert cli.main(common + ["--out", str(tmp_path / "run"), "--labels", "1"]) == 0
+    picked = data.labelled_subset(y, 1, seed=0)  # the split's, as in a run on every image
+    np.testing.assert_array_equal(seen["labelled"], x[picked])
+    np.testing.assert_array_equal(seen["unlabelled"], x[np.setdiff1d(small, picked)])
+    assert cli.main(common + ["--out", str(tmp_path / "other"), "--labels", "3"]) == 2
+    assert "keeps 2 images per class, fewer than the 3 labelled" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()  # refused before anything was written
 
 
 def test_global_clipnorm_bounds_the_update(tmp_path):

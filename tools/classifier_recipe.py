@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 import keras
+import numpy as np
 from lvm_recipe import sample_and_reconstruction_figures
 
 from keras_shortrun import data
@@ -70,16 +71,30 @@ def train_convnet(entry, labels, x, y):
     return model, history
 
 
-def load_trained(entry, labels, kind="classifier"):
-    """The final generative classifier (``kind="classifier"``) or ConvNet (``"convnet"``) of a label budget."""
+def load_trained(entry, labels, kind="classifier", run=None):
+    """The final generative classifier (``kind="classifier"``) or ConvNet (``"convnet"``) of a label budget, of
+    the entry's run or of another run of its recipe, ``run`` (a folder)."""
     if kind == "convnet":
         model = conv_net_baseline((28, 28, 1), 10)
         model.load_weights(run_dir(entry, "convnet", labels) / "final.weights.h5")
         return model
-    model = build(entry, "joint")
-    directory = run_dir(entry, "joint", labels)
+    if run is None:
+        model, directory = build(entry, "joint"), run_dir(entry, "joint", labels)
+    else:
+        model = recipes.build(recipes.run_recipe(entry, run), "joint", name=entry)
+        directory = recipes.stage_dir(run, "joint", labels)
     model.load_weights(checkpoint_path(directory, chosen_epoch(directory)[0]))
     return model
+
+
+def accuracy_on(model, kind, x_test, y_test, chains):
+    """Top-1 accuracy on ``x_test`` ``(N, 28, 28, 1)``: a generative classifier averages ``chains`` chains per
+    image (seed 0), a ConvNet predicts once."""
+    if kind == "classifier":
+        p = model.predict_proba(x_test, chains=chains, seed=0)
+    else:
+        p = model.predict(x_test, batch_size=256, verbose=0)
+    return float(np.mean(np.argmax(p, axis=1) == y_test))
 
 
 def load_model(entry, labels, kind, source="zoo"):
@@ -95,11 +110,17 @@ def results_path(entry):
     return runs_home() / entry / "results.json"
 
 
+def read_results(entry):
+    """The run folder's ``results.json`` (``{}`` before any evaluation)."""
+    path = results_path(entry)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def update_results(entry, results):
     """Merges ``results`` into ``results_path(entry)``, the run folder's ``results.json`` (what ``export`` writes
     into the cards)."""
     path = results_path(entry)
-    merged = json.loads(path.read_text()) if path.exists() else {}
+    merged = read_results(entry)
     for key, value in results.items():
         merged[key] = dict(merged.get(key, {}), **value) if isinstance(value, dict) else value
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -217,6 +238,27 @@ def _accuracy_rows(results, entry):
     return "\n".join(rows) or "| (not measured yet) | | | |"
 
 
+def _unlabelled_curve(results, entry):
+    """The card's section on accuracy against unlabelled images (``tools/eval_unlabelled.py``); the point of every
+    training image is the entry's own accuracy."""
+    if not results.get("unlabelled_curve"):
+        return ""
+    lines = []
+    for labels, curve in sorted(results["unlabelled_curve"].items(), key=lambda item: int(item[0])):
+        points = {int(n): accuracy for n, accuracy in curve.items()}
+        full = results.get("accuracy", {}).get(entry_name(entry, int(labels), "classifier"))
+        if full is not None:
+            points[results["train_split_images"]] = full
+        labelled = int(labels) * recipes.load(entry)["num_classes"]
+        lines += [f"## Unlabelled images, {labels} labels per class\n"
+                  f"The same {labelled} labelled images; the generator and joint stages see only the training images "
+                  f"kept (class-balanced nested subsets, `tools/eval_unlabelled.py`). The ConvNet baseline never sees "
+                  f"unlabelled images.\n",
+                  "| training images | unlabelled images | generative classifier |", "| --- | --- | --- |"]
+        lines += [f"| {n} | {n - labelled} | {100 * points[n]:.2f} % |" for n in sorted(points)]
+    return "\n".join(lines) + "\n"
+
+
 def card_text(metadata, kind, results, entry, labels):
     """The entry's README, ``CARD`` filled in: what it is, its accuracy and robustness numbers, how to reproduce
     them."""
@@ -243,6 +285,7 @@ def flat_card_fields(metadata, kind, results, entry, labels):
         eot_chains=results.get("eot_chains", "?"),
         robustness=_robustness_rows(results, compared), robustness_method=robustness_method,
         robustness_command=robustness_command, pictures=pictures,
+        unlabelled_curve=_unlabelled_curve(results, entry) if kind == "classifier" else "",
         train_command=metadata["training"]["command"], dataset=metadata["dataset"]["name"],
         licence=metadata["dataset"]["licence"],
     )
@@ -308,8 +351,7 @@ def main(entry, doc):
     parser.add_argument("--data-path", default=None)
     args = parser.parse_args()
     if args.action == "export":
-        path = results_path(entry)
-        export_entries(entry, json.loads(path.read_text()) if path.exists() else {}, args.data_path)
+        export_entries(entry, read_results(entry), args.data_path)
         return
     stages = ("generator", "head", "joint", "convnet") if args.stage == "all" else (args.stage,)
     for stage in stages:

@@ -12,7 +12,6 @@ import sys
 import time
 
 import classifier_recipe as recipe
-import numpy as np
 
 from keras_shortrun import data
 from keras_shortrun.training import hardware
@@ -40,11 +39,7 @@ def main():
             for kind in ("classifier", "convnet"):
                 model = recipe.load_model(entry, labels, kind, args.source)
                 start = time.time()
-                if kind == "classifier":
-                    p = model.predict_proba(x_test, chains=args.chains, seed=0)
-                else:
-                    p = model.predict(x_test, batch_size=256, verbose=0)
-                row[kind] = float(np.mean(np.argmax(p, axis=1) == y_test))
+                row[kind] = recipe.accuracy_on(model, kind, x_test, y_test, args.chains)
                 accuracy[recipe.entry_name(entry, labels, kind)] = row[kind]
                 print(f"  ({recipe.entry_name(entry, labels, kind)}: {time.time() - start:.0f} s)", file=sys.stderr)
             gap = 100 * (row["classifier"] - row["convnet"])

@@ -251,20 +251,52 @@ def check(recipe):
     return recipe
 
 
-def training_subset(x, y, count, seed):
-    """The ``count`` training images (and labels) a recipe's ``train_images`` keeps, a seeded subset of the split
-    taken before anything else (a classifier's labelled images are drawn from within it, the rest are its
-    unlabelled ones); ``None``: all of them."""
-    if count is None:
-        return x, y
+def training_subset(images, count, seed, labels=None):
+    """The indices ``(count,)``, sorted, of the training images a recipe's ``train_images`` keeps out of
+    ``images`` (``None``: all of them): a seeded draw of the split; given the ``labels`` ``(images,)`` (a
+    classifier's), the first ``count / classes`` of every class in ``data.labelled_subset``'s order, so the
+    subsets nest and each holds the split's labelled images of every budget up to that many per class."""
+    from keras_shortrun import data
     from keras_shortrun import validation
     from keras_shortrun.seeds import stream
 
+    if count is None:
+        return np.arange(images)
     count = validation.check_positive_int(count, "train_images")
-    if count > len(x):
-        raise ValueError(f"train_images={count} is more than the {len(x)} training images of the split.")
-    kept = np.sort(np.random.default_rng(stream(seed, "train_images")).permutation(len(x))[:count])
-    return x[kept], (None if y is None else y[kept])
+    if count > images:
+        raise ValueError(f"train_images={count} is more than the {images} training images of the split.")
+    if labels is None:
+        return np.sort(np.random.default_rng(stream(seed, "train_images")).permutation(images)[:count])
+    classes = len(np.unique(labels))
+    if count % classes:
+        raise ValueError(f"train_images={count} must be a multiple of the {classes} classes (the same number of "
+                         f"images is kept from each).")
+    return data.labelled_subset(labels, count // classes, seed)
+
+
+def check_label_budget(recipe, labels):
+    """Raises ``ValueError`` when a classifier ``recipe``'s ``train_images`` keep fewer than ``labels`` images per
+    class (``training_subset``), so that no stage of the budget can train."""
+    count = recipe.get("train_images")
+    if count is not None and count // recipe["num_classes"] < labels:
+        raise ValueError(f"train_images={count} keeps {count // recipe['num_classes']} images per class, fewer "
+                         f"than the {labels} labelled images per class of the label budget.")
+
+
+def _kept_images(recipe, x, y, labels=None):
+    """``(kept, picked, unlabelled)``: the indices of the images ``recipe`` trains on (``training_subset``), and
+    for a classifier's label budget ``labels`` (per class) its labelled and unlabelled images as indices into
+    the kept ones: the split's ``data.labelled_subset`` (the same images whatever ``train_images`` keeps) and
+    the other kept images (``None`` without a budget)."""
+    from keras_shortrun import data
+
+    kept = training_subset(len(x), recipe.get("train_images"), recipe["seed"],
+                           labels=y if recipe["family"] == "classifier" else None)
+    if labels is None:
+        return kept, None, None
+    check_label_budget(recipe, labels)
+    picked = np.searchsorted(kept, data.labelled_subset(y, labels, recipe["seed"]))
+    return kept, picked, np.setdiff1d(np.arange(len(kept)), picked)
 
 
 def stage_dir(run_dir, stage, labels=None):
@@ -296,13 +328,16 @@ def train(entry, run_dir, overrides=None, iterations=None, variant=None, labels=
     from keras_shortrun import data
     from keras_shortrun import training
 
-    dataset = check(apply_overrides(load(entry), overrides or {}))["dataset"]
-    x, y = data.load(dataset, "train", path=data_path)
+    planned = check(apply_overrides(load(entry), overrides or {}))
+    x, y = data.load(planned["dataset"], "train", path=data_path)
+    _kept_images(planned, x, y, labels if variant in ("head", "joint") else None)  # a bad subset fails before writing
     if fork_from is not None:
         overrides = fork(entry, fork_from, run_dir, overrides or {}, stage=variant, labels=labels)
     r = record_recipe(entry, run_dir, overrides or {}, image_shape=x.shape[1:])
-    x, y = training_subset(x, y, r.get("train_images"), r["seed"])
     family = r["family"]
+    kept, picked, unlabelled = _kept_images(r, x, y, labels if variant in ("head", "joint") else None)
+    if len(kept) < len(x):
+        x, y = x[kept], (None if y is None else y[kept])
     model = build(r, variant, name=f"{entry}_vae" if variant == "vae" else entry)
     spec, folder = r, Path(run_dir)
     if family == "classifier":
@@ -314,8 +349,6 @@ def train(entry, run_dir, overrides=None, iterations=None, variant=None, labels=
             previous = stage_dir(run_dir, "generator" if stage == "head" else "head", labels)
             model.load_weights(training.checkpoint_path(previous, training.chosen_epoch(previous)[0]))
             model.set_stage(stage)
-            picked = data.labelled_subset(y, labels, r["seed"])
-            unlabelled = np.setdiff1d(np.arange(len(x)), picked)
             per_batch = r["batch_size"] if stage == "head" else spec["labelled_per_batch"]
             resumed = training.completed_epochs(folder / "backup")
             x = training.semi_supervised_batches(x[picked], y[picked], x[unlabelled], r["batch_size"], per_batch,
