@@ -23,6 +23,7 @@ from keras_shortrun.metrics import wilson_interval
 from keras_shortrun.models import conv_net_baseline
 from keras_shortrun.models.conv_transpose_generator import THESIS_WIDTHS
 from keras_shortrun.training import STAGE_DIVERGENCE_FACTOR
+from keras_shortrun.training import atomic_write_text
 from keras_shortrun.training import checkpoint_path
 from keras_shortrun.training import chosen_epoch
 from keras_shortrun.training import hardware
@@ -31,6 +32,8 @@ from keras_shortrun.training import log_row
 from keras_shortrun.training import runs_home
 from keras_shortrun.zoo import info as read_metadata
 from keras_shortrun.zoo import save_entry
+from keras_shortrun.zoo.registry import METADATA_FILE
+from keras_shortrun.zoo.registry import WEIGHTS_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 CARD = Path(__file__).resolve().parent / "cards" / "classifier.md"  # the card template, str.format fields
@@ -154,6 +157,9 @@ def export_entries(entry, results, data_path=None):
     for labels in LABEL_BUDGETS:
         for kind in ("classifier", "convnet"):
             name = entry_name(entry, labels, kind)
+            if kind == "convnet" and _is_committed_baseline(entry, labels):
+                _refresh_baseline_card(entry, labels, results)
+                continue
             model = load_trained(entry, labels, kind)
             directory = run_dir(entry, "joint" if kind == "classifier" else "convnet", labels)
             metadata = {
@@ -185,6 +191,28 @@ def export_entries(entry, results, data_path=None):
             written = save_entry(model, ROOT / "zoo" / name, metadata, extra_files=[card] + extra)
             pinned = {n: spec["sha256"] for n, spec in read_metadata(written)["files"].items()}
             print(f"wrote {written}; pin: \"{name}\": {json.dumps(pinned)}")
+
+
+def _is_committed_baseline(entry, labels):
+    """Whether the run's ConvNet baseline of a label budget is its committed zoo entry, byte for byte. Such a
+    baseline keeps its entry (weights, training record): it is also a feature network of the FD/KID metrics."""
+    committed = ROOT / "zoo" / entry_name(entry, labels, "convnet") / WEIGHTS_FILE
+    trained = run_dir(entry, "convnet", labels) / "final.weights.h5"
+    return committed.is_file() and committed.read_bytes() == trained.read_bytes()
+
+
+def _refresh_baseline_card(entry, labels, results):
+    """Rewrites a committed ConvNet baseline's card and the scores in its ``metadata.json`` (accuracy,
+    robustness) from ``results``; its weights and config, and so its pinned hashes, stay as they are."""
+    name = entry_name(entry, labels, "convnet")
+    directory = ROOT / "zoo" / name
+    metadata = read_metadata(directory)
+    if name in results.get("accuracy", {}):
+        metadata["metrics"] = dict(metadata.get("metrics", {}), accuracy_test=results["accuracy"][name])
+    metadata["robustness"] = results.get("robustness", {}).get(name, {})
+    atomic_write_text(directory / "README.md", card_text(metadata, "convnet", results, entry, labels))
+    atomic_write_text(directory / METADATA_FILE, json.dumps(metadata, indent=1, sort_keys=True))
+    print(f"refreshed the card and scores of {directory} (the committed baseline: weights unchanged)")
 
 
 def _robustness_rows(results, names):
@@ -256,7 +284,7 @@ def _unlabelled_curve(results, entry):
                   f"unlabelled images.\n",
                   "| training images | unlabelled images | generative classifier |", "| --- | --- | --- |"]
         lines += [f"| {n} | {n - labelled} | {100 * points[n]:.2f} % |" for n in sorted(points)]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n"
 
 
 def card_text(metadata, kind, results, entry, labels):
