@@ -4,15 +4,15 @@ GENERATIVE_CLASSIFIER_PRESETS = {
     "mnist_classifier": {
         "description": "Generative classifier on MNIST, 1,000 labels per class, rest unlabelled; K=20, BPTT.",
         "sha256": {
-            "config.json": "2d2efc627037a732434ff0052c3babb844053f5a7ae9e7fd864e677317bd2030",
-            "model.weights.h5": "2aa69fdb7562ed75466008bc1b1f2e1a3030bfc5396c7081bfadbe888997c915",
+            "config.json": "75914783aac0043d5a93eaf3a787ce94227f4c8b6e6f04c5df58826e80092eb0",
+            "model.weights.h5": "ec1764d3211e8624258cc3ee65c6aa9df12676d5aca97c65368cfe47ea05bf63",
         },
     },
     "mnist_classifier_100labels": {
         "description": "Generative classifier on MNIST, 100 labels per class, rest unlabelled; K=20, BPTT.",
         "sha256": {
-            "config.json": "f375f20d18afbf7ad8fd887f2cfbcbbf8e90006cd71f567166bb116a296016eb",
-            "model.weights.h5": "7aa8982808fa45c26854607f30d34f4db48cb086a71a6cebac27caa88e29c2b9",
+            "config.json": "fca357af26fea12696eef3b9498badec4028998eac86fbd3f5eb0d9c1517d9cb",
+            "model.weights.h5": "d2f2738cc4042942dbd6b41e016cfe5b22c8a240ae2c794f62f7b56d0d0c0eb4",
         },
     },
     "fashion_mnist_classifier": {
