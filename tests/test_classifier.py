@@ -1,5 +1,8 @@
 """GenerativeClassifier: BPTT gradients against finite differences, unlabelled data, stages, prediction, saving."""
 
+import json
+import shutil
+
 import keras
 import numpy as np
 import pytest
@@ -333,3 +336,26 @@ def test_card_shows_the_unlabelled_curve_with_the_entrys_own_point():
     rows = [line for line in text.splitlines() if line[:3].strip("| ").isdigit()]
     assert rows == ["| 10000 | 9000 | 77.50 % |", "| 20000 | 19000 | 79.00 % |", "| 60000 | 59000 | 81.00 % |"]
     assert _unlabelled_curve({}, "fashion_mnist_classifier") == ""
+
+
+def test_export_keeps_a_committed_baseline_and_rewrites_only_its_card_and_scores(tmp_path, monkeypatch):
+    import classifier_recipe
+
+    entry = tmp_path / "zoo" / "mnist_classifier_convnet"
+    shutil.copytree(classifier_recipe.ROOT / "zoo" / "mnist_classifier_convnet", entry)
+    monkeypatch.setattr(classifier_recipe, "ROOT", tmp_path)
+    monkeypatch.setenv("KERAS_SHORTRUN_HOME", str(tmp_path / "home"))
+    run = tmp_path / "home" / "runs" / "mnist_classifier" / "convnet_1000"
+    run.mkdir(parents=True)
+    shutil.copy(entry / "model.weights.h5", run / "final.weights.h5")
+    weights = (entry / "model.weights.h5").read_bytes()
+    assert classifier_recipe._is_committed_baseline("mnist_classifier", 1000)
+    results = {"accuracy": {"mnist_classifier": 0.95, "mnist_classifier_convnet": 0.9},
+               "robustness": {"mnist_classifier_convnet": {"clean@0": 0.5}}, "robustness_images": 2}
+    classifier_recipe._refresh_baseline_card("mnist_classifier", 1000, results)
+    metadata = json.loads((entry / "metadata.json").read_text())
+    assert metadata["metrics"]["accuracy_test"] == 0.9 and metadata["robustness"] == {"clean@0": 0.5}
+    assert "| 1000 | 95.00 % | 90.00 % | +5.00 |" in (entry / "README.md").read_text()
+    assert (entry / "model.weights.h5").read_bytes() == weights  # the entry's weights stay as committed
+    (run / "final.weights.h5").write_bytes(weights[:-1] + bytes([weights[-1] ^ 1]))
+    assert not classifier_recipe._is_committed_baseline("mnist_classifier", 1000)  # retrained: exported anew
