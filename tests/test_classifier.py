@@ -1,6 +1,5 @@
 """GenerativeClassifier: BPTT gradients against finite differences, unlabelled data, stages, prediction, saving."""
 
-import json
 import shutil
 
 import keras
@@ -338,7 +337,7 @@ def test_card_shows_the_unlabelled_curve_with_the_entrys_own_point():
     assert _unlabelled_curve({}, "fashion_mnist_classifier") == ""
 
 
-def test_export_keeps_a_committed_baseline_and_rewrites_only_its_card_and_scores(tmp_path, monkeypatch):
+def test_export_keeps_a_committed_baseline_byte_for_byte(tmp_path, monkeypatch):
     import classifier_recipe
 
     entry = tmp_path / "zoo" / "mnist_classifier_convnet"
@@ -347,15 +346,54 @@ def test_export_keeps_a_committed_baseline_and_rewrites_only_its_card_and_scores
     monkeypatch.setenv("KERAS_SHORTRUN_HOME", str(tmp_path / "home"))
     run = tmp_path / "home" / "runs" / "mnist_classifier" / "convnet_1000"
     run.mkdir(parents=True)
-    shutil.copy(entry / "model.weights.h5", run / "final.weights.h5")
     weights = (entry / "model.weights.h5").read_bytes()
+    (run / "final.weights.h5").write_bytes(weights)
     assert classifier_recipe._is_committed_baseline("mnist_classifier", 1000)
-    results = {"accuracy": {"mnist_classifier": 0.95, "mnist_classifier_convnet": 0.9},
-               "robustness": {"mnist_classifier_convnet": {"clean@0": 0.5}}, "robustness_images": 2}
-    classifier_recipe._refresh_baseline_card("mnist_classifier", 1000, results)
-    metadata = json.loads((entry / "metadata.json").read_text())
-    assert metadata["metrics"]["accuracy_test"] == 0.9 and metadata["robustness"] == {"clean@0": 0.5}
-    assert "| 1000 | 95.00 % | 90.00 % | +5.00 |" in (entry / "README.md").read_text()
-    assert (entry / "model.weights.h5").read_bytes() == weights  # the entry's weights stay as committed
     (run / "final.weights.h5").write_bytes(weights[:-1] + bytes([weights[-1] ^ 1]))
     assert not classifier_recipe._is_committed_baseline("mnist_classifier", 1000)  # retrained: exported anew
+
+
+def test_cards_keep_only_scores_of_the_committed_weights_and_the_record_reads_back(tmp_path, monkeypatch):
+    import classifier_recipe as recipe
+
+    from keras_shortrun import zoo
+
+    names = [recipe.entry_name("mnist_classifier", labels, kind) for labels in recipe.LABEL_BUDGETS
+             for kind in ("classifier", "convnet")]
+    for name in names:
+        shutil.copytree(recipe.ROOT / "zoo" / name, tmp_path / "zoo" / name)
+    monkeypatch.setattr(recipe, "ROOT", tmp_path)
+    monkeypatch.setenv("KERAS_SHORTRUN_HOME", str(tmp_path / "home"))  # no run folder: a new machine
+    weights = {n: (tmp_path / "zoo" / n / "model.weights.h5").read_bytes() for n in names}
+    digests = {n: recipe.weights_digest(zoo.load(tmp_path / "zoo" / n)) for n in names}
+    main, baseline, retrained = names[0], names[1], names[3]
+    results = {
+        "accuracy": {n: 0.5 + i / 10 for i, n in enumerate(names)}, "accuracy_chains": 8,
+        "accuracy_weights": dict(digests, **{retrained: "0" * 16}),  # measured before that entry was retrained
+        "robustness": {main: {"clean@0": 0.9, "PGD@0.3": 0.6}, baseline: {"clean@0": 0.95, "PGD@0.3": 0.1}},
+        "pgd_curves": {main: {"PGD@0.3": {"10": 0.7, "20": 0.6}}, baseline: {"PGD@0.3": {"10": 0.2, "20": 0.1}}},
+        "robustness_weights": {main: digests[main], baseline: digests[baseline]},
+        "robustness_images": 10, "pgd_steps": 20, "pgd_restarts": 1, "eot_chains": 8,
+        "unlabelled_curve": {"100": {"2000": 0.7}}, "train_split_images": 60000,
+        "convergence": {"robustness": {main: {"PGD@0.3": 0.55}}, "pgd_curves": {main: {"PGD@0.3": {"100": 0.55}}},
+                        "robustness_weights": {main: digests[main]}, "robustness_images": 5, "pgd_steps": 100,
+                        "pgd_restarts": 2, "eot_chains": 8},
+    }
+    recipe.refresh_cards("mnist_classifier", results)
+    for name in names:
+        assert (tmp_path / "zoo" / name / "model.weights.h5").read_bytes() == weights[name]
+        zoo.load(tmp_path / "zoo" / name)  # the rewritten metadata still verifies
+    card = (tmp_path / "zoo" / main / "README.md").read_text()
+    assert "| 1000 | 50.00 % | 60.00 % | -10.00 |" in card and "| 100 |" not in card.split("## Unlabelled")[0]
+    assert "| `mnist_classifier` | PGD | 0.3 | 70.0 % | 60.0 % |\n" in card  # PGD's iterates after 10 and 20 steps
+    assert "## Does the attack converge? (5 first test images, 100 PGD steps)" in card
+    assert "--pgd-steps 100 --restarts 2 --eot-chains 8 --epsilons 0.3 --convergence" in card
+    assert "accuracy_test" not in zoo.info(tmp_path / "zoo" / retrained)["metrics"]
+    record = recipe.read_results("mnist_classifier")  # no results.json: the committed record
+    assert record["accuracy"] == {n: v for n, v in results["accuracy"].items() if n != retrained}
+    for key in ("robustness", "pgd_curves", "robustness_images", "pgd_steps", "pgd_restarts", "eot_chains",
+                "unlabelled_curve", "train_split_images", "accuracy_chains", "convergence"):
+        assert record[key] == results[key], key
+    assert recipe.current_results(record, digests)["robustness"] == results["robustness"]
+    assert recipe.current_results(record, dict(digests, **{main: "0" * 16}))["robustness"] == {
+        baseline: results["robustness"][baseline]}

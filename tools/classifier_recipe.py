@@ -10,6 +10,7 @@ Runs live in ``$KERAS_SHORTRUN_HOME/runs/<entry>/{generator,head_<L>,joint_<L>,c
 (``training.runs_home``); each stage resumes.
 """
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -114,20 +115,110 @@ def results_path(entry):
 
 
 def read_results(entry):
-    """The run folder's ``results.json`` (``{}`` before any evaluation)."""
+    """The evaluation record of an entry's models: the run folder's ``results.json``, or where there is none (a
+    new machine) the record the last export left in the committed entries' ``metadata.json``
+    (``committed_results``); ``{}`` before any evaluation."""
     path = results_path(entry)
-    return json.loads(path.read_text()) if path.exists() else {}
+    return json.loads(path.read_text()) if path.exists() else committed_results(entry)
 
 
 def update_results(entry, results):
-    """Merges ``results`` into ``results_path(entry)``, the run folder's ``results.json`` (what ``export`` writes
-    into the cards)."""
+    """Merges ``results`` into ``results_path(entry)``, the run folder's ``results.json`` (what ``export`` and
+    ``cards`` write into the entries), starting from ``read_results(entry)``."""
     path = results_path(entry)
     merged = read_results(entry)
     for key, value in results.items():
         merged[key] = dict(merged.get(key, {}), **value) if isinstance(value, dict) else value
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(merged, indent=1, sort_keys=True))
+    atomic_write_text(path, json.dumps(merged, indent=1, sort_keys=True))
+
+
+def weights_digest(model):
+    """A short sha256 of a model's weights, the same for a run's checkpoint and its zoo entry: a score is written
+    into an entry only beside the weights it was measured on."""
+    digest = hashlib.sha256()
+    for weight in model.get_weights():
+        digest.update(np.ascontiguousarray(weight).tobytes())
+    return digest.hexdigest()[:16]
+
+
+PROTOCOL_KEYS = ("robustness_images", "pgd_steps", "pgd_restarts", "eot_chains")  # how the robustness was measured
+SCORES = (("accuracy", "accuracy_weights"), ("robustness", "robustness_weights"), ("pgd_curves", "robustness_weights"))
+CONVERGENCE = "convergence"  # a second robustness record, of more PGD steps on fewer images (same keys)
+
+
+def current_results(results, shipped):
+    """``results`` without the scores measured on other weights than the ``shipped`` ones (``{name: digest}``,
+    ``weights_digest``): a retrained entry never shows its predecessor's numbers. Prints what it leaves out."""
+    kept = dict(results)
+    for scores, digests in SCORES:
+        measured = results.get(digests, {})
+        kept[scores] = {n: v for n, v in results.get(scores, {}).items() if measured.get(n) == shipped.get(n)}
+        for name in sorted(set(results.get(scores, {})) - set(kept[scores])):
+            print(f"left out the {scores} of {name}: measured on other weights than those written (evaluate again)")
+    if CONVERGENCE in results:
+        kept[CONVERGENCE] = current_results(results[CONVERGENCE], shipped)
+    return kept
+
+
+def _robustness_record(results, name):
+    """An entry's share of a robustness record (the main one or ``CONVERGENCE``); ``{}`` where it has none."""
+    if name not in results.get("robustness", {}):
+        return {}
+    return {"robustness_protocol": {k: results.get(k) for k in PROTOCOL_KEYS},
+            "pgd_curves": results.get("pgd_curves", {}).get(name, {})}
+
+
+def _read_robustness_record(results, name, robustness, record, digest):
+    """Puts an entry's ``_robustness_record`` (with its ``robustness`` table) back into ``results``."""
+    results.setdefault("robustness", {})[name] = robustness
+    results.setdefault("pgd_curves", {})[name] = record["pgd_curves"]
+    results.setdefault("robustness_weights", {})[name] = digest
+    results.update(record["robustness_protocol"])
+
+
+def evaluation_record(results, name, labels, kind, digest):
+    """What an entry's ``metadata.json`` keeps of ``results`` besides ``metrics`` and ``robustness``, so that
+    ``committed_results`` can read the record back on a machine without the run folder."""
+    record = {"weights_digest": digest, **_robustness_record(results, name)}
+    if name in results.get("accuracy", {}):
+        record["accuracy_chains"] = results.get("accuracy_chains")
+    convergence = results.get(CONVERGENCE, {})
+    if name in convergence.get("robustness", {}):
+        record[CONVERGENCE] = {"robustness": convergence["robustness"][name],
+                               **_robustness_record(convergence, name)}
+    if kind == "classifier" and str(labels) in results.get("unlabelled_curve", {}):
+        record["unlabelled_curve"] = results["unlabelled_curve"][str(labels)]
+        record["train_split_images"] = results["train_split_images"]
+    return record
+
+
+def committed_results(entry):
+    """The evaluation record kept in the committed zoo entries of ``entry`` (``evaluation_record``), in the form
+    of ``results.json``; entries written before the record had weight digests add nothing."""
+    results = {}
+    for labels in LABEL_BUDGETS:
+        for kind in ("classifier", "convnet"):
+            name = entry_name(entry, labels, kind)
+            if not (ROOT / "zoo" / name / METADATA_FILE).is_file():
+                continue
+            metadata = read_metadata(ROOT / "zoo" / name)
+            record = metadata.get("evaluation", {})
+            if "weights_digest" not in record:
+                continue
+            if "accuracy_test" in metadata.get("metrics", {}):
+                results.setdefault("accuracy", {})[name] = metadata["metrics"]["accuracy_test"]
+                results.setdefault("accuracy_weights", {})[name] = record["weights_digest"]
+                results["accuracy_chains"] = record["accuracy_chains"]
+            if metadata.get("robustness"):
+                _read_robustness_record(results, name, metadata["robustness"], record, record["weights_digest"])
+            if CONVERGENCE in record:
+                _read_robustness_record(results.setdefault(CONVERGENCE, {}), name, record[CONVERGENCE]["robustness"],
+                                        record[CONVERGENCE], record["weights_digest"])
+            if "unlabelled_curve" in record:
+                results.setdefault("unlabelled_curve", {})[str(labels)] = record["unlabelled_curve"]
+                results["train_split_images"] = record["train_split_images"]
+    return results
 
 
 def entry_name(entry, labels, kind):
@@ -150,48 +241,65 @@ def stage_budget(entry, labels):
 
 
 def export_entries(entry, results, data_path=None):
-    """Writes the zoo entries of both label budgets and both kinds; ``results`` come from
-    ``tools/eval_classifier.py`` and ``tools/eval_robustness.py`` (``results_path(entry)``)."""
+    """Writes the zoo entries of both label budgets and both kinds from their runs; ``results`` come from
+    ``tools/eval_classifier.py`` and ``tools/eval_robustness.py`` (``read_results(entry)``), and only the scores
+    measured on the weights written go in (``current_results``)."""
     r = recipes.load(entry)
     x_test, _ = data.load(r["dataset"], "test", path=data_path)
     dataset = data.provenance(r["dataset"], path=data_path, test_split="test set (10,000 images)")
-    for labels in LABEL_BUDGETS:
-        for kind in ("classifier", "convnet"):
-            name = entry_name(entry, labels, kind)
-            if kind == "convnet" and _is_committed_baseline(entry, labels):
-                _refresh_baseline_card(entry, labels, results)
-                continue
-            model = load_trained(entry, labels, kind)
-            directory = run_dir(entry, "joint" if kind == "classifier" else "convnet", labels)
-            metadata = {
-                "name": name, "dataset": dict(dataset, labels_per_class=labels), "resolution": 28,
-                "metrics": {"accuracy_test": results["accuracy"][name]} if name in results.get("accuracy", {}) else {},
-                "robustness": results.get("robustness", {}).get(name, {}), "keras_version": keras.__version__,
-                "training": {"hardware": hardware(), "labels_per_class": labels,
-                             "command": f"python tools/train_{entry}.py train --labels {labels}"},
+    trained = {(labels, kind): load_trained(entry, labels, kind) for labels in LABEL_BUDGETS
+               for kind in ("classifier", "convnet")}
+    shipped = {entry_name(entry, *key): weights_digest(model) for key, model in trained.items()}
+    results = current_results(results, shipped)
+    for (labels, kind), model in trained.items():
+        name = entry_name(entry, labels, kind)
+        if kind == "convnet" and _is_committed_baseline(entry, labels):
+            _refresh_committed_entry(entry, labels, kind, results, shipped[name])
+            continue
+        directory = run_dir(entry, "joint" if kind == "classifier" else "convnet", labels)
+        metadata = {
+            "name": name, "dataset": dict(dataset, labels_per_class=labels), "resolution": 28,
+            "metrics": {"accuracy_test": results["accuracy"][name]} if name in results["accuracy"] else {},
+            "robustness": results["robustness"].get(name, {}), "keras_version": keras.__version__,
+            "evaluation": evaluation_record(results, name, labels, kind, shipped[name]),
+            "training": {"hardware": hardware(), "labels_per_class": labels,
+                         "command": f"python tools/train_{entry}.py train --labels {labels}"},
+        }
+        extra = []
+        if kind == "classifier":
+            metadata["chain"] = {
+                "steps": r["steps"], "initial_step_size": r["step_size"], "init": "N(0, I)",
+                "learned_step_size": float(keras.ops.convert_to_numpy(model.chain.step_size)[0]),
+                "update": "z = z + (s^2 / 2) d log p(x, z) / dz + s eps",
             }
-            extra = []
-            if kind == "classifier":
-                metadata["chain"] = {
-                    "steps": r["steps"], "initial_step_size": r["step_size"], "init": "N(0, I)",
-                    "learned_step_size": float(keras.ops.convert_to_numpy(model.chain.step_size)[0]),
-                    "update": "z = z + (s^2 / 2) d log p(x, z) / dz + s eps",
-                }
-                metadata["training"]["stages"] = stage_budget(entry, labels)
-                for clock in ("wall_time_s", "cpu_time_s"):
-                    metadata["training"][clock] = sum(s[clock] for s in metadata["training"]["stages"].values())
-                metadata["recipe"] = {k: r[k] for k in ("latent_dim", "widths", "sigma", "batch_size", "generator",
-                                                        "head", "joint")}
-                sample_and_reconstruction_figures(model, x_test, directory / "figures")
-                extra = sorted((directory / "figures").glob("*.png"))
-            else:
-                metadata["family"] = "ConvNet"
-                metadata["training"]["epochs"] = r["convnet"]["epochs"][str(labels)]
-            card = directory / "README.md"
-            card.write_text(card_text(metadata, kind, results, entry, labels))
-            written = save_entry(model, ROOT / "zoo" / name, metadata, extra_files=[card] + extra)
-            pinned = {n: spec["sha256"] for n, spec in read_metadata(written)["files"].items()}
-            print(f"wrote {written}; pin: \"{name}\": {json.dumps(pinned)}")
+            metadata["training"]["stages"] = stage_budget(entry, labels)
+            for clock in ("wall_time_s", "cpu_time_s"):
+                metadata["training"][clock] = sum(s[clock] for s in metadata["training"]["stages"].values())
+            metadata["recipe"] = {k: r[k] for k in ("latent_dim", "widths", "sigma", "batch_size", "generator",
+                                                    "head", "joint")}
+            sample_and_reconstruction_figures(model, x_test, directory / "figures")
+            extra = sorted((directory / "figures").glob("*.png"))
+        else:
+            metadata["family"] = "ConvNet"
+            metadata["training"]["epochs"] = r["convnet"]["epochs"][str(labels)]
+        card = directory / "README.md"
+        card.write_text(card_text(metadata, kind, results, entry, labels))
+        written = save_entry(model, ROOT / "zoo" / name, metadata, extra_files=[card] + extra)
+        pinned = {n: spec["sha256"] for n, spec in read_metadata(written)["files"].items()}
+        print(f"wrote {written}; pin: \"{name}\": {json.dumps(pinned)}")
+
+
+def refresh_cards(entry, results):
+    """Rewrites the committed entries' cards and scores from ``results`` with no run folder needed (after an
+    evaluation of the zoo entries); their weights, config and pinned hashes stay as they are."""
+    from keras_shortrun import zoo
+
+    names = {(labels, kind): entry_name(entry, labels, kind) for labels in LABEL_BUDGETS
+             for kind in ("classifier", "convnet")}
+    shipped = {name: weights_digest(zoo.load(ROOT / "zoo" / name)) for name in names.values()}
+    results = current_results(results, shipped)
+    for (labels, kind), name in names.items():
+        _refresh_committed_entry(entry, labels, kind, results, shipped[name])
 
 
 def _is_committed_baseline(entry, labels):
@@ -202,21 +310,25 @@ def _is_committed_baseline(entry, labels):
     return committed.is_file() and committed.read_bytes() == trained.read_bytes()
 
 
-def _refresh_baseline_card(entry, labels, results):
-    """Rewrites a committed ConvNet baseline's card and the scores in its ``metadata.json`` (accuracy,
-    robustness) from ``results``; its weights and config, and so its pinned hashes, stay as they are."""
-    name = entry_name(entry, labels, "convnet")
+def _refresh_committed_entry(entry, labels, kind, results, digest):
+    """Rewrites a committed entry's card and the scores in its ``metadata.json`` (accuracy, robustness, the
+    evaluation record) from ``results``, already ``current_results`` for its weights (``digest``); its weights
+    and config, and so its pinned hashes, stay as they are."""
+    name = entry_name(entry, labels, kind)
     directory = ROOT / "zoo" / name
     metadata = read_metadata(directory)
-    if name in results.get("accuracy", {}):
-        metadata["metrics"] = dict(metadata.get("metrics", {}), accuracy_test=results["accuracy"][name])
-    metadata["robustness"] = results.get("robustness", {}).get(name, {})
-    atomic_write_text(directory / "README.md", card_text(metadata, "convnet", results, entry, labels))
+    metadata["metrics"] = {k: v for k, v in metadata.get("metrics", {}).items() if k != "accuracy_test"}
+    if name in results["accuracy"]:
+        metadata["metrics"]["accuracy_test"] = results["accuracy"][name]
+    metadata["robustness"] = results["robustness"].get(name, {})
+    metadata["evaluation"] = evaluation_record(results, name, labels, kind, digest)
+    atomic_write_text(directory / "README.md", card_text(metadata, kind, results, entry, labels))
     atomic_write_text(directory / METADATA_FILE, json.dumps(metadata, indent=1, sort_keys=True))
-    print(f"refreshed the card and scores of {directory} (the committed baseline: weights unchanged)")
+    print(f"refreshed the card and scores of {directory} (weights unchanged)")
 
 
 def _robustness_rows(results, names):
+    """The robustness table of the entries ``names`` (columns), then the accuracy of PGD's iterates."""
     table = results.get("robustness", {})
     if not table:
         return "(not measured yet)"
@@ -228,7 +340,36 @@ def _robustness_rows(results, names):
         attack, eps = key.split("@")
         cells = [_accuracy_cell(table[n][key], images) if key in table.get(n, {}) else "" for n in names]
         lines.append(f"| {attack} | {eps} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + _pgd_curve_rows(results, names)
+
+
+def _pgd_curve_rows(results, names):
+    """Accuracy after each checkpoint of PGD's steps (``attacks.pgd_curve``), per model and attack: a curve
+    still falling at the last step means the attack has not converged."""
+    curves = {(n, key): curve for n in names for key, curve in results.get("pgd_curves", {}).get(n, {}).items()}
+    if not curves:
+        return ""
+    steps = sorted({int(s) for curve in curves.values() for s in curve})
+    lines = ["", "", "Accuracy after each number of PGD steps (same images):", "",
+             "| model | attack | epsilon | " + " | ".join(f"{s} steps" for s in steps) + " |",
+             "| --- | --- | --- | " + " | ".join("---" for _ in steps) + " |"]
+    for (name, key), curve in curves.items():
+        attack, eps = key.split("@")
+        cells = [f"{100 * curve[str(s)]:.1f} %" if str(s) in curve else "" for s in steps]
+        lines.append(f"| `{name}` | {attack} | {eps} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _convergence_section(results, names, dataset):
+    """The card's section on the ``CONVERGENCE`` record: the robustness table under more PGD steps and restarts on
+    fewer images, with its iterates and command; empty before such a study."""
+    convergence = results.get(CONVERGENCE, {})
+    if not any(n in convergence.get("robustness", {}) for n in names):
+        return ""
+    method, command = _robustness_method(convergence, dataset)
+    return (f"## Does the attack converge? ({convergence['robustness_images']} first test images, "
+            f"{convergence['pgd_steps']} PGD steps)\n{method}\n\n{_robustness_rows(convergence, names)}\n\n"
+            f"```\n{command} --convergence\n```\n\n")
 
 
 def _accuracy_cell(accuracy, images):
@@ -313,6 +454,7 @@ def flat_card_fields(metadata, kind, results, entry, labels):
         accuracy_rows=_accuracy_rows(results, entry), robustness_images=results.get("robustness_images", "?"),
         eot_chains=results.get("eot_chains", "?"),
         robustness=_robustness_rows(results, compared), robustness_method=robustness_method,
+        convergence=_convergence_section(results, compared, metadata["dataset"]["name"]),
         robustness_command=robustness_command, pictures=pictures,
         unlabelled_curve=_unlabelled_curve(results, entry) if kind == "classifier" else "",
         train_command=metadata["training"]["command"], dataset=metadata["dataset"]["name"],
@@ -374,13 +516,16 @@ def main(entry, doc):
     import argparse
 
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=("train", "export"))
+    parser.add_argument("action", choices=("train", "export", "cards"))
     parser.add_argument("--stage", choices=("generator", "head", "joint", "convnet", "all"), default="all")
     parser.add_argument("--labels", type=int, choices=LABEL_BUDGETS, default=LABEL_BUDGETS[0])
     parser.add_argument("--data-path", default=None)
     args = parser.parse_args()
     if args.action == "export":
         export_entries(entry, read_results(entry), args.data_path)
+        return
+    if args.action == "cards":
+        refresh_cards(entry, read_results(entry))
         return
     stages = ("generator", "head", "joint", "convnet") if args.stage == "all" else (args.stage,)
     for stage in stages:

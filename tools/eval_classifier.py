@@ -3,8 +3,9 @@
     python tools/eval_classifier.py [--dataset mnist|fashion_mnist|all] [--source zoo|runs] [--chains 8]
 
 Prints, per dataset and label budget (100 and 1,000 labels per class), the
-accuracy of both models side by side (the label-efficiency curve), and with
-``--source runs`` records it in the run folder's ``results.json`` (``$KERAS_SHORTRUN_HOME/runs/<entry>``) for the cards.
+accuracy of both models side by side (the label-efficiency curve), and records it in the entry's
+``results.json`` (``$KERAS_SHORTRUN_HOME/runs/<entry>``) with the digest of the weights measured, for the cards
+(``tools/train_<entry>.py export`` after retraining, ``cards`` for the committed entries).
 """
 
 import argparse
@@ -33,7 +34,7 @@ def main():
     for dataset in datasets:
         entry = f"{dataset}_classifier"
         x_test, y_test = data.load(dataset, "test", path=args.data_path)
-        accuracy = {}
+        accuracy, digests = {}, {}
         for labels in args.labels:
             row = {}
             for kind in ("classifier", "convnet"):
@@ -41,12 +42,13 @@ def main():
                 start = time.time()
                 row[kind] = recipe.accuracy_on(model, kind, x_test, y_test, args.chains)
                 accuracy[recipe.entry_name(entry, labels, kind)] = row[kind]
+                digests[recipe.entry_name(entry, labels, kind)] = recipe.weights_digest(model)
                 print(f"  ({recipe.entry_name(entry, labels, kind)}: {time.time() - start:.0f} s)", file=sys.stderr)
             gap = 100 * (row["classifier"] - row["convnet"])
             print(f"| {dataset} | {labels} | {100 * row['classifier']:.2f} % | {100 * row['convnet']:.2f} % | "
                   f"{gap:+.2f} |", flush=True)
-        if args.source == "runs":
-            recipe.update_results(entry, {"accuracy": accuracy, "accuracy_chains": args.chains})
+        recipe.update_results(entry, {"accuracy": accuracy, "accuracy_weights": digests,
+                                      "accuracy_chains": args.chains})
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ class), with 95 % confidence intervals.
 
     python tools/eval_robustness.py [--dataset mnist|fashion_mnist|all] [--source zoo|runs] [--images 1000]
                                     [--pgd-steps 100] [--restarts 2] [--eot-chains 8] [--epsilons ...]
+                                    [--convergence]
 
 On the first ``--images`` test images, at each epsilon (pixels in [-1, 1]), both models face:
 
@@ -17,11 +18,12 @@ On the first ``--images`` test images, at each epsilon (pixels in [-1, 1]), both
 The generative classifier's accuracy averages 8 fresh chains per image, as ``predict`` does. The last row of
 each epsilon counts an image as robust only when it survives every attack on its model (the per-image worst
 case): the claim is what survives that. Finished chunks of 100 images are kept in the run folder, so a stopped
-evaluation (hours on a CPU) resumes where it stopped.
+evaluation (hours on a CPU) resumes where it stopped. The tables go into the entry's ``results.json``
+(``$KERAS_SHORTRUN_HOME/runs/<entry>``) with the digest of the weights attacked, for the cards
+(``tools/train_<entry>.py export`` after retraining, ``cards`` for the committed entries).
 """
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -55,14 +57,6 @@ def cell(accuracy, n):
 
 
 CHUNK_IMAGES = 100  # images per cached piece: a stopped evaluation resumes from the pieces it finished
-
-
-def weights_digest(model):
-    """A short sha256 of a model's weights: cached results of another model are never reused."""
-    digest = hashlib.sha256()
-    for weight in model.get_weights():
-        digest.update(np.ascontiguousarray(weight).tobytes())
-    return digest.hexdigest()[:16]
 
 
 def attack_chunk(models, predict, x, y, epsilon, args, start):
@@ -127,7 +121,7 @@ def attack_dataset(dataset, models, x, y, args, cache=None):
     table = {kind: {"clean@0": float(np.mean(predict[kind](x) == y))} for kind in models}
     curves = {kind: {} for kind in models}
     n = len(x)
-    settings = "_".join([weights_digest(models["classifier"]), weights_digest(models["convnet"]),
+    settings = "_".join([recipe.weights_digest(models["classifier"]), recipe.weights_digest(models["convnet"]),
                          f"pgd{args.pgd_steps}x{args.restarts}", f"eot{args.eot_chains}"])
 
     def row(attack, epsilon, generative, convnet):
@@ -169,6 +163,9 @@ def main():
     parser.add_argument("--epsilons", type=float, nargs="+", default=list(EPSILONS))
     parser.add_argument("--labels", type=int, default=recipe.LABEL_BUDGETS[0])
     parser.add_argument("--data-path", default=None)
+    parser.add_argument("--convergence", action="store_true",
+                        help="a convergence study (more steps and restarts on fewer images): recorded apart from the "
+                             "main table, in the cards' section on whether the attack converges")
     parser.add_argument("--no-cache", action="store_true",
                         help="do not keep or reuse finished chunks of images (by default they are kept in "
                              "$KERAS_SHORTRUN_HOME/runs/<entry>/robustness_cache, so that a rerun resumes)")
@@ -188,14 +185,15 @@ def main():
         print(f"PGD iterates (accuracy after N of the {args.pgd_steps} steps): "
               + "; ".join(f"{kind} {key}: " + ", ".join(f"{s}: {100 * a:.1f} %" for s, a in curve.items())
                           for kind in curves for key, curve in curves[kind].items()))
-        if args.source == "runs":
-            names = {kind: recipe.entry_name(entry, args.labels, kind) for kind in models}
-            recipe.update_results(entry, {
-                "robustness": {names[kind]: values for kind, values in table.items()},
-                "pgd_curves": {names[kind]: values for kind, values in curves.items()},
-                "robustness_images": args.images, "pgd_steps": args.pgd_steps, "pgd_restarts": args.restarts,
-                "eot_chains": args.eot_chains,
-            })
+        names = {kind: recipe.entry_name(entry, args.labels, kind) for kind in models}
+        record = {
+            "robustness": {names[kind]: values for kind, values in table.items()},
+            "pgd_curves": {names[kind]: values for kind, values in curves.items()},
+            "robustness_weights": {names[kind]: recipe.weights_digest(models[kind]) for kind in models},
+            "robustness_images": args.images, "pgd_steps": args.pgd_steps, "pgd_restarts": args.restarts,
+            "eot_chains": args.eot_chains,
+        }
+        recipe.update_results(entry, {recipe.CONVERGENCE: record} if args.convergence else record)
 
 
 if __name__ == "__main__":
