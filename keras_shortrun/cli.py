@@ -379,7 +379,7 @@ def cmd_train(args):
     classifier = recipe["family"] == "classifier"
     if not classifier and (args.stage or args.labels):
         raise ValueError(f"--stage and --labels are for classifier recipes; {args.recipe!r} is a {recipe['family']}.")
-    labels = args.labels or 1000
+    labels = args.labels or recipes.CLASSIFIER_LABEL_BUDGETS[0]
     if classifier:
         recipes.check_label_budget(recipe, labels)
     out = Path(args.out) if args.out else runs_home() / args.recipe
@@ -388,10 +388,11 @@ def cmd_train(args):
     folders = [recipes.stage_dir(out, stage, labels) if classifier else out for stage in stages]
     for folder in [out] + folders:
         check_run_folder(folder)
+    start_from = recipes.classifier_entry(args.recipe, labels) if classifier else args.recipe
     for stage, folder in zip(stages, folders):
         model = recipes.train(args.recipe, out, overrides, args.iterations, variant=stage,
                               labels=None if stage in (None, "generator") else labels, data_path=args.data_path,
-                              start_from=args.recipe if args.from_entry else None, fork_from=args.fork_from)
+                              start_from=start_from if args.from_entry else None, fork_from=args.fork_from)
         model.save(folder / "model.keras")
         print(f"saved {folder / 'model.keras'}; checkpoints and sample grids are in {folder}")
 
@@ -521,10 +522,12 @@ def build_parser():
     train.add_argument("--stage", choices=("generator", "head", "joint", "all"), default=None,
                        help="classifier: one training stage (default: all three, in order)")
     train.add_argument("--labels", type=_positive_int, default=None,
-                       help="classifier: labels per class of the head and joint stages (default: 1000)")
+                       help="classifier: labels per class of the head and joint stages (default: 1000; the zoo's "
+                            "entries: 1000 and 100)")
     train.add_argument("--from-entry", action="store_true",
                        help="a new run starts from the committed entry's weights with a fresh optimizer "
-                            "(fine-tuning); default: from random weights, as the entry was")
+                            "(fine-tuning; a classifier: the entry of --labels, and --stage joint needs no earlier "
+                            "stage); default: from random weights, as the entry was")
     train.add_argument("--fork-from", default=None, metavar="RUN_DIR",
                        help="a new run (--out) branches from this run's last epoch, optimizer and data position "
                             "included, with the --set changes (e.g. a lower learning_rate); a classifier run "

@@ -366,10 +366,11 @@ def test_cards_keep_only_scores_of_the_committed_weights_and_the_record_reads_ba
     monkeypatch.setenv("KERAS_SHORTRUN_HOME", str(tmp_path / "home"))  # no run folder: a new machine
     weights = {n: (tmp_path / "zoo" / n / "model.weights.h5").read_bytes() for n in names}
     digests = {n: recipe.weights_digest(zoo.load(tmp_path / "zoo" / n)) for n in names}
-    main, baseline, retrained = names[0], names[1], names[3]
+    main, baseline, stale = names[0], names[1], names[3]
+    committed_accuracy = zoo.info(tmp_path / "zoo" / stale)["metrics"]["accuracy_test"]
     results = {
         "accuracy": {n: 0.5 + i / 10 for i, n in enumerate(names)}, "accuracy_chains": 8,
-        "accuracy_weights": dict(digests, **{retrained: "0" * 16}),  # measured before that entry was retrained
+        "accuracy_weights": dict(digests, **{stale: "0" * 16}),  # measured on other weights than the committed
         "robustness": {main: {"clean@0": 0.9, "PGD@0.3": 0.6}, baseline: {"clean@0": 0.95, "PGD@0.3": 0.1}},
         "pgd_curves": {main: {"PGD@0.3": {"10": 0.7, "20": 0.6}}, baseline: {"PGD@0.3": {"10": 0.2, "20": 0.1}}},
         "robustness_weights": {main: digests[main], baseline: digests[baseline]},
@@ -384,16 +385,38 @@ def test_cards_keep_only_scores_of_the_committed_weights_and_the_record_reads_ba
         assert (tmp_path / "zoo" / name / "model.weights.h5").read_bytes() == weights[name]
         zoo.load(tmp_path / "zoo" / name)  # the rewritten metadata still verifies
     card = (tmp_path / "zoo" / main / "README.md").read_text()
-    assert "| 1000 | 50.00 % | 60.00 % | -10.00 |" in card and "| 100 |" not in card.split("## Unlabelled")[0]
+    assert "| 1000 | 50.00 % | 60.00 % | -10.00 |" in card
+    assert f"| 100 | 70.00 % | {100 * committed_accuracy:.2f} % |" in card  # the stale score: the committed one
     assert "| `mnist_classifier` | PGD | 0.3 | 70.0 % | 60.0 % |\n" in card  # PGD's iterates after 10 and 20 steps
     assert "## Does the attack converge? (5 first test images, 100 PGD steps)" in card
     assert "--pgd-steps 100 --restarts 2 --eot-chains 8 --epsilons 0.3 --convergence" in card
-    assert "accuracy_test" not in zoo.info(tmp_path / "zoo" / retrained)["metrics"]
+    assert zoo.info(tmp_path / "zoo" / stale)["metrics"]["accuracy_test"] == committed_accuracy
     record = recipe.read_results("mnist_classifier")  # no results.json: the committed record
-    assert record["accuracy"] == {n: v for n, v in results["accuracy"].items() if n != retrained}
+    assert record["accuracy"] == dict(results["accuracy"], **{stale: committed_accuracy})
     for key in ("robustness", "pgd_curves", "robustness_images", "pgd_steps", "pgd_restarts", "eot_chains",
                 "unlabelled_curve", "train_split_images", "accuracy_chains", "convergence"):
         assert record[key] == results[key], key
     assert recipe.current_results(record, digests)["robustness"] == results["robustness"]
     assert recipe.current_results(record, dict(digests, **{main: "0" * 16}))["robustness"] == {
         baseline: results["robustness"][baseline]}
+
+
+def test_export_never_replaces_an_entry_with_a_worse_or_unmeasured_run(tmp_path, monkeypatch):
+    import classifier_recipe as recipe
+
+    from keras_shortrun import zoo
+
+    shutil.copytree(recipe.ROOT / "zoo" / "mnist_classifier", tmp_path / "zoo" / "mnist_classifier")
+    monkeypatch.setattr(recipe, "ROOT", tmp_path)
+    monkeypatch.setattr(recipe, "weights_digest", lambda model: "run weights")
+    before = zoo.info(tmp_path / "zoo" / "mnist_classifier")["metrics"]["accuracy_test"]
+    run = object()  # the run's model: only its digest matters here
+    with pytest.raises(ValueError, match="no accuracy measured on its weights"):
+        recipe._keeps_committed("mnist_classifier", 1000, "classifier", run, {"accuracy_weights": {}})
+    measured = {"accuracy_weights": {"mnist_classifier": "run weights"}}
+    worse, better = ({**measured, "accuracy": {"mnist_classifier": before + delta}} for delta in (-0.001, 0.001))
+    assert recipe._keeps_committed("mnist_classifier", 1000, "classifier", run, worse)
+    assert not recipe._keeps_committed("mnist_classifier", 1000, "classifier", run, better)
+    assert recipe._keeps_committed("mnist_classifier", 1000, "classifier", None, {})  # no run: the entry stays
+    with pytest.raises(FileNotFoundError, match="train it first"):
+        recipe._keeps_committed("mnist_classifier", 100, "classifier", None, {})

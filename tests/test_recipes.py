@@ -212,3 +212,34 @@ def test_global_clipnorm_bounds_the_update(tmp_path):
     assert moved("clipped", global_clipnorm=1e-12) < 4e-7 < 1e-3 < moved("free")
     with pytest.raises(ValueError, match="global_clipnorm"):
         moved("bad", global_clipnorm=0.0)
+
+
+def test_a_classifiers_joint_stage_continues_from_the_committed_entry(tmp_path, monkeypatch, capsys):
+    import classifier_recipe
+
+    labels = np.repeat(np.arange(10), 1001)  # the main entry's budget, 1,000 labelled per class, and unlabelled ones
+    images = np.random.default_rng(0).uniform(-1, 1, (len(labels), 28, 28, 1)).astype("float32")
+    monkeypatch.setattr(data, "load", lambda *args, **kwargs: (images, labels))
+    monkeypatch.setenv("KERAS_SHORTRUN_HOME", str(tmp_path))
+    out = tmp_path / "runs" / "mnist_classifier"  # runs_home()/entry: where the export looks
+    settings = ["batch_size=4", "iterations_per_epoch=1", "joint.labelled_per_batch=2"]
+    args = ["train", "mnist_classifier", "--stage", "joint", "--from-entry", "--iterations", "1",
+            *[a for s in settings for a in ("--set", s)]]
+    assert cli.main(args) == 0
+    started = json.loads((out / "joint_1000" / "started_from.json").read_text())
+    assert started["start"] == "entry" and started["entry"] == "mnist_classifier"
+    assert not (out / "generator").exists() and not (out / "head_1000").exists()  # no earlier stage needed
+    entry, continued = zoo.load("mnist_classifier"), classifier_recipe.load_trained("mnist_classifier", 1000)
+    moved = [np.max(np.abs(a - b)) for a, b in zip(entry.get_weights(), continued.get_weights())]
+    assert 0 < max(moved) < 1e-2  # one Adam update of the entry's weights (step <= learning rate per weight)
+    committed = zoo.info("mnist_classifier")["training"]["stages"]
+    budget = classifier_recipe.stage_budget("mnist_classifier", 1000)
+    assert budget["generator"] == committed["generator"] and budget["head"] == committed["head"]
+    assert budget["joint"]["iterations"] == committed["joint"]["iterations"] + 1
+    assert budget["joint"]["continued_from"] == committed["joint"]["iterations"]
+    assert "then 1 more from the committed entry" in classifier_recipe.model_text(
+        dict(zoo.info("mnist_classifier"), training=dict(zoo.info("mnist_classifier")["training"], stages=budget)),
+        "classifier", "mnist_classifier", 1000)
+    assert cli.main(["train", "mnist_classifier", "--stage", "joint", "--from-entry", "--labels", "200",
+                     "--out", str(tmp_path / "other"), *args[5:]]) == 2  # no committed entry of that budget
+    assert "could not be loaded" in capsys.readouterr().err

@@ -38,7 +38,7 @@ from keras_shortrun.zoo.registry import WEIGHTS_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 CARD = Path(__file__).resolve().parent / "cards" / "classifier.md"  # the card template, str.format fields
-LABEL_BUDGETS = (1000, 100)  # labels per class; the zoo's main entry uses the first
+LABEL_BUDGETS = recipes.CLASSIFIER_LABEL_BUDGETS  # labels per class; the zoo's main entry uses the first
 
 def build(entry, stage="generator"):
     """The untrained ``GenerativeClassifier`` of a recipe, set to ``stage``."""
@@ -147,17 +147,22 @@ SCORES = (("accuracy", "accuracy_weights"), ("robustness", "robustness_weights")
 CONVERGENCE = "convergence"  # a second robustness record, of more PGD steps on fewer images (same keys)
 
 
-def current_results(results, shipped):
+def current_results(results, shipped, committed=None, say=print):
     """``results`` without the scores measured on other weights than the ``shipped`` ones (``{name: digest}``,
-    ``weights_digest``): a retrained entry never shows its predecessor's numbers. Prints what it leaves out."""
+    ``weights_digest``): a retrained entry never shows its predecessor's numbers. Where ``committed`` (the
+    committed record, ``committed_results``) has a score of the shipped weights that ``results`` lacks, it is
+    kept: a committed entry that stays keeps its numbers. ``say``s what it leaves out of ``results``."""
     kept = dict(results)
     for scores, digests in SCORES:
         measured = results.get(digests, {})
         kept[scores] = {n: v for n, v in results.get(scores, {}).items() if measured.get(n) == shipped.get(n)}
         for name in sorted(set(results.get(scores, {})) - set(kept[scores])):
-            print(f"left out the {scores} of {name}: measured on other weights than those written (evaluate again)")
-    if CONVERGENCE in results:
-        kept[CONVERGENCE] = current_results(results[CONVERGENCE], shipped)
+            say(f"left out the {scores} of {name}: measured on other weights than those written (evaluate again)")
+        if committed is not None:
+            kept[scores] = {**current_results(committed, shipped, say=lambda _: None)[scores], **kept[scores]}
+    if CONVERGENCE in results or (committed or {}).get(CONVERGENCE):
+        kept[CONVERGENCE] = current_results(results.get(CONVERGENCE, {}), shipped,
+                                            None if committed is None else committed.get(CONVERGENCE, {}), say)
     return kept
 
 
@@ -222,41 +227,68 @@ def committed_results(entry):
 
 
 def entry_name(entry, labels, kind):
-    suffix = "" if labels == LABEL_BUDGETS[0] else f"_{labels}labels"
-    return f"{entry}{'_convnet' if kind == 'convnet' else ''}{suffix}"
+    """The zoo entry of a label budget's generative classifier (``kind="classifier"``) or ConvNet baseline."""
+    return recipes.classifier_entry(f"{entry}_convnet" if kind == "convnet" else entry, labels)
 
 
 def stage_budget(entry, labels):
-    """Updates, wall and CPU time of each stage of a label budget's generative classifier."""
+    """Updates, wall and CPU time of each stage of a label budget's generative classifier. A stage started from the
+    committed entry (``keras-shortrun train ... --from-entry``) adds its own to the entry's record of that stage
+    (``continued_from``: the entry's updates) and keeps the entry's record of the stages before it."""
+    per_epoch = recipes.run_recipe(entry, runs_home() / entry)["iterations_per_epoch"]
+    stages = ("generator", "head", "joint")
     budget = {}
-    for stage in ("generator", "head", "joint"):
+    for stage in stages:
         directory = run_dir(entry, stage, labels)
+        if not (directory / "log.csv").is_file():
+            continue  # a stage before one started from the committed entry
         epoch, diverged = chosen_epoch(directory)
         row = log_row(directory, last_epoch(directory))
-        budget[stage] = {"iterations": epoch * recipes.load(entry)["iterations_per_epoch"],
-                         "iterations_run": last_epoch(directory) * recipes.load(entry)["iterations_per_epoch"],
-                         "wall_time_s": round(float(row["wall_time_s"]), 1),
-                         "cpu_time_s": round(float(row["cpu_time_s"]), 1), "rolled_back": diverged}
-    return budget
+        own = {"iterations": epoch * per_epoch, "iterations_run": last_epoch(directory) * per_epoch,
+               "wall_time_s": round(float(row["wall_time_s"]), 1), "cpu_time_s": round(float(row["cpu_time_s"]), 1),
+               "rolled_back": diverged}
+        started = directory / "started_from.json"
+        record = json.loads(started.read_text()) if started.is_file() else {}
+        if record.get("start") == "entry":
+            inherited = record["entry_metadata"]["training"]["stages"]
+            budget.update({s: inherited[s] for s in stages[:stages.index(stage)]})
+            before = inherited[stage]
+            own.update({k: round(before[k] + own[k], 1) for k in ("wall_time_s", "cpu_time_s")},
+                       iterations=before["iterations"] + own["iterations"],
+                       iterations_run=before["iterations"] + own["iterations_run"],
+                       continued_from=before["iterations"])
+        budget[stage] = own
+    missing = [stage for stage in stages if stage not in budget]
+    if missing:
+        raise FileNotFoundError(f"No training log of the {', '.join(missing)} stage(s) of {entry} at {labels} labels "
+                                f"per class in {run_dir(entry, 'generator')} (nor a later stage started from the "
+                                f"committed entry).")
+    return {stage: budget[stage] for stage in stages}
 
 
 def export_entries(entry, results, data_path=None):
     """Writes the zoo entries of both label budgets and both kinds from their runs; ``results`` come from
     ``tools/eval_classifier.py`` and ``tools/eval_robustness.py`` (``read_results(entry)``), and only the scores
-    measured on the weights written go in (``current_results``)."""
+    measured on the weights written go in (``current_results``). The committed entry stays (its card and scores
+    refreshed) where the run has no such model, where a baseline's run weights are the entry's, and where a
+    generative classifier's run scored lower accuracy than the entry: never a worse one."""
     r = recipes.load(entry)
     x_test, _ = data.load(r["dataset"], "test", path=data_path)
     dataset = data.provenance(r["dataset"], path=data_path, test_split="test set (10,000 images)")
-    trained = {(labels, kind): load_trained(entry, labels, kind) for labels in LABEL_BUDGETS
+    trained = {(labels, kind): _run_model(entry, labels, kind) for labels in LABEL_BUDGETS
                for kind in ("classifier", "convnet")}
-    shipped = {entry_name(entry, *key): weights_digest(model) for key, model in trained.items()}
-    results = current_results(results, shipped)
+    kept = {key for key, model in trained.items() if _keeps_committed(entry, *key, model, results)}
+    from keras_shortrun import zoo
+
+    shipped = {entry_name(entry, *key): weights_digest(zoo.load(ROOT / "zoo" / entry_name(entry, *key)) if key in kept
+                                                       else model) for key, model in trained.items()}
+    results = current_results(results, shipped, committed=committed_results(entry))
     for (labels, kind), model in trained.items():
         name = entry_name(entry, labels, kind)
-        if kind == "convnet" and _is_committed_baseline(entry, labels):
+        if (labels, kind) in kept:
             _refresh_committed_entry(entry, labels, kind, results, shipped[name])
             continue
-        directory = run_dir(entry, "joint" if kind == "classifier" else "convnet", labels)
+        directory = _run_folder(entry, labels, kind)
         metadata = {
             "name": name, "dataset": dict(dataset, labels_per_class=labels), "resolution": 28,
             "metrics": {"accuracy_test": results["accuracy"][name]} if name in results["accuracy"] else {},
@@ -297,9 +329,44 @@ def refresh_cards(entry, results):
     names = {(labels, kind): entry_name(entry, labels, kind) for labels in LABEL_BUDGETS
              for kind in ("classifier", "convnet")}
     shipped = {name: weights_digest(zoo.load(ROOT / "zoo" / name)) for name in names.values()}
-    results = current_results(results, shipped)
+    results = current_results(results, shipped, committed=committed_results(entry))
     for (labels, kind), name in names.items():
         _refresh_committed_entry(entry, labels, kind, results, shipped[name])
+
+
+def _run_folder(entry, labels, kind):
+    return run_dir(entry, "joint" if kind == "classifier" else "convnet", labels)
+
+
+def _run_model(entry, labels, kind):
+    """The run's final model of a label budget and kind (``load_trained``), ``None`` where the run has none."""
+    folder = _run_folder(entry, labels, kind)
+    trained = folder / ("log.csv" if kind == "classifier" else "final.weights.h5")
+    return load_trained(entry, labels, kind) if trained.is_file() else None
+
+
+def _keeps_committed(entry, labels, kind, model, results):
+    """Whether ``export`` keeps the committed entry instead of the run's ``model`` (see ``export_entries``); a
+    generative classifier's run must have its accuracy measured first (``tools/eval_classifier.py --source runs``)."""
+    name = entry_name(entry, labels, kind)
+    committed = ROOT / "zoo" / name / METADATA_FILE
+    if model is None:
+        if not committed.is_file():
+            raise FileNotFoundError(f"Neither a run of {name} in {_run_folder(entry, labels, kind)} nor a committed "
+                                    f"entry: train it first.")
+        return True
+    if kind == "convnet":
+        return _is_committed_baseline(entry, labels)
+    if results.get("accuracy_weights", {}).get(name) != weights_digest(model):
+        raise ValueError(f"The run's {name} has no accuracy measured on its weights: run "
+                         f"`python tools/eval_classifier.py --dataset {recipes.load(entry)['dataset']} --source runs` "
+                         f"before exporting.")
+    before = read_metadata(committed.parent).get("metrics", {}).get("accuracy_test") if committed.is_file() else None
+    if before is not None and results["accuracy"][name] < before:
+        print(f"kept the committed {name}: its accuracy {100 * before:.2f} % beats the run's "
+              f"{100 * results['accuracy'][name]:.2f} %")
+        return True
+    return False
 
 
 def _is_committed_baseline(entry, labels):
@@ -477,8 +544,9 @@ def model_text(metadata, kind, entry, labels):
         f"(learned step size {c['learned_step_size']:.4f}); predictions average 8 chains.\n\n"
         f"Trained on {metadata['dataset']['name']} with {labels} labels per class; the other training images "
         f"were used unlabelled. Stages: generator {t['stages']['generator']['iterations']} updates on all images, "
-        f"head {t['stages']['head']['iterations']}, joint BPTT {t['stages']['joint']['iterations']} "
-        f"(batches of 32 labelled + 32 unlabelled{_clip_text(metadata['recipe']['joint'])}); "
+        f"head {t['stages']['head']['iterations']}, joint BPTT {t['stages']['joint']['iterations']}"
+        f"{_continued_text(t['stages']['joint'])} (batches of 32 labelled + 32 unlabelled"
+        f"{_clip_text(metadata['recipe']['joint'])}); "
         f"{t['cpu_time_s'] / 60:.0f} CPU-minutes ({t['wall_time_s'] / 60:.0f} min of wall time) on {t['hardware']}."
     )
     joint = t["stages"]["joint"]
@@ -490,6 +558,14 @@ def model_text(metadata, kind, entry, labels):
             f"from training logs only; `chosen_epoch` in `keras_shortrun/training.py`)."
         )
     return what
+
+
+def _continued_text(stage):
+    """How a stage continued from the committed entry split its updates (``stage_budget``); ``""`` if it did not."""
+    if "continued_from" not in stage:
+        return ""
+    return (f" ({stage['continued_from']}, then {stage['iterations'] - stage['continued_from']} more from the "
+            f"committed entry with a fresh optimizer)")
 
 
 def _clip_text(joint):

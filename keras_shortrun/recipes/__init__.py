@@ -274,6 +274,15 @@ def training_subset(images, count, seed, labels=None):
     return data.labelled_subset(labels, count // classes, seed)
 
 
+CLASSIFIER_LABEL_BUDGETS = (1000, 100)  # labels per class of the zoo's classifier entries; the first: the main one
+
+
+def classifier_entry(recipe_name, labels):
+    """The zoo entry of a classifier recipe's label budget (labels per class): the recipe's own name at the main
+    budget, ``<recipe>_<labels>labels`` at another."""
+    return recipe_name if labels == CLASSIFIER_LABEL_BUDGETS[0] else f"{recipe_name}_{labels}labels"
+
+
 def check_label_budget(recipe, labels):
     """Raises ``ValueError`` when a classifier ``recipe``'s ``train_images`` keep fewer than ``labels`` images per
     class (``training_subset``), so that no stage of the budget can train."""
@@ -323,8 +332,10 @@ def train(entry, run_dir, overrides=None, iterations=None, variant=None, labels=
     labels per class, for ``"head"`` and ``"joint"``) and starts from the previous stage's
     ``training.chosen_epoch``; ``"joint"`` mixes labelled and unlabelled images in every batch.
     ``start_from``: a zoo entry whose weights a new run starts from, with a fresh optimizer (an EBM's may have
-    narrower energies, see ``EnergyConvNet.widen_from``). ``fork_from``: a run folder that a new run branches
-    from with ``overrides`` (``fork``). ``max_cpu_seconds``, ``keep_every``: see ``fit_resumable``."""
+    narrower energies, see ``EnergyConvNet.widen_from``); a classifier's head or joint stage then needs no earlier
+    stage (e.g. a longer joint stage from the committed entry, ``classifier_entry``). ``fork_from``: a run folder
+    that a new run branches from with ``overrides`` (``fork``). ``max_cpu_seconds``, ``keep_every``: see
+    ``fit_resumable``."""
     from keras_shortrun import data
     from keras_shortrun import training
 
@@ -346,8 +357,9 @@ def train(entry, run_dir, overrides=None, iterations=None, variant=None, labels=
         if stage != "generator":
             if labels is None:
                 raise ValueError(f"The classifier's {stage!r} stage needs labels (labels per class).")
-            previous = stage_dir(run_dir, "generator" if stage == "head" else "head", labels)
-            model.load_weights(training.checkpoint_path(previous, training.chosen_epoch(previous)[0]))
+            if start_from is None:  # else the committed entry's weights, or the stage's own backup
+                previous = stage_dir(run_dir, "generator" if stage == "head" else "head", labels)
+                model.load_weights(training.checkpoint_path(previous, training.chosen_epoch(previous)[0]))
             model.set_stage(stage)
             per_batch = r["batch_size"] if stage == "head" else spec["labelled_per_batch"]
             resumed = training.completed_epochs(folder / "backup")
@@ -357,7 +369,11 @@ def train(entry, run_dir, overrides=None, iterations=None, variant=None, labels=
     if isinstance(total, dict):
         total = total[str(labels)]  # a classifier stage's updates per label budget
     if start_from is not None:
-        training.start_from_entry(model, folder, start_from, adapt=_widen_into(r) if family == "ebm" else None)
+        start = training.start_from_entry(model, folder, start_from, adapt=_widen_into(r) if family == "ebm" else None)
+        if start == "scratch" and family == "classifier" and folder != stage_dir(run_dir, "generator"):
+            raise ValueError(f"The {folder.name} stage was to start from the committed {start_from!r}, which could "
+                             f"not be loaded into this recipe's model (see {folder / 'started_from.json'}); train "
+                             f"the earlier stages instead (without --from-entry).")
     training.record_hardware(folder)
     guard = training.DivergenceGuard(**r["divergence"]) if "divergence" in r else None
     training.fit_resumable(
