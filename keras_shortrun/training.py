@@ -167,13 +167,26 @@ def _as_json(config):
     return json.dumps(config, sort_keys=True, default=str)
 
 
+AUTO_NUMBER = re.compile(r"_\d+$")  # Keras numbers a layer's default name by how many were built before it
+
+
+def _without_auto_numbers(config):
+    """``config`` with every string's ``_<n>`` suffix dropped: nested layers (a functional head's input layer,
+    say) are named by build order, which differs between a loaded entry and a model built in a busy process."""
+    if isinstance(config, dict):
+        return {k: _without_auto_numbers(v) for k, v in config.items()}
+    if isinstance(config, (list, tuple)):
+        return [_without_auto_numbers(v) for v in config]
+    return AUTO_NUMBER.sub("", config) if isinstance(config, str) else config
+
+
 def _same_architecture(a, b):
-    """Same weight shapes and the same config, but for the models' (auto-numbered) names,
+    """Same weight shapes and the same config, but for the models' names and their layers' auto-numbers,
     ``TRAINING_ONLY_CONFIG`` and the chain (``CHAIN_CONFIG``)."""
     ignored = {"name", CHAIN_CONFIG, *TRAINING_ONLY_CONFIG}
 
     def config(model):
-        return _as_json({k: v for k, v in model.get_config().items() if k not in ignored})
+        return _as_json(_without_auto_numbers({k: v for k, v in model.get_config().items() if k not in ignored}))
 
     return [tuple(v.shape) for v in a.weights] == [tuple(v.shape) for v in b.weights] and config(a) == config(b)
 
