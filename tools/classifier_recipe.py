@@ -583,7 +583,7 @@ def _generator_done(entry):
     directory = run_dir(entry, "generator")
     if not (directory / "log.csv").exists():
         return False
-    r = recipes.load(entry)
+    r = recipes.run_recipe(entry, runs_home() / entry)
     return last_epoch(directory) * r["iterations_per_epoch"] >= r["generator"]["iterations"]
 
 

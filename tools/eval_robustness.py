@@ -170,6 +170,11 @@ def main():
                         help="do not keep or reuse finished chunks of images (by default they are kept in "
                              "$KERAS_SHORTRUN_HOME/runs/<entry>/robustness_cache, so that a rerun resumes)")
     args = parser.parse_args()
+    for option in ("images", "pgd_steps", "restarts", "eot_chains"):
+        if getattr(args, option) < 1:
+            parser.error(f"--{option.replace('_', '-')} must be at least 1, got {getattr(args, option)}")
+    if min(args.epsilons) <= 0:
+        parser.error(f"--epsilons must be positive (pixel units of [-1, 1]), got {args.epsilons}")
     datasets = ("mnist", "fashion_mnist") if args.dataset == "all" else (args.dataset,)
     print(f"machine: {hardware()}; first {args.images} test images; PGD {args.pgd_steps} steps, {args.restarts} "
           f"restarts; EOT over {args.eot_chains} chains; accuracy with its 95 % Wilson interval")
