@@ -3,7 +3,7 @@ class), with 95 % confidence intervals.
 
     python tools/eval_robustness.py [--dataset mnist|fashion_mnist|all] [--source zoo|runs] [--images 1000]
                                     [--pgd-steps 100] [--restarts 2] [--eot-chains 8] [--epsilons ...]
-                                    [--convergence]
+                                    [--convergence] [--no-record]
 
 On the first ``--images`` test images, at each epsilon (pixels in [-1, 1]), both models face:
 
@@ -166,6 +166,8 @@ def main():
     parser.add_argument("--convergence", action="store_true",
                         help="a convergence study (more steps and restarts on fewer images): recorded apart from the "
                              "main table, in the cards' section on whether the attack converges")
+    parser.add_argument("--no-record", action="store_true",
+                        help="print the tables only (a comparison, say), leaving results.json as it is")
     parser.add_argument("--no-cache", action="store_true",
                         help="do not keep or reuse finished chunks of images (by default they are kept in "
                              "$KERAS_SHORTRUN_HOME/runs/<entry>/robustness_cache, so that a rerun resumes)")
@@ -198,7 +200,8 @@ def main():
             "robustness_images": args.images, "pgd_steps": args.pgd_steps, "pgd_restarts": args.restarts,
             "eot_chains": args.eot_chains,
         }
-        recipe.update_results(entry, {recipe.CONVERGENCE: record} if args.convergence else record)
+        if not args.no_record:
+            recipe.update_results(entry, {recipe.CONVERGENCE: record} if args.convergence else record)
 
 
 if __name__ == "__main__":
