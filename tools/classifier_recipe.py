@@ -102,9 +102,14 @@ def accuracy_on(model, kind, x_test, y_test, chains):
 
 
 def load_model(entry, labels, kind, source="zoo"):
-    """A trained model of a label budget, from its zoo entry (``source="zoo"``) or from its run (``run_dir``)."""
+    """A trained model of a label budget, from its zoo entry (``source="zoo"``) or from its run (``run_dir``; the
+    zoo entry where the run has no such model, as ``export`` keeps it, and says so)."""
+    model = _run_model(entry, labels, kind) if source == "runs" else None
+    if model is not None:
+        return model
     if source == "runs":
-        return load_trained(entry, labels, kind)
+        print(f"no {kind} of {labels} labels per class in the run {runs_home() / entry}: the committed "
+              f"{entry_name(entry, labels, kind)}")
     from keras_shortrun import zoo
 
     return zoo.load(entry_name(entry, labels, kind))
