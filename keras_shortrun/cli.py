@@ -90,6 +90,9 @@ RUN_FOLDERS = {
     "samples": ("samples_*.png",),
 }
 STAGE_FOLDER = re.compile(r"generator|(head|joint)_\d+")  # recipes.stage_dir
+# What the classifier evaluation tools keep in an entry's run folder (tools/eval_classifier.py, eval_robustness.py):
+# ``train`` never writes these names, so they stay beside a run and make a folder neither ours nor foreign.
+EVALUATION_RECORDS = {"results.json": Path.is_file, "robustness_cache": Path.is_dir}
 RECIPE_RECORD_KEYS = frozenset({"overrides", "recipe"})  # recipes.record_recipe's record
 STATE_RECORD_KEYS = frozenset({"index", "epoch", "weights", "sha256", "seed_states"})  # ResumableBackup's records
 SETTINGS_KEYS = frozenset({"data", "iterations_per_epoch"})  # in backup/settings.json, written as a run starts
@@ -127,6 +130,8 @@ def check_run_folder(out):
             files.append(entry)
         elif entry.is_dir() and STAGE_FOLDER.fullmatch(entry.name) and not entry.is_symlink():
             continue  # a classifier run's stage: a run folder of its own, checked on its own
+        elif entry.name in EVALUATION_RECORDS and EVALUATION_RECORDS[entry.name](entry):
+            continue
         elif entry.name in RUN_FOLDERS and entry.is_dir():
             for inner in sorted(entry.iterdir()):
                 if inner.is_symlink() or not inner.is_file() or \
