@@ -283,10 +283,8 @@ def export_entries(entry, results, data_path=None):
     trained = {(labels, kind): _run_model(entry, labels, kind) for labels in LABEL_BUDGETS
                for kind in ("classifier", "convnet")}
     kept = {key for key, model in trained.items() if _keeps_committed(entry, *key, model, results)}
-    from keras_shortrun import zoo
-
-    shipped = {entry_name(entry, *key): weights_digest(zoo.load(ROOT / "zoo" / entry_name(entry, *key)) if key in kept
-                                                       else model) for key, model in trained.items()}
+    shipped = {entry_name(entry, *key): _committed_digest(entry_name(entry, *key)) if key in kept
+               else weights_digest(model) for key, model in trained.items()}
     results = current_results(results, shipped, committed=committed_results(entry))
     for (labels, kind), model in trained.items():
         name = entry_name(entry, labels, kind)
@@ -329,14 +327,19 @@ def export_entries(entry, results, data_path=None):
 def refresh_cards(entry, results):
     """Rewrites the committed entries' cards and scores from ``results`` with no run folder needed (after an
     evaluation of the zoo entries); their weights, config and pinned hashes stay as they are."""
-    from keras_shortrun import zoo
-
     names = {(labels, kind): entry_name(entry, labels, kind) for labels in LABEL_BUDGETS
              for kind in ("classifier", "convnet")}
-    shipped = {name: weights_digest(zoo.load(ROOT / "zoo" / name)) for name in names.values()}
+    shipped = {name: _committed_digest(name) for name in names.values()}
     results = current_results(results, shipped, committed=committed_results(entry))
     for (labels, kind), name in names.items():
         _refresh_committed_entry(entry, labels, kind, results, shipped[name])
+
+
+def _committed_digest(name):
+    """``weights_digest`` of the committed zoo entry ``name`` (in ``ROOT / "zoo"``)."""
+    from keras_shortrun import zoo
+
+    return weights_digest(zoo.load(ROOT / "zoo" / name))
 
 
 def _run_folder(entry, labels, kind):
