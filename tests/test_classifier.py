@@ -1,6 +1,7 @@
 """GenerativeClassifier: BPTT gradients against finite differences, unlabelled data, stages, prediction, saving."""
 
 import shutil
+import sys
 
 import keras
 import numpy as np
@@ -324,6 +325,17 @@ def test_robustness_table_runs_every_attack_on_both_models(tmp_path, monkeypatch
     models["convnet"].layers[2].kernel.assign(models["convnet"].layers[2].kernel + 1.0)
     with pytest.raises(AssertionError, match="attacked again"):  # another model's chunks are not reused
         attack_dataset("toy", models, x, y, args, cache=tmp_path)
+
+
+def test_robustness_refuses_more_images_than_the_test_split_before_loading_a_model(monkeypatch, capsys):
+    import eval_robustness
+
+    monkeypatch.setattr(eval_robustness.data, "load", lambda *args, **kwargs: (images(5), np.zeros(5, "int32")))
+    monkeypatch.setattr(eval_robustness.recipe, "load_model", pytest.fail)
+    monkeypatch.setattr(sys, "argv", ["eval_robustness.py", "--dataset", "mnist", "--images", "6"])
+    with pytest.raises(SystemExit):
+        eval_robustness.main()
+    assert "--images 6 is more than the 5 images of mnist's test split" in capsys.readouterr().err
 
 
 def test_card_shows_the_unlabelled_curve_with_the_entrys_own_point():

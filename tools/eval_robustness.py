@@ -185,6 +185,8 @@ def main():
         print("| --- | --- | --- | --- | --- |")
         entry = f"{dataset}_classifier"
         x_test, y_test = data.load(dataset, "test", path=args.data_path)
+        if args.images > len(x_test):
+            parser.error(f"--images {args.images} is more than the {len(x_test)} images of {dataset}'s test split")
         x, y = x_test[: args.images], y_test[: args.images].astype("int32")
         models = {kind: recipe.load_model(entry, args.labels, kind, args.source) for kind in ("classifier", "convnet")}
         cache = None if args.no_cache else recipe.results_path(entry).parent / "robustness_cache"
