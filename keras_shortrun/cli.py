@@ -92,7 +92,9 @@ RUN_FOLDERS = {
 STAGE_FOLDER = re.compile(r"generator|(head|joint)_\d+")  # recipes.stage_dir
 # What the classifier evaluation tools keep in an entry's run folder (tools/eval_classifier.py, eval_robustness.py):
 # ``train`` never writes these names, so they stay beside a run and make a folder neither ours nor foreign.
-EVALUATION_RECORDS = {"results.json": Path.is_file, "robustness_cache": Path.is_dir}
+RESULTS_FILE = "results.json"
+RESULTS_LOCK = f".{RESULTS_FILE}.lock"  # held while an evaluation merges its scores into RESULTS_FILE
+EVALUATION_RECORDS = {RESULTS_FILE: Path.is_file, RESULTS_LOCK: Path.is_file, "robustness_cache": Path.is_dir}
 RECIPE_RECORD_KEYS = frozenset({"overrides", "recipe"})  # recipes.record_recipe's record
 STATE_RECORD_KEYS = frozenset({"index", "epoch", "weights", "sha256", "seed_states"})  # ResumableBackup's records
 SETTINGS_KEYS = frozenset({"data", "iterations_per_epoch"})  # in backup/settings.json, written as a run starts

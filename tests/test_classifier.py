@@ -415,6 +415,23 @@ def test_cards_keep_only_scores_of_the_committed_weights_and_the_record_reads_ba
         baseline: results["robustness"][baseline]}
 
 
+def test_evaluations_of_one_entry_writing_at_once_lose_no_score(tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import classifier_recipe as recipe
+
+    monkeypatch.setenv("KERAS_SHORTRUN_HOME", str(tmp_path))
+    monkeypatch.setattr(recipe, "committed_results", lambda entry: {})
+
+    def evaluation(worker):  # flock locks belong to open files, so threads contend as processes do
+        for i in range(25):
+            recipe.update_results("toy", {"accuracy": {f"{worker}_{i}": i}})
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(evaluation, range(4)))
+    assert recipe.read_results("toy")["accuracy"] == {f"{w}_{i}": i for w in range(4) for i in range(25)}
+
+
 def test_export_never_replaces_an_entry_with_a_worse_or_unmeasured_run(tmp_path, monkeypatch):
     import classifier_recipe as recipe
 

@@ -114,7 +114,8 @@ def test_train_resumes_its_own_run_folder_only(tmp_path, capsys, monkeypatch):
     ({"log.csv": b"epoch,loss\n0,1.0\n"}, False),  # a user's log: it would be appended to
     ({"backup/settings.json": b'{"mine": 1}'}, False),
     ({"log.csv": b"", "checkpoints/epoch_0001.weights.h5": b"", "checkpoints/mine.h5": b""}, False),
-    ({"results.json": b"{}", "robustness_cache/chunk.json": b"[]"}, True),  # the evaluation tools' records
+    ({"results.json": b"{}", ".results.json.lock": b"", "robustness_cache/chunk.json": b"[]"},
+     True),  # the evaluation tools' records
     ({"results.json/mine.txt": b""}, False),  # a folder of that name is not their record
 ])
 def test_check_run_folder_decides_ours_by_name_and_record(tmp_path, files, ours):

@@ -10,6 +10,7 @@ Runs live in ``$KERAS_SHORTRUN_HOME/runs/<entry>/{generator,head_<L>,joint_<L>,c
 (``training.runs_home``); each stage resumes.
 """
 
+import fcntl
 import hashlib
 import json
 from pathlib import Path
@@ -20,6 +21,8 @@ from lvm_recipe import sample_and_reconstruction_figures
 
 from keras_shortrun import data
 from keras_shortrun import recipes
+from keras_shortrun.cli import RESULTS_FILE
+from keras_shortrun.cli import RESULTS_LOCK
 from keras_shortrun.metrics import wilson_interval
 from keras_shortrun.models import conv_net_baseline
 from keras_shortrun.models.conv_transpose_generator import THESIS_WIDTHS
@@ -116,7 +119,7 @@ def load_model(entry, labels, kind, source="zoo"):
 
 
 def results_path(entry):
-    return runs_home() / entry / "results.json"
+    return runs_home() / entry / RESULTS_FILE
 
 
 def read_results(entry):
@@ -131,11 +134,13 @@ def update_results(entry, results):
     """Merges ``results`` into ``results_path(entry)``, the run folder's ``results.json`` (what ``export`` and
     ``cards`` write into the entries), starting from ``read_results(entry)``."""
     path = results_path(entry)
-    merged = read_results(entry)
-    for key, value in results.items():
-        merged[key] = dict(merged.get(key, {}), **value) if isinstance(value, dict) else value
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(merged, indent=1, sort_keys=True))
+    with open(path.with_name(RESULTS_LOCK), "w") as lock:  # two evaluations of one entry merge in turn
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        merged = read_results(entry)
+        for key, value in results.items():
+            merged[key] = dict(merged.get(key, {}), **value) if isinstance(value, dict) else value
+        atomic_write_text(path, json.dumps(merged, indent=1, sort_keys=True))
 
 
 def weights_digest(model):
