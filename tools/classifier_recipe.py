@@ -157,7 +157,7 @@ SCORES = (("accuracy", "accuracy_weights"), ("robustness", "robustness_weights")
 CONVERGENCE = "convergence"  # a second robustness record, of more PGD steps on fewer images (same keys)
 
 
-def current_results(results, shipped, committed=None, say=print):
+def current_results(results, shipped, committed=None, say=print, record="the"):
     """``results`` without the scores measured on other weights than the ``shipped`` ones (``{name: digest}``,
     ``weights_digest``): a retrained entry never shows its predecessor's numbers. Where ``committed`` (the
     committed record, ``committed_results``) has a score of the shipped weights that ``results`` lacks, it is
@@ -167,12 +167,13 @@ def current_results(results, shipped, committed=None, say=print):
         measured = results.get(digests, {})
         kept[scores] = {n: v for n, v in results.get(scores, {}).items() if measured.get(n) == shipped.get(n)}
         for name in sorted(set(results.get(scores, {})) - set(kept[scores])):
-            say(f"left out the {scores} of {name}: measured on other weights than those written (evaluate again)")
+            say(f"left out {record} {scores} of {name}: measured on other weights than those written (evaluate again)")
         if committed is not None:
             kept[scores] = {**current_results(committed, shipped, say=lambda _: None)[scores], **kept[scores]}
     if CONVERGENCE in results or (committed or {}).get(CONVERGENCE):
         kept[CONVERGENCE] = current_results(results.get(CONVERGENCE, {}), shipped,
-                                            None if committed is None else committed.get(CONVERGENCE, {}), say)
+                                            None if committed is None else committed.get(CONVERGENCE, {}), say,
+                                            record="the convergence study's")
     return kept
 
 
@@ -420,6 +421,10 @@ def _robustness_rows(results, names):
         attack, eps = key.split("@")
         cells = [_accuracy_cell(table[n][key], images) if key in table.get(n, {}) else "" for n in names]
         lines.append(f"| {attack} | {eps} | " + " | ".join(cells) + " |")
+    unmeasured = [f"`{n}`" for n in names if n not in table]
+    if unmeasured:  # an entry retrained since: its predecessor's scores were left out
+        lines += ["", f"Not measured on the current weights of {', '.join(unmeasured)} yet: the command below "
+                      "measures them."]
     return "\n".join(lines) + _pgd_curve_rows(results, names)
 
 

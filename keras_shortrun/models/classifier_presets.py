@@ -19,14 +19,14 @@ GENERATIVE_CLASSIFIER_PRESETS = {
         "description": "Generative classifier on Fashion-MNIST, 1,000 labels per class, rest unlabelled; K=20, BPTT.",
         "sha256": {
             "config.json": "2cef2c07c7c5841fbb94a7aecae019cdf79d698c18cf83fb9a853a721c66a1bb",
-            "model.weights.h5": "f8516ad13a306178955cd4be14b8c95b862b5e8030a01694df7ace50e86f1a8c",
+            "model.weights.h5": "9edaaf7b0f6463392e4f272bbe04f2b833a05502192b4ba4c668f6114ea3bb12",
         },
     },
     "fashion_mnist_classifier_100labels": {
         "description": "Generative classifier on Fashion-MNIST, 100 labels per class, rest unlabelled; K=20, BPTT.",
         "sha256": {
-            "config.json": "82eca8ecca0ef8ab9281e28708fd0f4743dfa1cc19d3b73d81cf1896c8768405",
-            "model.weights.h5": "df7eee6630842f79261615eb621075aaaab47f0c774e20ab38c41fbce1617f50",
+            "config.json": "3464dc67c8d14850c67fec87bb72b900a0e6eaee366f76a3f40560cf4dd00dc3",
+            "model.weights.h5": "3cf3f32d36dbd5674c0466a0ea19918bab816f60882bc945a0ec9c8ae3147e96",
         },
     },
 }
