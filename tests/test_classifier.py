@@ -347,6 +347,8 @@ def test_card_shows_the_unlabelled_curve_with_the_entrys_own_point():
     rows = [line for line in text.splitlines() if line[:3].strip("| ").isdigit()]
     assert rows == ["| 10000 | 9000 | 77.50 % |", "| 20000 | 19000 | 79.00 % |", "| 60000 | 59000 | 81.00 % |"]
     assert _unlabelled_curve({}, "fashion_mnist_classifier") == ""
+    results["unlabelled_curve"]["100"]["60000"] = 0.8  # measured at the curve's budget: the entry trained on since
+    assert "| 60000 | 59000 | 80.00 % |" in _unlabelled_curve(results, "fashion_mnist_classifier")
 
 
 def test_export_keeps_a_committed_baseline_byte_for_byte(tmp_path, monkeypatch):

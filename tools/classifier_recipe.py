@@ -494,8 +494,9 @@ def _accuracy_rows(results, entry):
 
 
 def _unlabelled_curve(results, entry):
-    """The card's section on accuracy against unlabelled images (``tools/eval_unlabelled.py``); the point of every
-    training image is the entry's own accuracy."""
+    """The card's section on accuracy against unlabelled images (``tools/eval_unlabelled.py``); where the curve has
+    no point of every training image (one recorded at the curve's budget, before an entry was trained on), the
+    entry's own accuracy is that point."""
     if not results.get("unlabelled_curve"):
         return ""
     lines = []
@@ -503,7 +504,7 @@ def _unlabelled_curve(results, entry):
         points = {int(n): accuracy for n, accuracy in curve.items()}
         full = results.get("accuracy", {}).get(entry_name(entry, int(labels), "classifier"))
         if full is not None:
-            points[results["train_split_images"]] = full
+            points.setdefault(results["train_split_images"], full)
         labelled = int(labels) * recipes.load(entry)["num_classes"]
         lines += [f"## Unlabelled images, {labels} labels per class\n"
                   f"The same {labelled} labelled images; the generator and joint stages see only the training images "

@@ -5,14 +5,14 @@ GENERATIVE_CLASSIFIER_PRESETS = {
         "description": "Generative classifier on MNIST, 1,000 labels per class, rest unlabelled; K=20, BPTT.",
         "sha256": {
             "config.json": "75914783aac0043d5a93eaf3a787ce94227f4c8b6e6f04c5df58826e80092eb0",
-            "model.weights.h5": "ec1764d3211e8624258cc3ee65c6aa9df12676d5aca97c65368cfe47ea05bf63",
+            "model.weights.h5": "76cbd445f060ff444db4c5bf30af0716caf0773751f2b3b367d259dd08dd82eb",
         },
     },
     "mnist_classifier_100labels": {
         "description": "Generative classifier on MNIST, 100 labels per class, rest unlabelled; K=20, BPTT.",
         "sha256": {
             "config.json": "fca357af26fea12696eef3b9498badec4028998eac86fbd3f5eb0d9c1517d9cb",
-            "model.weights.h5": "d2f2738cc4042942dbd6b41e016cfe5b22c8a240ae2c794f62f7b56d0d0c0eb4",
+            "model.weights.h5": "9731e260927bb88795d5a938eda41e3fd2c787a474879b47643fd826378ddeed",
         },
     },
     "fashion_mnist_classifier": {
