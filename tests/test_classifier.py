@@ -327,6 +327,35 @@ def test_robustness_table_runs_every_attack_on_both_models(tmp_path, monkeypatch
         attack_dataset("toy", models, x, y, args, cache=tmp_path)
 
 
+@pytest.mark.parametrize("holder_finishes", [True, False])
+def test_robustness_processes_running_at_once_share_the_chunks(tmp_path, holder_finishes):
+    import fcntl
+    import json
+    import threading
+    import time
+
+    from eval_robustness import shared_chunks
+
+    computed = []
+    jobs = [(f"chunk{i}", lambda i=i: computed.append(i) or {"chunk": i}) for i in range(3)]
+    holder = open(tmp_path / ".chunk1.lock", "w")  # another process is attacking chunk 1 (flock: per open file)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    pieces = []
+    worker = threading.Thread(target=lambda: pieces.extend(shared_chunks(tmp_path, jobs)))
+    worker.start()
+    deadline = time.time() + 60
+    while not (tmp_path / "chunk2.json").is_file() and time.time() < deadline:
+        time.sleep(0.01)
+    assert computed == [0, 2] and worker.is_alive()  # chunk 1 skipped, then waited for
+    if holder_finishes:
+        (tmp_path / "chunk1.json").write_text(json.dumps({"chunk": 1, "by": "the other process"}))
+    holder.close()  # the holder ends (its lock with it), with or without a result
+    worker.join(timeout=60)
+    expected = {"chunk": 1, "by": "the other process"} if holder_finishes else {"chunk": 1}
+    assert pieces == [{"chunk": 0}, expected, {"chunk": 2}]
+    assert computed == ([0, 2] if holder_finishes else [0, 2, 1])  # a stopped holder's chunk is done, once
+
+
 def test_robustness_refuses_more_images_than_the_test_split_before_loading_a_model(monkeypatch, capsys):
     import eval_robustness
 

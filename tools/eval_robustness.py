@@ -18,12 +18,16 @@ On the first ``--images`` test images, at each epsilon (pixels in [-1, 1]), both
 The generative classifier's accuracy averages 8 fresh chains per image, as ``predict`` does. The last row of
 each epsilon counts an image as robust only when it survives every attack on its model (the per-image worst
 case): the claim is what survives that. Finished chunks of 100 images are kept in the run folder, so a stopped
-evaluation (hours on a CPU) resumes where it stopped. The tables go into the entry's ``results.json``
+evaluation (hours on a CPU) resumes where it stopped, and the same command started on several cores shares the
+chunks: each process attacks the chunks no other is attacking, then waits for the others' and prints the same
+tables (e.g. ``taskset -c 0 python tools/eval_robustness.py ... & taskset -c 1 python tools/eval_robustness.py
+...``). The tables go into the entry's ``results.json``
 (``$KERAS_SHORTRUN_HOME/runs/<entry>``) with the digest of the weights attacked, for the cards
 (``tools/train_<entry>.py export`` after retraining, ``cards`` for the committed entries).
 """
 
 import argparse
+import fcntl
 import json
 import sys
 import time
@@ -99,24 +103,41 @@ def attack_chunk(models, predict, x, y, epsilon, args, start):
     )
 
 
-def cached_chunk(cache, key, compute):
-    """``compute()``'s JSON-able result, kept in ``cache / key`` (``None``: no cache)."""
-    path = None if cache is None else Path(cache) / f"{key}.json"
-    if path is not None and path.is_file():
-        return json.loads(path.read_text())
-    result = compute()
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+def cached_chunk(cache, key, compute, wait=True):
+    """``compute()``'s JSON-able result, kept in ``cache / key`` (``None``: no cache). While computing it a
+    process holds the chunk's lock (``.<key>.lock``, an ``flock`` that ends with the process): another process
+    then waits for the result (``wait``) or gets ``None`` at once, and computes it itself only if the holder
+    stopped without a result."""
+    if cache is None:
+        return compute()
+    path = Path(cache) / f"{key}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{key}.lock"), "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            return None
+        if path.is_file():
+            return json.loads(path.read_text())
+        result = compute()
         atomic_write_text(path, json.dumps(result))  # a stopped process leaves no half-written piece
     return result
+
+
+def shared_chunks(cache, jobs):
+    """``[compute() for key, compute in jobs]`` through ``cached_chunk``: first every chunk that no other
+    process is computing, then, waiting, those that one was."""
+    results = [cached_chunk(cache, key, compute, wait=False) for key, compute in jobs]
+    return [cached_chunk(cache, *job) if result is None else result for job, result in zip(jobs, results)]
 
 
 def attack_dataset(dataset, models, x, y, args, cache=None):
     """``({kind: {"attack@eps": accuracy}}, {kind: {"attack@eps": {steps: accuracy}}})`` (the second: PGD's
     iterates) for one dataset, printing the table's rows as they come. The images are attacked in chunks of
     ``CHUNK_IMAGES``, each kept in ``cache`` (a folder; ``None``: no cache) under a name made of the models'
-    weights and the settings, so that a rerun skips the chunks already done. The ``strongest`` row counts an
-    image as robust only when it survives every attack (the per-image worst case)."""
+    weights and the settings, so that a rerun skips the chunks already done and processes running at once share
+    them (``shared_chunks``). The ``strongest`` row counts an image as robust only when it survives every attack
+    (the per-image worst case)."""
     predict = {kind: predictor(model, kind) for kind, model in models.items()}
     table = {kind: {"clean@0": float(np.mean(predict[kind](x) == y))} for kind in models}
     curves = {kind: {} for kind in models}
@@ -129,12 +150,12 @@ def attack_dataset(dataset, models, x, y, args, cache=None):
 
     row("none", 0, cell(table["classifier"]["clean@0"], n), cell(table["convnet"]["clean@0"], n))
     for epsilon in args.epsilons:
-        pieces = [
-            cached_chunk(cache, f"{dataset}_eps{epsilon:g}_images{i}-{min(i + CHUNK_IMAGES, n)}_{settings}",
-                         lambda i=i, e=epsilon: attack_chunk(models, predict, x[i:i + CHUNK_IMAGES],
-                                                             y[i:i + CHUNK_IMAGES], e, args, i))
+        pieces = shared_chunks(cache, [
+            (f"{dataset}_eps{epsilon:g}_images{i}-{min(i + CHUNK_IMAGES, n)}_{settings}",
+             lambda i=i, e=epsilon: attack_chunk(models, predict, x[i:i + CHUNK_IMAGES], y[i:i + CHUNK_IMAGES], e,
+                                                 args, i))
             for i in range(0, n, CHUNK_IMAGES)
-        ]
+        ])
         for kind in models:
             outcomes = {a: np.concatenate([p[0][kind][a] for p in pieces]).astype(bool) for a in pieces[0][0][kind]}
             for attack, ok in outcomes.items():
