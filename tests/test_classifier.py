@@ -305,7 +305,7 @@ def test_robustness_table_runs_every_attack_on_both_models(tmp_path, monkeypatch
 
     models = {"classifier": classifier("joint"), "convnet": linear_softmax()}
     x, y = images(4), np.array([0, 1, 2, 0])
-    args = Namespace(epsilons=[0.2], eot_chains=2, pgd_steps=2, restarts=2)
+    args = Namespace(epsilons=[0.2], eot_chains=2, pgd_steps=2, restarts=2, step_size=None)
     table, curves = attack_dataset("toy", models, x, y, args, cache=tmp_path)
     assert sorted(table["classifier"]) == ["FGSM@0.2", "PGD@0.2", "clean@0", "fixed-noise@0.2", "strongest@0.2",
                                            "transfer@0.2"]
@@ -322,6 +322,8 @@ def test_robustness_table_runs_every_attack_on_both_models(tmp_path, monkeypatch
 
     monkeypatch.setattr(eval_robustness, "attack_chunk", refuse)
     assert attack_dataset("toy", models, x, y, args, cache=tmp_path) == (table, curves)  # resumed from the cache
+    with pytest.raises(AssertionError, match="attacked again"):  # nor another step size's
+        attack_dataset("toy", models, x, y, Namespace(**{**vars(args), "step_size": 0.125}), cache=tmp_path)
     models["convnet"].layers[2].kernel.assign(models["convnet"].layers[2].kernel + 1.0)
     with pytest.raises(AssertionError, match="attacked again"):  # another model's chunks are not reused
         attack_dataset("toy", models, x, y, args, cache=tmp_path)
@@ -421,7 +423,7 @@ def test_cards_keep_only_scores_of_the_committed_weights_and_the_record_reads_ba
         "unlabelled_curve": {"100": {"2000": 0.7}}, "train_split_images": 60000,
         "convergence": {"robustness": {main: {"PGD@0.3": 0.55}}, "pgd_curves": {main: {"PGD@0.3": {"100": 0.55}}},
                         "robustness_weights": {main: digests[main]}, "robustness_images": 5, "pgd_steps": 100,
-                        "pgd_restarts": 2, "eot_chains": 8},
+                        "pgd_restarts": 2, "pgd_step_size": 0.125, "eot_chains": 8},  # a fixed step
     }
     recipe.refresh_cards("mnist_classifier", results)
     for name in names:
@@ -432,7 +434,8 @@ def test_cards_keep_only_scores_of_the_committed_weights_and_the_record_reads_ba
     assert f"| 100 | 70.00 % | {100 * committed_accuracy:.2f} % |" in card  # the stale score: the committed one
     assert "| `mnist_classifier` | PGD | 0.3 | 70.0 % | 60.0 % |\n" in card  # PGD's iterates after 10 and 20 steps
     assert "## Does the attack converge? (5 first test images, 100 PGD steps)" in card
-    assert "--pgd-steps 100 --restarts 2 --eot-chains 8 --epsilons 0.3 --convergence" in card
+    assert "--pgd-steps 100 --restarts 2 --step-size 0.125 --eot-chains 8 --epsilons 0.3 --convergence" in card
+    assert "PGD with 100 steps (step 0.125 eps)" in card and "PGD with 20 steps (step 2.5 eps / steps)" in card
     assert zoo.info(tmp_path / "zoo" / stale)["metrics"]["accuracy_test"] == committed_accuracy
     record = recipe.read_results("mnist_classifier")  # no results.json: the committed record
     assert record["accuracy"] == dict(results["accuracy"], **{stale: committed_accuracy})
@@ -441,6 +444,7 @@ def test_cards_keep_only_scores_of_the_committed_weights_and_the_record_reads_ba
         assert record[key] == results[key], key
     for key in ("robustness", "pgd_curves"):  # the baseline's committed convergence record, if any, stays too
         assert record["convergence"][key][main] == results["convergence"][key][main], key
+    assert record["convergence"]["pgd_step_size"] == 0.125 and "pgd_step_size" not in record
     assert recipe.current_results(record, digests)["robustness"] == results["robustness"]
     assert recipe.current_results(record, dict(digests, **{main: "0" * 16}))["robustness"] == {
         baseline: results["robustness"][baseline]}

@@ -152,9 +152,15 @@ def weights_digest(model):
     return digest.hexdigest()[:16]
 
 
-PROTOCOL_KEYS = ("robustness_images", "pgd_steps", "pgd_restarts", "eot_chains")  # how the robustness was measured
+# how the robustness was measured (pgd_step_size: PGD's step in units of epsilon; None: 2.5 / pgd_steps)
+PROTOCOL_KEYS = ("robustness_images", "pgd_steps", "pgd_restarts", "pgd_step_size", "eot_chains")
 SCORES = (("accuracy", "accuracy_weights"), ("robustness", "robustness_weights"), ("pgd_curves", "robustness_weights"))
 CONVERGENCE = "convergence"  # a second robustness record, of more PGD steps on fewer images (same keys)
+# The robustness tables' attacks, in their rows' order (the key in results.json, the row's label): the last row
+# counts an image as robust only when it survives every attack on its model.
+ATTACK_ROWS = (("FGSM", "FGSM"), ("PGD", "PGD"), ("transfer", "transfer from the ConvNet"),
+               ("fixed-noise", "PGD on fixed noise"), ("strongest", "**every attack (per image)**"))
+ROW_LABELS = {"clean": "none", **dict(ATTACK_ROWS)}  # results.json's attack keys, as the tables name them
 
 
 def current_results(results, shipped, committed=None, say=print, record="the"):
@@ -181,7 +187,7 @@ def _robustness_record(results, name):
     """An entry's share of a robustness record (the main one or ``CONVERGENCE``); ``{}`` where it has none."""
     if name not in results.get("robustness", {}):
         return {}
-    return {"robustness_protocol": {k: results.get(k) for k in PROTOCOL_KEYS},
+    return {"robustness_protocol": {k: results[k] for k in PROTOCOL_KEYS if results.get(k) is not None},
             "pgd_curves": results.get("pgd_curves", {}).get(name, {})}
 
 
@@ -417,10 +423,10 @@ def _robustness_rows(results, names):
              "| --- | --- | " + " | ".join("---" for _ in names) + " |"]
     keys = {k for n in names for k in table.get(n, {})}
     images = results["robustness_images"]
-    for key in sorted(keys, key=lambda k: (k != "clean@0", k.split("@")[0], float(k.split("@")[1]))):
+    for key in sorted(keys, key=lambda k: (list(ROW_LABELS).index(k.split("@")[0]), float(k.split("@")[1]))):
         attack, eps = key.split("@")
         cells = [_accuracy_cell(table[n][key], images) if key in table.get(n, {}) else "" for n in names]
-        lines.append(f"| {attack} | {eps} | " + " | ".join(cells) + " |")
+        lines.append(f"| {ROW_LABELS[attack]} | {eps} | " + " | ".join(cells) + " |")
     unmeasured = [f"`{n}`" for n in names if n not in table]
     if unmeasured:  # an entry retrained since: its predecessor's scores were left out
         lines += ["", f"Not measured on the current weights of {', '.join(unmeasured)} yet: the command below "
@@ -441,7 +447,7 @@ def _pgd_curve_rows(results, names):
     for (name, key), curve in curves.items():
         attack, eps = key.split("@")
         cells = [f"{100 * curve[str(s)]:.1f} %" if str(s) in curve else "" for s in steps]
-        lines.append(f"| `{name}` | {attack} | {eps} | " + " | ".join(cells) + " |")
+        lines.append(f"| `{name}` | {ROW_LABELS[attack]} | {eps} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -467,17 +473,20 @@ def _robustness_method(results, dataset):
     """What the robustness table measured, and the command that measures it again."""
     restarts = results.get("pgd_restarts", 1)
     epsilons = sorted({float(k.split("@")[1]) for v in results.get("robustness", {}).values() for k in v} - {0.0})
-    text = (f"FGSM, and PGD with {results.get('pgd_steps', '?')} steps (step 2.5 eps / steps) from {restarts} random "
+    step_size = results.get("pgd_step_size")
+    step = "2.5 eps / steps" if step_size is None else f"{step_size:g} eps"
+    text = (f"FGSM, and PGD with {results.get('pgd_steps', '?')} steps (step {step}) from {restarts} random "
             f"start{'s' if restarts > 1 else ''} (robust: no start fools the model)")
     attacks = {k.split("@")[0] for v in results.get("robustness", {}).values() for k in v}
     if "transfer" in attacks:
-        text += "; transfer: the ConvNet's PGD adversarials shown to the generative classifier"
+        text += "; transfer from the ConvNet: its PGD adversarials shown to the generative classifier"
     if "fixed-noise" in attacks:
-        text += "; fixed-noise: PGD on a copy of the generative classifier whose chain noise is frozen"
+        text += "; PGD on fixed noise: on a copy of the generative classifier whose chain noise is frozen"
     if "strongest" in attacks:
-        text += "; strongest: an image counts only when it survives every attack on its model"
+        text += "; every attack (per image): an image counts only when it survives every attack on its model"
     command = (f"python tools/eval_robustness.py --dataset {dataset} --images {results.get('robustness_images')} "
-               f"--pgd-steps {results.get('pgd_steps')} --restarts {restarts} --eot-chains "
+               f"--pgd-steps {results.get('pgd_steps')} --restarts {restarts} "
+               f"{'' if step_size is None else f'--step-size {step_size:g} '}--eot-chains "
                f"{results.get('eot_chains')} --epsilons {' '.join(f'{e:g}' for e in epsilons)}")
     return text + ". Cells: accuracy (95 % Wilson interval).", command
 

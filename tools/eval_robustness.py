@@ -2,14 +2,16 @@
 class), with 95 % confidence intervals.
 
     python tools/eval_robustness.py [--dataset mnist|fashion_mnist|all] [--source zoo|runs] [--images 1000]
-                                    [--pgd-steps 100] [--restarts 2] [--eot-chains 8] [--epsilons ...]
-                                    [--convergence] [--no-record]
+                                    [--pgd-steps 100] [--restarts 2] [--step-size 0.125] [--eot-chains 8]
+                                    [--epsilons ...] [--convergence] [--no-record]
 
 On the first ``--images`` test images, at each epsilon (pixels in [-1, 1]), both models face:
 
-- FGSM, and PGD (``--restarts`` random starts of ``--pgd-steps`` steps of 2.5 eps / steps; an image is robust
-  when no restart fools the model), with the accuracy of the iterates after 10, 20, 50, ... steps to show
-  whether PGD has converged. Against the generative classifier every gradient goes through the unrolled chain
+- FGSM, and PGD (``--restarts`` random starts of ``--pgd-steps`` steps of 2.5 eps / steps, or of
+  ``--step-size`` eps; an image is robust when no restart fools the model), with the accuracy of the iterates
+  after 10, 20, 50, ... steps to show whether PGD has converged. With a fixed ``--step-size`` (0.125: the
+  20-step attack's) the iterates after 20 steps are the 20-step attack's, and the later ones show what more
+  steps of the same attack add. Against the generative classifier every gradient goes through the unrolled chain
   and is averaged over ``--eot-chains`` chains with fresh noise per step (EOT).
 - transfer: PGD adversarials crafted on the ConvNet, shown to the generative classifier;
 - fixed noise: PGD on a deterministic copy of the generative classifier (its chains' starts and noise frozen),
@@ -79,7 +81,8 @@ def attack_chunk(models, predict, x, y, epsilon, args, start):
 
     outcomes = {kind: {} for kind in models}
     curves = {kind: {} for kind in models}
-    pgd = dict(steps=args.pgd_steps, restarts=args.restarts)
+    step_size = None if args.step_size is None else args.step_size * epsilon
+    pgd = dict(steps=args.pgd_steps, restarts=args.restarts, step_size=step_size)
     gradients = {kind: attacks.loss_gradient(m, chains=args.eot_chains, seed=seed("eot")) for kind, m in
                  models.items()}
     fixed = attacks.loss_gradient(models["classifier"], chains=args.eot_chains, seed=seed("fixed"), fixed_noise=True)
@@ -90,7 +93,7 @@ def attack_chunk(models, predict, x, y, epsilon, args, start):
                                              predict[kind], x, y, epsilon, seed=seed("pgd"), **pgd)
         curves[kind]["PGD"] = curve
     transferred = timed(f"transfer@{epsilon}", attacks.pgd, gradients["convnet"], x, y, epsilon,
-                        steps=args.pgd_steps, seed=seed("transfer"))
+                        steps=args.pgd_steps, step_size=step_size, seed=seed("transfer"))
     outcomes["classifier"]["transfer"] = predict["classifier"](transferred) == y
     curve, outcomes["classifier"]["fixed-noise"] = timed(f"fixed-noise@{epsilon}", attacks.pgd_curve, fixed,
                                                          predict["classifier"], x, y, epsilon,
@@ -143,7 +146,8 @@ def attack_dataset(dataset, models, x, y, args, cache=None):
     curves = {kind: {} for kind in models}
     n = len(x)
     settings = "_".join([recipe.weights_digest(models["classifier"]), recipe.weights_digest(models["convnet"]),
-                         f"pgd{args.pgd_steps}x{args.restarts}", f"eot{args.eot_chains}"])
+                         f"pgd{args.pgd_steps}x{args.restarts}", f"eot{args.eot_chains}"]
+                        + ([] if args.step_size is None else [f"step{args.step_size:g}"]))
 
     def row(attack, epsilon, generative, convnet):
         print(f"| {dataset} | {attack} | {epsilon} | {generative} | {convnet} |", flush=True)
@@ -165,8 +169,7 @@ def attack_dataset(dataset, models, x, y, args, cache=None):
                 curves[kind][f"{attack}@{epsilon}"] = {
                     steps: sum(p[1][kind][attack][steps] for p in pieces) / n for steps in pieces[0][1][kind][attack]
                 }
-        for attack, label in (("FGSM", "FGSM"), ("PGD", "PGD"), ("transfer", "transfer from the ConvNet"),
-                              ("fixed-noise", "PGD on fixed noise"), ("strongest", "**every attack (per image)**")):
+        for attack, label in recipe.ATTACK_ROWS:
             cells = [cell(table[kind][f"{attack}@{epsilon}"], n) if f"{attack}@{epsilon}" in table[kind] else ""
                      for kind in ("classifier", "convnet")]
             row(label, epsilon, *cells)
@@ -180,6 +183,8 @@ def main():
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--pgd-steps", type=int, default=100)
     parser.add_argument("--restarts", type=int, default=2)
+    parser.add_argument("--step-size", type=float, default=None,
+                        help="PGD's step in units of epsilon (default: 2.5 / --pgd-steps)")
     parser.add_argument("--eot-chains", type=int, default=8)
     parser.add_argument("--epsilons", type=float, nargs="+", default=list(EPSILONS))
     parser.add_argument("--labels", type=int, default=recipe.LABEL_BUDGETS[0])
@@ -196,11 +201,14 @@ def main():
     for option in ("images", "pgd_steps", "restarts", "eot_chains"):
         if getattr(args, option) < 1:
             parser.error(f"--{option.replace('_', '-')} must be at least 1, got {getattr(args, option)}")
+    if args.step_size is not None and not 0 < args.step_size <= 2:
+        parser.error(f"--step-size is in units of epsilon and must be in (0, 2], got {args.step_size}")
     if min(args.epsilons) <= 0:
         parser.error(f"--epsilons must be positive (pixel units of [-1, 1]), got {args.epsilons}")
     datasets = ("mnist", "fashion_mnist") if args.dataset == "all" else (args.dataset,)
-    print(f"machine: {hardware()}; first {args.images} test images; PGD {args.pgd_steps} steps, {args.restarts} "
-          f"restarts; EOT over {args.eot_chains} chains; accuracy with its 95 % Wilson interval")
+    step = "2.5 eps / steps" if args.step_size is None else f"{args.step_size:g} eps"
+    print(f"machine: {hardware()}; first {args.images} test images; PGD {args.pgd_steps} steps of {step}, "
+          f"{args.restarts} restarts; EOT over {args.eot_chains} chains; accuracy with its 95 % Wilson interval")
     for dataset in datasets:
         print("| dataset | attack | epsilon | generative classifier | ConvNet |")
         print("| --- | --- | --- | --- | --- |")
@@ -221,7 +229,7 @@ def main():
             "pgd_curves": {names[kind]: values for kind, values in curves.items()},
             "robustness_weights": {names[kind]: recipe.weights_digest(models[kind]) for kind in models},
             "robustness_images": args.images, "pgd_steps": args.pgd_steps, "pgd_restarts": args.restarts,
-            "eot_chains": args.eot_chains,
+            "pgd_step_size": args.step_size, "eot_chains": args.eot_chains,
         }
         if not args.no_record:
             recipe.update_results(entry, {recipe.CONVERGENCE: record} if args.convergence else record)
