@@ -14,6 +14,7 @@ import fcntl
 import hashlib
 import json
 from pathlib import Path
+from tempfile import TemporaryDirectory
 
 import keras
 import numpy as np
@@ -303,7 +304,8 @@ def export_entries(entry, results, data_path=None):
         if (labels, kind) in kept:
             _refresh_committed_entry(entry, labels, kind, results, shipped[name])
             continue
-        directory = _run_folder(entry, labels, kind)
+        staging = TemporaryDirectory(prefix="keras_shortrun_export_")  # never the run folder: train would not resume
+        directory = Path(staging.name)
         metadata = {
             "name": name, "dataset": dict(dataset, labels_per_class=labels), "resolution": 28,
             "metrics": {"accuracy_test": results["accuracy"][name]} if name in results["accuracy"] else {},
@@ -324,14 +326,15 @@ def export_entries(entry, results, data_path=None):
                 metadata["training"][clock] = sum(s[clock] for s in metadata["training"]["stages"].values())
             metadata["recipe"] = {k: r[k] for k in ("latent_dim", "widths", "sigma", "batch_size", "generator",
                                                     "head", "joint")}
-            sample_and_reconstruction_figures(model, x_test, directory / "figures")
-            extra = sorted((directory / "figures").glob("*.png"))
+            sample_and_reconstruction_figures(model, x_test, directory)
+            extra = sorted(directory.glob("*.png"))
         else:
             metadata["family"] = "ConvNet"
             metadata["training"]["epochs"] = r["convnet"]["epochs"][str(labels)]
         card = directory / "README.md"
         card.write_text(card_text(metadata, kind, results, entry, labels))
         written = save_entry(model, ROOT / "zoo" / name, metadata, extra_files=[card] + extra)
+        staging.cleanup()
         pinned = {n: spec["sha256"] for n, spec in read_metadata(written)["files"].items()}
         print(f"wrote {written}; pin: \"{name}\": {json.dumps(pinned)}")
 

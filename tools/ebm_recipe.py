@@ -4,6 +4,7 @@ import json
 import os
 import time
 from pathlib import Path
+from tempfile import TemporaryDirectory
 
 import keras
 import numpy as np
@@ -139,8 +140,8 @@ def export_entry(entry, run_dir, entry_dir, data_path=None, recon_images=1000, r
     epoch = last_epoch(run_dir) if epoch is None else epoch
     model, row = load_checkpoint(entry, run_dir, epoch, chain)
     pin_checkpoint(run_dir, epoch)
-    figures = run_dir / "figures"
-    figures.mkdir(exist_ok=True)
+    staging = TemporaryDirectory(prefix="keras_shortrun_export_")  # never the run folder: train would not resume it
+    figures = Path(staging.name)
     save_grid(figures / "samples.png", model.sample(64, seed=0), scale=2)
     strips = np.concatenate([model.interpolate(n=10, seed=10 + 3 * i)[0] for i in range(4)])
     save_grid(figures / "interpolation.png", strips, columns=10, scale=2)
@@ -200,9 +201,10 @@ def export_entry(entry, run_dir, entry_dir, data_path=None, recon_images=1000, r
         trained = chain_metadata(recipes.run_recipe(entry, run_dir))
         metadata["chain"].update(overrides=chain, trained_with=trained.get("stage_steps", trained["steps"]))
     metadata.update(scored_runs(run_dir, iterations, chain))
-    card = run_dir / "README.md"
+    card = figures / "README.md"
     card.write_text(render_card(metadata, model))
     directory = save_entry(model, entry_dir, metadata, extra_files=[card] + sorted(figures.glob("*.png")))
+    staging.cleanup()
     pinned = {name: spec["sha256"] for name, spec in read_metadata(directory)["files"].items()}
     print(f"wrote {directory}; pin with tools/pin_zoo_hashes.py: \"sha256\": {json.dumps(pinned, indent=1)}")
     return directory

@@ -8,6 +8,7 @@ and as a VAE (``VAE``, an amortised encoder), the paper's comparison.
 import json
 import time
 from pathlib import Path
+from tempfile import TemporaryDirectory
 
 import keras
 import numpy as np
@@ -105,7 +106,8 @@ def export_entry(entry, epoch=None, data_path=None):
     results = {kind: float(value[2].mean()) for kind, value in evaluated.items()}
     for kind, (model, row, mse, seconds) in evaluated.items():
         name = entry if kind == "lvm" else f"{entry}_vae"
-        figures(model, x_test, run_dir(entry, kind) / "figures")
+        staging = TemporaryDirectory(prefix="keras_shortrun_export_")  # never the run folder: train would not resume
+        figures(model, x_test, Path(staging.name))
         metadata = {
             "name": name,
             "description": f"{type(model).__name__} on {r['dataset']} {r['image_size']}x{r['image_size']}",
@@ -136,10 +138,11 @@ def export_entry(entry, epoch=None, data_path=None):
                 "step_size_objective": model.entropy, "init": "N(0, I)",
                 "update": "z = z + (s_l^2 / 2) d log p(x, z) / dz + s_l eps",
             }
-        card = run_dir(entry, kind) / "README.md"
+        card = Path(staging.name) / "README.md"
         card.write_text(card_text(metadata, model, results))
-        extra = [card] + sorted((run_dir(entry, kind) / "figures").glob("*.png"))
+        extra = [card] + sorted(Path(staging.name).glob("*.png"))
         directory = save_entry(model, ROOT / "zoo" / name, metadata, extra_files=extra)
+        staging.cleanup()
         pinned = {n: spec["sha256"] for n, spec in read_metadata(directory)["files"].items()}
         print(f"wrote {directory}; pin with tools/pin_zoo_hashes.py: \"sha256\": {json.dumps(pinned)}")
     return results
