@@ -65,6 +65,20 @@ def test_an_ebm_recipe_builds_its_chain():
     assert model.chain.stage_steps == (40, 20, 15, 10) and model.chain.steps == 85
 
 
+def test_an_entrys_weights_sample_with_another_noise_scale_and_say_so():
+    import ebm_recipe
+
+    recipe = ebm_recipe.sampling_recipe("celeba_ebm", None, {"coarse_to_fine.noise_scale": 0.0})
+    model = recipes.build(recipe)
+    assert model.chain.noise_scales == [0.0] * 4  # a chain field: the weights stay those of the committed entry
+    chain = ebm_recipe.chain_metadata(recipe)
+    assert chain["noise_scale"] == 0.0 and "+ 0 eps" in chain["update"]
+    per_stage = ebm_recipe.sampling_recipe("celeba_ebm", None, {"coarse_to_fine.noise_scale": [0.01, 0.01, 0, 0]})
+    assert ebm_recipe.chain_metadata(per_stage)["noise_scale"] == [0.01, 0.01, 0, 0]
+    with pytest.raises(ValueError, match="not chain fields"):  # what the weights are cannot change so
+        ebm_recipe.sampling_recipe("celeba_ebm", None, {"learning_rate": 1e-4})
+
+
 def _labelled_digits(*args, **kwargs):
     """``data.load``'s stand-in: 40 random 28x28 images, 4 of each of 10 classes."""
     return tiny_images(40, (28, 28, 1)), np.repeat(np.arange(10), 4)

@@ -73,17 +73,20 @@ def snapshot_totals(entry, run_dir, epoch, row):
             origin["cpu_time_s"] + float(row["cpu_time_s"]), origin["wall_time_s"] + float(row["wall_time_s"]))
 
 
-CHAIN_FIELDS = ("steps", "coarse_to_fine.steps", "coarse_to_fine.anneal_steps")  # how weights are sampled
+CHAIN_FIELDS = ("steps", "coarse_to_fine.steps", "coarse_to_fine.anneal_steps",  # how weights are sampled
+                "coarse_to_fine.noise_scale")
 
 
 def sampling_recipe(entry, run_dir, chain=None):
-    """A run's recipe (``recipes.run_recipe``) with ``chain`` overrides (``{"coarse_to_fine.steps": [...]}``):
-    only ``CHAIN_FIELDS``, which change how its snapshots are sampled, not what they are."""
+    """A run's recipe (``recipes.run_recipe``; ``run_dir`` ``None``: the entry's recipe as it is now) with ``chain``
+    overrides (``{"coarse_to_fine.steps": [...]}``): only ``CHAIN_FIELDS``, which change how its snapshots are
+    sampled, not what they are."""
     chain = chain or {}
     other = sorted(set(chain) - set(CHAIN_FIELDS))
     if other:
         raise ValueError(f"A snapshot is sampled with another chain only: {other} are not chain fields {CHAIN_FIELDS}.")
-    return recipes.apply_overrides(recipes.run_recipe(entry, run_dir), chain)
+    recipe = recipes.load(entry) if run_dir is None else recipes.run_recipe(entry, run_dir)
+    return recipes.apply_overrides(recipe, chain)
 
 
 def recipe_changes(recipe, other):
@@ -141,21 +144,8 @@ def export_entry(entry, run_dir, entry_dir, data_path=None, recon_images=1000, r
     model, row = load_checkpoint(entry, run_dir, epoch, chain)
     pin_checkpoint(run_dir, epoch)
     staging = TemporaryDirectory(prefix="keras_shortrun_export_")  # never the run folder: train would not resume it
-    figures = Path(staging.name)
-    save_grid(figures / "samples.png", model.sample(64, seed=0), scale=2)
-    strips = np.concatenate([model.interpolate(n=10, seed=10 + 3 * i)[0] for i in range(4)])
-    save_grid(figures / "interpolation.png", strips, columns=10, scale=2)
-    last, trajectory = model.sample(16, seed=1, trajectory_every=max(1, chain_steps(r) // 10))
-    save_grid(figures / "chain.png", trajectory.transpose(1, 0, 2, 3, 4).reshape((-1,) + last.shape[1:]),
-              columns=16, scale=2)
-    quality = measure_quality(model, r["dataset"], figures / "nearest.png", quality_samples, data_path)
-    x_test = data.load(r["dataset"], "test", path=data_path)[0][:recon_images]
-    start = time.time()
-    x_hat, mse = model.reconstruct(x_test, iterations=recon_iterations, seed=0)
-    recon_seconds = time.time() - start
-    _, mse_200 = model.reconstruct(x_test[:convergence_images], iterations=200, seed=0)
-    pairs = np.stack([x_test[:32], x_hat[:32]], axis=1).reshape((-1,) + x_test.shape[1:])
-    save_grid(figures / "reconstruction.png", pairs, columns=16, scale=2)
+    measured = measure_entry(model, r, Path(staging.name), data_path, recon_images, recon_iterations,
+                             convergence_images, quality_samples)
     iterations, cpu_seconds, wall_seconds = snapshot_totals(entry, run_dir, epoch, row)
     origin = run_origin(run_dir)
     train_command = (f"python tools/train_ebm.py {entry} train --iterations {epoch * r['iterations_per_epoch']}"
@@ -177,30 +167,23 @@ def export_entry(entry, run_dir, entry_dir, data_path=None, recon_images=1000, r
             "final_energy_data": float(row["energy_data"]),
             "final_energy_sample": float(row["energy_sample"]),
         },
-        "metrics": {
-            "recon_mse_test": float(mse.mean()),
-            "recon_mse_test_std": float(mse.std()),
-            "fd": quality["fd"], "kid": quality["kid"],
-        },
-        "sample_quality": quality,
-        "convergence_check": {
-            "images": convergence_images,
-            f"recon_mse_{recon_iterations}_iterations": float(mse[:convergence_images].mean()),
-            "recon_mse_200_iterations": float(mse_200.mean()),
-        },
-        "evaluation": {
-            "recon_images": int(len(x_test)), "recon_iterations": recon_iterations, "recon_optimizer": "Adam lr 0.1",
-            "recon_wall_time_s": round(recon_seconds, 1),
-            "command": f"python tools/train_ebm.py {entry} export --epoch {epoch} --recon-images {recon_images} "
-                       f"--recon-iterations {recon_iterations} --convergence-images {convergence_images}"
-                       f"{set_flags(chain)}",
-        },
+        **measured,
         "keras_version": keras.__version__,
     }
+    metadata["evaluation"]["command"] = (
+        f"python tools/train_ebm.py {entry} export --epoch {epoch} --recon-images {recon_images} --recon-iterations "
+        f"{recon_iterations} --convergence-images {convergence_images}{set_flags(chain)}")
     if chain:  # the snapshot is sampled with other step counts than it was trained with
         trained = chain_metadata(recipes.run_recipe(entry, run_dir))
         metadata["chain"].update(overrides=chain, trained_with=trained.get("stage_steps", trained["steps"]))
     metadata.update(scored_runs(run_dir, iterations, chain))
+    return write_entry(model, entry_dir, metadata, staging)
+
+
+def write_entry(model, entry_dir, metadata, staging):
+    """Saves ``model`` with ``metadata``, its card and the figures in ``staging`` (a ``TemporaryDirectory``,
+    removed) as ``entry_dir``; prints the hashes to pin."""
+    figures = Path(staging.name)
     card = figures / "README.md"
     card.write_text(render_card(metadata, model))
     directory = save_entry(model, entry_dir, metadata, extra_files=[card] + sorted(figures.glob("*.png")))
@@ -208,6 +191,74 @@ def export_entry(entry, run_dir, entry_dir, data_path=None, recon_images=1000, r
     pinned = {name: spec["sha256"] for name, spec in read_metadata(directory)["files"].items()}
     print(f"wrote {directory}; pin with tools/pin_zoo_hashes.py: \"sha256\": {json.dumps(pinned, indent=1)}")
     return directory
+
+
+def measure_entry(model, r, figures, data_path=None, recon_images=1000, recon_iterations=200, convergence_images=16,
+                  quality_samples=5000):
+    """The figures of an entry's card, written to ``figures``, and its measured metadata: ``metrics``,
+    ``sample_quality``, ``convergence_check``, ``evaluation`` (``r``: the recipe ``model`` samples with)."""
+    save_grid(figures / "samples.png", model.sample(64, seed=0), scale=2)
+    strips = np.concatenate([model.interpolate(n=10, seed=10 + 3 * i)[0] for i in range(4)])
+    save_grid(figures / "interpolation.png", strips, columns=10, scale=2)
+    last, trajectory = model.sample(16, seed=1, trajectory_every=max(1, chain_steps(r) // 10))
+    save_grid(figures / "chain.png", trajectory.transpose(1, 0, 2, 3, 4).reshape((-1,) + last.shape[1:]),
+              columns=16, scale=2)
+    quality = measure_quality(model, r["dataset"], figures / "nearest.png", quality_samples, data_path)
+    x_test = data.load(r["dataset"], "test", path=data_path)[0][:recon_images]
+    start = time.time()
+    x_hat, mse = model.reconstruct(x_test, iterations=recon_iterations, seed=0)
+    recon_seconds = time.time() - start
+    _, mse_200 = model.reconstruct(x_test[:convergence_images], iterations=200, seed=0)
+    pairs = np.stack([x_test[:32], x_hat[:32]], axis=1).reshape((-1,) + x_test.shape[1:])
+    save_grid(figures / "reconstruction.png", pairs, columns=16, scale=2)
+    return {
+        "metrics": {"recon_mse_test": float(mse.mean()), "recon_mse_test_std": float(mse.std()),
+                    "fd": quality["fd"], "kid": quality["kid"]},
+        "sample_quality": quality,
+        "convergence_check": {
+            "images": convergence_images,
+            f"recon_mse_{recon_iterations}_iterations": float(mse[:convergence_images].mean()),
+            "recon_mse_200_iterations": float(mse_200.mean()),
+        },
+        "evaluation": {"recon_images": int(len(x_test)), "recon_iterations": recon_iterations,
+                       "recon_optimizer": "Adam lr 0.1", "recon_wall_time_s": round(recon_seconds, 1)},
+    }
+
+
+def export_entry_chain(entry, entry_dir, chain, data_path=None, recon_images=1000, recon_iterations=200,
+                       convergence_images=16, quality_samples=5000):
+    """Writes ``entry_dir`` again with the committed weights sampled by another chain (``chain``: overrides of
+    ``CHAIN_FIELDS``, relative to the recipe), with no run folder needed (a new machine): new figures,
+    measurements and the Inception score under ``SCORE_PROTOCOL``; the training record stays. Refuses, writing
+    nothing, unless that FID is below the committed entry's. Returns the score."""
+    committed = read_metadata(entry_dir)
+    r = sampling_recipe(entry, None, chain)
+    model = recipes.build(r)
+    model.set_weights(load_entry(entry_dir).get_weights())
+    score, _ = score_model(model, r["dataset"], data_path=data_path)
+    before = committed.get("inception", {}).get("fid", {}).get("fid", float("inf"))
+    if not score["fid"]["fid"] < before:
+        raise ValueError(f"The chain {chain} scores Inception FID {score['fid']['fid']:.1f}, not below the committed "
+                         f"entry's {before:.1f}: {entry_dir} left as it is.")
+    staging = TemporaryDirectory(prefix="keras_shortrun_export_")
+    measured = measure_entry(model, r, Path(staging.name), data_path, recon_images, recon_iterations,
+                             convergence_images, quality_samples)
+    overrides = {**committed["chain"].get("overrides", {}), **chain}
+    flags = (f" --recon-images {recon_images} --recon-iterations {recon_iterations} --convergence-images "
+             f"{convergence_images}{set_flags(chain)}")
+    measured["evaluation"]["command"] = f"python tools/train_ebm.py {entry} export-entry-chain{flags}"
+    inherited = committed["inception"]
+    metadata = {
+        **committed, **measured, "keras_version": keras.__version__,
+        "chain": dict(chain_metadata(r), overrides=overrides, trained_with=committed["chain"]["trained_with"]),
+        "inception": {**score, "chain": overrides, "updates": inherited["updates"],
+                      "cpu_minutes": inherited["cpu_minutes"], "wall_minutes": inherited["wall_minutes"],
+                      "command": f"python tools/train_ebm.py {entry} score-entry{set_flags(chain)}"},
+    }
+    for key in ("files", "extra_files", "params", "keras_shortrun_version"):  # save_entry writes these anew
+        metadata.pop(key, None)
+    write_entry(model, entry_dir, metadata, staging)
+    return score
 
 
 SCORES_FILE = "scores.jsonl"  # in a run folder: one scored snapshot per line, the run's quality curve
@@ -358,10 +409,12 @@ def study_table(metadata):
 
 def chain_metadata(r):
     """The chain's description in an entry's metadata."""
-    chain = {"steps": chain_steps(r), "step_size": 2.0**0.5, "noise_scale": 0.01, "clip": list(r["clip"]),
-             "update": f"x = clip(x - grad E(x) + 0.01 eps, {r['clip'][0]:g}, {r['clip'][1]:g})",
-             "init": "Uniform(-1, 1)"}
     stages = r.get("coarse_to_fine")
+    noise = stages.get("noise_scale", 0.01) if stages else 0.01
+    tau = "tau" if isinstance(noise, list) else f"{noise:g}"
+    chain = {"steps": chain_steps(r), "step_size": 2.0**0.5, "noise_scale": noise, "clip": list(r["clip"]),
+             "update": f"x = clip(x - grad E(x) + {tau} eps, {r['clip'][0]:g}, {r['clip'][1]:g})",
+             "init": "Uniform(-1, 1)"}
     if stages:
         chain.update(form="coarse_to_fine", resolutions=list(stages["resolutions"]),
                      stage_steps=list(stages["steps"]), anneal_steps=stages["anneal_steps"],
@@ -535,11 +588,19 @@ def model_text(metadata, filters, params):
     widths = (f"nf={filters}" if isinstance(filters, int) else
               "nf=" + ", ".join(f"{f} at {r}x{r}" for f, r in zip(filters, chain["resolutions"])))
     steps = " + ".join(str(k) for k in chain["stage_steps"])
+    noise = chain.get("noise_scale", 0.01)
+    if noise == 0:
+        update = ("`x = clip(x - dE_r/dx, -1, 1)` (no noise: the chain is a deterministic map of its uniform start; "
+                  "trained with 0.01 eps)")
+    else:
+        tau = f"{noise:g}" if not isinstance(noise, list) else "tau_r"
+        per_stage = f" (tau_r = {', '.join(f'{t:g}' for t in noise)})" if isinstance(noise, list) else ""
+        update = (f"`x = clip(x - dE_r/dx + {tau} eps, -1, 1)`{per_stage}, the noise annealed to zero over the last "
+                  f"{chain['anneal_steps']} updates")
     return (f"a **coarse-to-fine** short-run chain (CF-EBM, Zhao, Xie & Li, ICLR 2021): {chain['init']}, "
-            f"K={chain['steps']} updates ({steps}) `x = clip(x - dE_r/dx + 0.01 eps, -1, 1)` at {sizes}, "
-            f"nearest-neighbour upsampling between resolutions, the noise annealed to zero over the last "
-            f"{chain['anneal_steps']} updates; one paper-1 energy ConvNet per resolution, {widths} "
-            f"({params:,} parameters in all), trained on every resolution at once")
+            f"K={chain['steps']} updates ({steps}) at {sizes}, {update}, nearest-neighbour upsampling between "
+            f"resolutions; one paper-1 energy ConvNet per resolution, {widths} ({params:,} parameters in all), "
+            "trained on every resolution at once")
 
 
 def inception_rows(metadata):

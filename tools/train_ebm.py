@@ -17,6 +17,9 @@
     python tools/train_ebm.py celeba_ebm score --epoch E --set 'coarse_to_fine.steps=[50,20,15,20]'
                                                                  # a snapshot sampled with other step counts
                                                                  # than it was trained with (so is export --set)
+    python tools/train_ebm.py celeba_ebm export-entry-chain --set K=V  # zoo/<entry>'s weights exported again
+                                                                 # with another chain (no run folder needed),
+                                                                 # only if its Inception FID is lower
     python tools/train_ebm.py celeba_ebm cost [--set K=V]        # CPU-seconds per training update of the recipe
                                                                  # (run it as training runs: one thread, pinned)
     python tools/train_ebm.py mnist_ebm card                     # renders zoo/<entry>/README.md again (with
@@ -31,6 +34,7 @@ import json
 from pathlib import Path
 
 from ebm_recipe import export_entry
+from ebm_recipe import export_entry_chain
 from ebm_recipe import refresh_quality
 from ebm_recipe import rewrite_card
 from ebm_recipe import score_average
@@ -50,7 +54,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("entry", choices=recipes.names("ebm"))
     parser.add_argument("action",
-                        choices=("train", "export", "quality", "score", "score-entry", "card", "cost"))
+                        choices=("train", "export", "export-entry-chain", "quality", "score", "score-entry", "card",
+                                 "cost"))
     parser.add_argument("--iterations", type=int, default=None, help="total updates (default: the recipe's)")
     parser.add_argument("--run-dir", default=None, help="default: $KERAS_SHORTRUN_HOME/runs/<entry>")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -92,6 +97,10 @@ if __name__ == "__main__":
         print(json.dumps(score_entry_chain(args.entry, args.entry_dir or str(ROOT / "zoo" / args.entry),
                                            parse_overrides(args.set), args.fid_samples, args.reference,
                                            args.data_path, args.seed)))
+    elif args.action == "export-entry-chain":
+        print(json.dumps(export_entry_chain(args.entry, args.entry_dir or str(ROOT / "zoo" / args.entry),
+                                            parse_overrides(args.set), args.data_path, args.recon_images,
+                                            args.recon_iterations, args.convergence_images, args.samples)))
     elif args.action == "cost":
         print(json.dumps(update_cost(args.entry, parse_overrides(args.set), data_path=args.data_path)))
     elif args.action == "card":
