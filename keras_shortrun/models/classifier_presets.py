@@ -26,7 +26,7 @@ GENERATIVE_CLASSIFIER_PRESETS = {
         "description": "Generative classifier on Fashion-MNIST, 100 labels per class, rest unlabelled; K=20, BPTT.",
         "sha256": {
             "config.json": "3464dc67c8d14850c67fec87bb72b900a0e6eaee366f76a3f40560cf4dd00dc3",
-            "model.weights.h5": "3cf3f32d36dbd5674c0466a0ea19918bab816f60882bc945a0ec9c8ae3147e96",
+            "model.weights.h5": "86e45ce9065f85b3b1a03cfde0458db4841c46f400493bd585b349093788eeef",
         },
     },
 }
