@@ -209,7 +209,8 @@ def test_a_snapshot_is_sampled_with_another_chain_only(tmp_path):
                                                    "coarse_to_fine.anneal_steps": 5})  # trained with this chain
     chain = {"coarse_to_fine.steps": [50, 20, 15, 20], "coarse_to_fine.anneal_steps": 10}
     recipe = ebm_recipe.sampling_recipe("celeba_ebm", tmp_path, chain)
-    assert recipe["coarse_to_fine"] == {"resolutions": [8, 16, 32, 64], "steps": [50, 20, 15, 20], "anneal_steps": 10}
+    assert recipe["coarse_to_fine"] == dict(recipes.load("celeba_ebm")["coarse_to_fine"], steps=[50, 20, 15, 20],
+                                            anneal_steps=10)
     assert recipes.run_recipe("celeba_ebm", tmp_path)["coarse_to_fine"]["steps"] == [50, 20, 15, 10]  # untouched
     with pytest.raises(ValueError, match=r"\['learning_rate'\] are not chain fields"):
         ebm_recipe.sampling_recipe("celeba_ebm", tmp_path, {"learning_rate": 1e-3})
@@ -269,6 +270,45 @@ def test_an_entry_is_scored_under_another_chain_with_its_own_weights(monkeypatch
     assert result["chain"]["steps"] == [40, 20, 15, 10]
     assert result["command"] == ("python tools/train_ebm.py celeba_ebm score-entry "
                                  "--set 'coarse_to_fine.steps=[40,20,15,10]'")
+
+
+def test_an_entry_is_exported_again_with_another_chain_only_when_it_scores_better(tmp_path, monkeypatch):
+    import ebm_recipe
+
+    entry_dir = tmp_path / "celeba_ebm"
+    shutil.copytree(registry.resolve("celeba_ebm"), entry_dir)
+    committed = zoo.info(entry_dir)
+    files = {p.name: p.read_bytes() for p in entry_dir.iterdir()}
+    fid = {"value": committed["inception"]["fid"]["fid"]}  # as good as the entry: not better
+
+    def score_model(model, dataset, data_path=None):
+        return {"fid": dict(committed["inception"]["fid"], fid=fid["value"]),
+                "face_rate": committed["inception"]["face_rate"]}, None
+
+    def measure_entry(model, r, figures, *args):  # the figures and measurements of export, faked
+        for png in entry_dir.glob("*.png"):
+            shutil.copy(png, figures)
+        return {k: json.loads(json.dumps(committed[k])) for k in ("metrics", "sample_quality", "convergence_check",
+                                                                  "evaluation")}
+
+    monkeypatch.setattr(ebm_recipe, "score_model", score_model)
+    monkeypatch.setattr(ebm_recipe, "measure_entry", measure_entry)
+    chain = {"coarse_to_fine.noise_scale": [0.01, 0.01, 0.0, 0.0]}
+    with pytest.raises(ValueError, match="not below the committed entry's"):
+        ebm_recipe.export_entry_chain("celeba_ebm", entry_dir, chain)
+    assert {p.name: p.read_bytes() for p in entry_dir.iterdir()} == files  # nothing written
+    fid["value"] -= 1.0
+    ebm_recipe.export_entry_chain("celeba_ebm", entry_dir, chain)
+    metadata, model = zoo.info(entry_dir), zoo.load(entry_dir)  # verified against its new hashes, safe mode
+    assert model.chain.noise_scales == [0.01, 0.01, 0.0, 0.0]
+    for mine, theirs in zip(model.get_weights(), zoo.load(registry.resolve("celeba_ebm")).get_weights()):
+        np.testing.assert_array_equal(mine, theirs)  # the same weights, another chain
+    assert metadata["inception"]["fid"]["fid"] == fid["value"] and metadata["training"] == committed["training"]
+    assert metadata["inception"]["chain"] == {**committed["chain"]["overrides"], **chain}
+    assert metadata["chain"]["noise_scale"] == [0.01, 0.01, 0.0, 0.0]
+    assert metadata["chain"]["trained_with"] == committed["chain"]["trained_with"]
+    assert "export-entry-chain" in metadata["evaluation"]["command"]
+    assert "tau_r = 0.01, 0.01, 0, 0" in (entry_dir / "README.md").read_text()
 
 
 def test_the_average_of_kept_snapshots_is_scored_without_recording(tmp_path, monkeypatch):
