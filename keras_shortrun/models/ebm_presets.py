@@ -28,7 +28,7 @@ SHORT_RUN_EBM_PRESETS = {
                        "annealed), one paper-1 ConvNet per resolution (nf=32 at 8 and 16 px, 16 at 32 and 64 px); "
                        "CPU campaign.",
         "sha256": {
-            "config.json": "dffc6bd9407ff831bb293eab7db132032bb78a502cba08ddfacd70da46cada97",
+            "config.json": "c85816c56ac60d420760fb282220450e994a77348c947c2ed0509569eda7c829",
             "model.weights.h5": "6dacdc1c06a3344928e4c00b16b55f9ef4c8baeed8e358ea6d775ad3548b6c41",
         },
     },
