@@ -250,7 +250,8 @@ def export_entry_chain(entry, entry_dir, chain, data_path=None, recon_images=100
     inherited = committed["inception"]
     metadata = {
         **committed, **measured, "keras_version": keras.__version__,
-        "chain": dict(chain_metadata(r), overrides=overrides, trained_with=committed["chain"]["trained_with"]),
+        "chain": dict(chain_metadata(r), overrides=overrides,
+                      trained_with=committed["chain"].get("trained_with", committed["chain"].get("stage_steps"))),
         "inception": {**score, "chain": overrides, "updates": inherited["updates"],
                       "cpu_minutes": inherited["cpu_minutes"], "wall_minutes": inherited["wall_minutes"],
                       "command": f"python tools/train_ebm.py {entry} score-entry{set_flags(chain)}"},
