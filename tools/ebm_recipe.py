@@ -540,7 +540,12 @@ BUDGET_NOTES = {
                    "coarse-to-fine chain reads its start on the 8x8 subgrid, so reconstruction moves only 8x8x3 "
                    "of the start's values, yet it now reconstructs better than paper 1's chain did (0.067, the "
                    "entry before 2026-12-04). The CIFAR-10 subset's images are JPEG-compressed (see "
-                   "shared/data/README.md), so the model also learns JPEG block artefacts.",
+                   "shared/data/README.md), so the model also learns JPEG block artefacts. Since 2026-12-07 the "
+                   "same weights are sampled without noise in the 16x16 and 32x32 stages (noise scales 0.01, 0, 0; "
+                   "trained with 0.01 in every stage), the finding of celeba_ebm's chain study: on the selection seed "
+                   "(7, 500 samples) Inception FID 127.9 against 172.2 (0 everywhere: 127.2, a tie), and on the "
+                   "protocol 110.3 against 154.4 (`python tools/train_ebm.py cifar10_ebm export-entry-chain --set "
+                   "'coarse_to_fine.noise_scale=[0.01,0.0,0.0]'`); training with this chain is untried.",
     "celeba_ebm": "No GPU was lent to this project's sessions. What differs from paper 1, and why: paper 1 runs "
                   "K=100 steps of one nf=64 ConvNet at 64x64; on CPU cores that is about 7 s per update even at "
                   "nf=16, K=50, and 950 such updates drew speckled blobs. This entry uses the "

@@ -19,7 +19,7 @@ SHORT_RUN_EBM_PRESETS = {
         "description": "Short-run EBM, coarse-to-fine chain 8->16->32 (K=85, nf=16 per resolution) on the JPEG "
                        "CIFAR-10 subset 32x32, CPU budget.",
         "sha256": {
-            "config.json": "d9258dccd7b1a2ba90546c18f058be423494a34d7a565b03a0f088df7218c420",
+            "config.json": "14def73d2545a14c193499bd1aedf7c42293c378bee921c4f1fe833a2806f9fb",
             "model.weights.h5": "26c9689875e1082ff7503836319ab66ca233c68017e58cc5f8a05b3cc9774889",
         },
     },
