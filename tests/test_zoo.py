@@ -309,6 +309,8 @@ def test_an_entry_is_exported_again_with_another_chain_only_when_it_scores_bette
     assert metadata["chain"]["trained_with"] == committed["chain"]["trained_with"]
     assert "export-entry-chain" in metadata["evaluation"]["command"]
     assert "tau_r = 0.01, 0.01, 0, 0" in (entry_dir / "README.md").read_text()
+    with pytest.raises(ValueError, match="no Inception score to beat"):  # before any sampling
+        ebm_recipe.export_entry_chain("mnist_ebm", registry.resolve("mnist_ebm"), {})
 
 
 def test_the_average_of_kept_snapshots_is_scored_without_recording(tmp_path, monkeypatch):

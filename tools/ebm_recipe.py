@@ -232,6 +232,9 @@ def export_entry_chain(entry, entry_dir, chain, data_path=None, recon_images=100
     measurements and the Inception score under ``SCORE_PROTOCOL``; the training record stays. Refuses, writing
     nothing, unless that FID is below the committed entry's. Returns the score."""
     committed = read_metadata(entry_dir)
+    if "inception" not in committed:
+        raise ValueError(f"{entry_dir} has no Inception score to beat (an RGB EBM campaign entry has one): nothing "
+                         "to compare the new chain with.")
     r = sampling_recipe(entry, None, chain)
     model = recipes.build(r)
     model.set_weights(load_entry(entry_dir).get_weights())
