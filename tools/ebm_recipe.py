@@ -239,7 +239,8 @@ def export_entry_chain(entry, entry_dir, chain, data_path=None, recon_images=100
     model = recipes.build(r)
     model.set_weights(load_entry(entry_dir).get_weights())
     score, _ = score_model(model, r["dataset"], data_path=data_path)
-    before = committed.get("inception", {}).get("fid", {}).get("fid", float("inf"))
+    inherited = committed["inception"]
+    before = inherited["fid"]["fid"]
     if not score["fid"]["fid"] < before:
         raise ValueError(f"The chain {chain} scores Inception FID {score['fid']['fid']:.1f}, not below the committed "
                          f"entry's {before:.1f}: {entry_dir} left as it is.")
@@ -250,7 +251,6 @@ def export_entry_chain(entry, entry_dir, chain, data_path=None, recon_images=100
     flags = (f" --recon-images {recon_images} --recon-iterations {recon_iterations} --convergence-images "
              f"{convergence_images}{set_flags(chain)}")
     measured["evaluation"]["command"] = f"python tools/train_ebm.py {entry} export-entry-chain{flags}"
-    inherited = committed["inception"]
     metadata = {
         **committed, **measured, "keras_version": keras.__version__,
         "chain": dict(chain_metadata(r), overrides=overrides,
