@@ -79,6 +79,21 @@ def test_an_entrys_weights_sample_with_another_noise_scale_and_say_so():
         ebm_recipe.sampling_recipe("celeba_ebm", None, {"learning_rate": 1e-4})
 
 
+def test_an_ebm_recipe_trains_with_its_chain_and_samples_with_its_sampling_chain():
+    import ebm_recipe
+
+    recipe = recipes.load("celeba_ebm")
+    assert recipes.build(recipe).chain.noise_scales == [0.01] * 4  # what training runs
+    sampled = recipes.build(ebm_recipe.sampling_recipe("celeba_ebm", None))
+    assert sampled.chain.noise_scales == recipe["sampling_chain"]["coarse_to_fine.noise_scale"]
+    assert sampled.chain.stage_steps == tuple(recipe["coarse_to_fine"]["steps"])  # only the overridden field differs
+    chosen = ebm_recipe.sampling_recipe("celeba_ebm", None, {"coarse_to_fine.noise_scale": 0.0})  # a --set wins
+    assert recipes.build(chosen).chain.noise_scales == [0.0] * 4
+    assert recipes.sampling_overrides(recipes.load("mnist_ebm")) == {}  # no sampling_chain: the training chain
+    with pytest.raises(ValueError, match=r"sampling_chain overrides chain fields .* not \['learning_rate'\]"):
+        recipes.check({**recipe, "sampling_chain": {"learning_rate": 1e-4}})  # what the weights are: not a chain
+
+
 def _labelled_digits(*args, **kwargs):
     """``data.load``'s stand-in: 40 random 28x28 images, 4 of each of 10 classes."""
     return tiny_images(40, (28, 28, 1)), np.repeat(np.arange(10), 4)

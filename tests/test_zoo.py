@@ -209,13 +209,14 @@ def test_a_snapshot_is_sampled_with_another_chain_only(tmp_path):
                                                    "coarse_to_fine.anneal_steps": 5})  # trained with this chain
     chain = {"coarse_to_fine.steps": [50, 20, 15, 20], "coarse_to_fine.anneal_steps": 10}
     recipe = ebm_recipe.sampling_recipe("celeba_ebm", tmp_path, chain)
+    sampled = recipes.sampling_overrides(recipes.load("celeba_ebm"))  # the recipe's sampling_chain: the fine noise
     assert recipe["coarse_to_fine"] == dict(recipes.load("celeba_ebm")["coarse_to_fine"], steps=[50, 20, 15, 20],
-                                            anneal_steps=10)
+                                            anneal_steps=10, noise_scale=sampled["coarse_to_fine.noise_scale"])
     assert recipes.run_recipe("celeba_ebm", tmp_path)["coarse_to_fine"]["steps"] == [50, 20, 15, 10]  # untouched
     with pytest.raises(ValueError, match=r"\['learning_rate'\] are not chain fields"):
         ebm_recipe.sampling_recipe("celeba_ebm", tmp_path, {"learning_rate": 1e-3})
     trained = recipes.run_recipe("celeba_ebm", tmp_path)
-    assert ebm_recipe.recipe_changes(trained, recipe) == chain  # the --set that turns one into the other
+    assert ebm_recipe.recipe_changes(trained, recipe) == {**sampled, **chain}  # the --set that turns one into the other
     assert ebm_recipe.recipe_changes(recipe, recipe) == {}
     assert ebm_recipe.set_flags(chain) == (" --set 'coarse_to_fine.steps=[50,20,15,20]'"
                                              " --set 'coarse_to_fine.anneal_steps=10'")

@@ -73,20 +73,18 @@ def snapshot_totals(entry, run_dir, epoch, row):
             origin["cpu_time_s"] + float(row["cpu_time_s"]), origin["wall_time_s"] + float(row["wall_time_s"]))
 
 
-CHAIN_FIELDS = ("steps", "coarse_to_fine.steps", "coarse_to_fine.anneal_steps",  # how weights are sampled
-                "coarse_to_fine.noise_scale")
-
-
 def sampling_recipe(entry, run_dir, chain=None):
-    """A run's recipe (``recipes.run_recipe``; ``run_dir`` ``None``: the entry's recipe as it is now) with ``chain``
-    overrides (``{"coarse_to_fine.steps": [...]}``): only ``CHAIN_FIELDS``, which change how its snapshots are
+    """A run's recipe (``recipes.run_recipe``; ``run_dir`` ``None``: the entry's recipe as it is now) as its
+    snapshots are sampled: with its ``sampling_chain`` and ``chain`` overrides (``{"coarse_to_fine.steps": [...]}``)
+    over it (``recipes.sampling_overrides``): only ``recipes.CHAIN_FIELDS``, which change how its snapshots are
     sampled, not what they are."""
     chain = chain or {}
-    other = sorted(set(chain) - set(CHAIN_FIELDS))
+    other = sorted(set(chain) - set(recipes.CHAIN_FIELDS))
     if other:
-        raise ValueError(f"A snapshot is sampled with another chain only: {other} are not chain fields {CHAIN_FIELDS}.")
+        raise ValueError(f"A snapshot is sampled with another chain only: {other} are not chain fields "
+                         f"{recipes.CHAIN_FIELDS}.")
     recipe = recipes.load(entry) if run_dir is None else recipes.run_recipe(entry, run_dir)
-    return recipes.apply_overrides(recipe, chain)
+    return recipes.apply_overrides(recipe, recipes.sampling_overrides(recipe, chain))
 
 
 def recipe_changes(recipe, other):
@@ -173,9 +171,10 @@ def export_entry(entry, run_dir, entry_dir, data_path=None, recon_images=1000, r
     metadata["evaluation"]["command"] = (
         f"python tools/train_ebm.py {entry} export --epoch {epoch} --recon-images {recon_images} --recon-iterations "
         f"{recon_iterations} --convergence-images {convergence_images}{set_flags(chain)}")
-    if chain:  # the snapshot is sampled with other step counts than it was trained with
+    sampled_with = recipes.sampling_overrides(recipes.run_recipe(entry, run_dir), chain)
+    if sampled_with:  # the snapshot is sampled with another chain than it was trained with
         trained = chain_metadata(recipes.run_recipe(entry, run_dir))
-        metadata["chain"].update(overrides=chain, trained_with=trained.get("stage_steps", trained["steps"]))
+        metadata["chain"].update(overrides=sampled_with, trained_with=trained.get("stage_steps", trained["steps"]))
     metadata.update(scored_runs(run_dir, iterations, chain))
     return write_entry(model, entry_dir, metadata, staging)
 
@@ -228,9 +227,9 @@ def measure_entry(model, r, figures, data_path=None, recon_images=1000, recon_it
 def export_entry_chain(entry, entry_dir, chain, data_path=None, recon_images=1000, recon_iterations=200,
                        convergence_images=16, quality_samples=5000):
     """Writes ``entry_dir`` again with the committed weights sampled by another chain (``chain``: overrides of
-    ``CHAIN_FIELDS``, relative to the recipe), with no run folder needed (a new machine): new figures,
-    measurements and the Inception score under ``SCORE_PROTOCOL``; the training record stays. Refuses, writing
-    nothing, unless that FID is below the committed entry's. Returns the score."""
+    ``recipes.CHAIN_FIELDS``, over the recipe's sampling chain), with no run folder needed (a new machine): new
+    figures, measurements and the Inception score under ``SCORE_PROTOCOL``; the training record stays. Refuses,
+    writing nothing, unless that FID is below the committed entry's. Returns the score."""
     committed = read_metadata(entry_dir)
     if "inception" not in committed:
         raise ValueError(f"{entry_dir} has no Inception score to beat (an RGB EBM campaign entry has one): nothing "
@@ -290,10 +289,11 @@ def record_score(folder, score):
 
 def score_entry_chain(entry, entry_dir, overrides, fid_samples=SCORE_PROTOCOL["fid_samples"],
                       reference=SCORE_PROTOCOL["fid_reference"], data_path=None, seed=SCORE_PROTOCOL["seed"]):
-    """``score_model`` of an exported entry's weights sampled by the chain of its recipe with ``overrides``
+    """``score_model`` of an exported entry's weights sampled by its recipe's sampling chain with ``overrides``
     (e.g. another step count per stage): what a chain change does before any training; ``seed`` another than
     the protocol's chooses a chain without choosing on the reported numbers. Records nothing."""
-    recipe = recipes.apply_overrides(recipes.load(entry), overrides)
+    recipe = recipes.load(entry)
+    recipe = recipes.apply_overrides(recipe, recipes.sampling_overrides(recipe, overrides))
     model = recipes.build(recipe)
     model.set_weights(load_entry(entry_dir).get_weights())
     score, _ = score_model(model, recipe["dataset"], fid_samples, reference, data_path, seed)

@@ -1,7 +1,9 @@
 """Zoo recipes as package data: ``<entry>.json`` holds an entry's whole recipe (data, model and chain, optimizer
 and schedule, budget), its ``family`` (``"ebm"``, ``"lvm"`` or ``"classifier"``) and ``notes`` (why it differs
-from its paper). A training run records the recipe it started with (``record_recipe``), so a later change of a
-file never changes what a run's snapshots are."""
+from its paper). An EBM recipe may add ``sampling_chain``: overrides of ``CHAIN_FIELDS`` with which its weights are
+sampled once trained (``sampling_overrides``), where training runs the recipe's own chain. A training run records
+the recipe it started with (``record_recipe``), so a later change of a file never changes what a run's snapshots
+are."""
 
 import json
 import shutil
@@ -10,6 +12,8 @@ from pathlib import Path
 import numpy as np
 
 FAMILIES = ("ebm", "lvm", "classifier")
+CHAIN_FIELDS = ("steps", "coarse_to_fine.steps", "coarse_to_fine.anneal_steps",  # how an EBM's weights are sampled
+                "coarse_to_fine.noise_scale")
 RECIPE_FILE = "recipe.json"  # in a run folder: what the run was trained with, written at its start
 _FOLDER = Path(__file__).resolve().parent
 
@@ -58,6 +62,12 @@ def apply_overrides(recipe, overrides):
             raise KeyError(f"The recipe has no field {key!r}; fields: {', '.join(sorted(recipe))}.")
         node[leaf] = value
     return recipe
+
+
+def sampling_overrides(recipe, chain=None):
+    """``{"dotted.key": value}``: how ``recipe``'s trained weights are sampled, relative to the chain it trains
+    with: its ``sampling_chain``, then ``chain`` (overrides of ``CHAIN_FIELDS``, e.g. a ``--set``) over it."""
+    return {**recipe.get("sampling_chain", {}), **(chain or {})}
 
 
 def run_recipe(entry, run_dir):
@@ -236,6 +246,9 @@ def check(recipe):
     for key in ("batch_size", "iterations_per_epoch"):
         validation.check_positive_int(recipe[key], key)
     validation.check_seed(recipe["seed"])
+    other = sorted(set(recipe.get("sampling_chain", {})) - set(CHAIN_FIELDS))
+    if other:
+        raise ValueError(f"sampling_chain overrides chain fields {CHAIN_FIELDS} only, not {other}.")
     if recipe.get("train_images") is not None:
         validation.check_positive_int(recipe["train_images"], "train_images")
     stages = VARIANTS["classifier"] if recipe["family"] == "classifier" else (None,)
