@@ -145,9 +145,9 @@ def export_entry(entry, run_dir, entry_dir, data_path=None, recon_images=1000, r
     measured = measure_entry(model, r, Path(staging.name), data_path, recon_images, recon_iterations,
                              convergence_images, quality_samples)
     iterations, cpu_seconds, wall_seconds = snapshot_totals(entry, run_dir, epoch, row)
-    origin = run_origin(run_dir)
+    origin, trained_recipe = run_origin(run_dir), recipes.run_recipe(entry, run_dir)
     train_command = (f"python tools/train_ebm.py {entry} train --iterations {epoch * r['iterations_per_epoch']}"
-                     f"{set_flags(recipe_changes(recipes.load(entry), recipes.run_recipe(entry, run_dir)))}")
+                     f"{set_flags(recipe_changes(recipes.load(entry), trained_recipe))}")
     if origin["updates"]:
         train_command += (f"  # starts from the entry of {origin['updates']:,} updates (weights sha256 "
                           f"{origin['weights_sha256'][:12]}...), see git history")
@@ -171,9 +171,9 @@ def export_entry(entry, run_dir, entry_dir, data_path=None, recon_images=1000, r
     metadata["evaluation"]["command"] = (
         f"python tools/train_ebm.py {entry} export --epoch {epoch} --recon-images {recon_images} --recon-iterations "
         f"{recon_iterations} --convergence-images {convergence_images}{set_flags(chain)}")
-    sampled_with = recipes.sampling_overrides(recipes.run_recipe(entry, run_dir), chain)
+    sampled_with = recipes.sampling_overrides(trained_recipe, chain)
     if sampled_with:  # the snapshot is sampled with another chain than it was trained with
-        trained = chain_metadata(recipes.run_recipe(entry, run_dir))
+        trained = chain_metadata(trained_recipe)
         metadata["chain"].update(overrides=sampled_with, trained_with=trained.get("stage_steps", trained["steps"]))
     metadata.update(scored_runs(run_dir, iterations, chain))
     return write_entry(model, entry_dir, metadata, staging)
