@@ -86,7 +86,9 @@ def test_an_ebm_recipe_trains_with_its_chain_and_samples_with_its_sampling_chain
     assert recipes.build(recipe).chain.noise_scales == [0.01] * 4  # what training runs
     sampled = recipes.build(ebm_recipe.sampling_recipe("celeba_ebm", None))
     assert sampled.chain.noise_scales == recipe["sampling_chain"]["coarse_to_fine.noise_scale"]
-    assert sampled.chain.stage_steps == tuple(recipe["coarse_to_fine"]["steps"])  # only the overridden field differs
+    assert sampled.chain.stage_steps == tuple(recipe["sampling_chain"]["coarse_to_fine.steps"])  # sampled longer
+    assert recipes.build(recipe).chain.stage_steps == tuple(recipe["coarse_to_fine"]["steps"])  # than it trains
+    assert sampled.chain.anneal_steps == recipe["coarse_to_fine"]["anneal_steps"]  # a field not overridden stays
     chosen = ebm_recipe.sampling_recipe("celeba_ebm", None, {"coarse_to_fine.noise_scale": 0.0})  # a --set wins
     assert recipes.build(chosen).chain.noise_scales == [0.0] * 4
     assert recipes.sampling_overrides(recipes.load("mnist_ebm")) == {}  # no sampling_chain: the training chain

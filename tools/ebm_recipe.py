@@ -548,7 +548,9 @@ BUDGET_NOTES = {
                    "trained with 0.01 in every stage), the finding of celeba_ebm's chain study: on the selection seed "
                    "(7, 500 samples) Inception FID 127.9 against 172.2 (0 everywhere: 127.2, a tie), and on the "
                    "protocol 110.3 against 154.4 (`python tools/train_ebm.py cifar10_ebm export-entry-chain --set "
-                   "'coarse_to_fine.noise_scale=[0.01,0.0,0.0]'`); training with this chain is untried.",
+                   "'coarse_to_fine.noise_scale=[0.01,0.0,0.0]'`). It trains with the noise in every stage: training "
+                   "with the noise-free chain measured worse on celeba_ebm (docs/celeba_ebm_study.md, \"Training "
+                   "with the noise-free chain\").",
     "celeba_ebm": "No GPU was lent to this project's sessions. What differs from paper 1, and why: paper 1 runs "
                   "K=100 steps of one nf=64 ConvNet at 64x64; on CPU cores that is about 7 s per update even at "
                   "nf=16, K=50, and 950 such updates drew speckled blobs. This entry uses the "
@@ -590,8 +592,18 @@ BUDGET_NOTES = {
                   "best of 23 chains tried there, and on the issue's protocol 50.8 against 75.0, with a face rate "
                   "of 97.5 % against 99.0 % (one standard error at 200 samples); held-out reconstruction improved "
                   "(MSE 0.100 against 0.117) and the celeba_features FD did not (104.9 against 99.1) "
-                  "(docs/celeba_ebm_study.md, \"The chain's noise\"). The FID above is the issue's protocol with "
-                  "the chain above.",
+                  "(docs/celeba_ebm_study.md, \"The chain's noise\"). Since the sixteenth session (2026-12-07) the "
+                  "weights are the campaign run's, trained on from that entry for 8,000 more updates (a fresh Adam, "
+                  "the recipe's chain: 70 + 25 + 15 + 15 with noise 0.01 in every stage, 0.9 CPU-seconds an update), "
+                  "and sampled with a longer chain than they were trained with, 100 + 30 + 20 + 20 (the chain "
+                  "above, K=170): sampled with the counts they were trained with, the run's snapshots scored "
+                  "Inception FID 65.8 to 76.5 on the selection seed and never beat the entry's 58.0; with K=170 "
+                  "they scored 54.7 to 63.8, this one 54.7, and on the issue's protocol 47.2 against 50.8, with a "
+                  "face rate of 99.5 % against 97.5 % (docs/celeba_ebm_study.md, \"Sampling longer than "
+                  "training\"). **What got worse**: the longer chain again draws higher-contrast faces on darker "
+                  "backgrounds, which the celeba_features autoencoder weighs heavily (FD 176.2 against 104.9, KID "
+                  "x 1e3 1675 against 484), and held-out reconstruction through 45 more updates is harder (MSE "
+                  "0.107 against 0.100). The FID above is the issue's protocol with the chain above.",
 }
 
 

@@ -28,8 +28,8 @@ SHORT_RUN_EBM_PRESETS = {
                        "annealed), one paper-1 ConvNet per resolution (nf=32 at 8 and 16 px, 16 at 32 and 64 px); "
                        "CPU campaign.",
         "sha256": {
-            "config.json": "c85816c56ac60d420760fb282220450e994a77348c947c2ed0509569eda7c829",
-            "model.weights.h5": "6dacdc1c06a3344928e4c00b16b55f9ef4c8baeed8e358ea6d775ad3548b6c41",
+            "config.json": "41319af9bea99f033c179f1da8dfdecd80494f79cd6d60b8091afd41057bb020",
+            "model.weights.h5": "0f1575e082f3dda17622f5cfe7311affed632b617b28079ba3c497d232778b0e",
         },
     },
 }
