@@ -314,28 +314,49 @@ def test_an_entry_is_exported_again_with_another_chain_only_when_it_scores_bette
         ebm_recipe.export_entry_chain("mnist_ebm", registry.resolve("mnist_ebm"), {})
 
 
-def test_the_average_of_kept_snapshots_is_scored_without_recording(tmp_path, monkeypatch):
+def test_the_average_of_kept_snapshots_is_scored_recorded_and_read_by_its_export_only(tmp_path, monkeypatch):
     import ebm_recipe
 
+    monkeypatch.setenv("KERAS_SHORTRUN_HOME", str(tmp_path / "home"))
     recipe = recipes.record_recipe("mnist_ebm", tmp_path, {"filters": 4, "steps": 2})
     model = recipes.build(recipe)
     base = model.get_weights()
     for epoch in (1, 2, 3, 4):
         model.set_weights([w + epoch for w in base])
         atomic_save_weights(model, checkpoint_path(tmp_path, epoch))
+    (tmp_path / "log.csv").write_text("epoch,cpu_time_s,wall_time_s\n" + "".join(
+        f"{e},{10.0 * (e + 1)},{11.0 * (e + 1)}\n" for e in range(4)))
     checkpoint_path(tmp_path, 3).unlink()  # thinned out: the average is over the snapshots kept
     scored = {}
 
     def score_model(model, dataset, fid_samples, reference, data_path, seed=None):
         scored.update(weights=model.get_weights(), dataset=dataset)
-        return {"fid": {"fid": 1.0}}, None
+        return {"fid": {"fid": 1.0, "n": fid_samples}}, np.zeros((1, 28, 28, 1), np.float32)
 
     monkeypatch.setattr(ebm_recipe, "score_model", score_model)
-    result = ebm_recipe.score_average("mnist_ebm", tmp_path, epoch=4, count=3)
+    result = ebm_recipe.score_snapshot("mnist_ebm", tmp_path, epoch=4, average=3)
     assert result["averaged_epochs"] == [2, 4] and scored["dataset"] == "mnist"
     for mine, original in zip(scored["weights"], base):
         np.testing.assert_allclose(mine, original + 3.0, rtol=1e-6, atol=1e-6)  # (2 + 4) / 2, float32 sums
-    assert not (tmp_path / ebm_recipe.SCORES_FILE).exists()
+    assert result["command"].endswith("--average-epochs 3") and result["updates"] == 4 * recipe["iterations_per_epoch"]
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.keep"))
+    assert kept == ["epoch_0002.keep", "epoch_0004.keep"]  # thinning never takes an averaged snapshot away
+    single = ebm_recipe.score_snapshot("mnist_ebm", tmp_path, epoch=4)
+    for mine, original in zip(scored["weights"], base):
+        np.testing.assert_array_equal(mine, original + 4.0)  # the snapshot alone
+    assert "averaged_epochs" not in single
+    updates = result["updates"]
+    assert ebm_recipe.scored_runs(tmp_path, updates)["inception"] == single  # an export of the snapshot alone
+    assert ebm_recipe.scored_runs(tmp_path, updates, averaged=[2, 4])["inception"] == result  # of the average
+    assert [s["updates"] for s in ebm_recipe.scored_runs(tmp_path, updates)["quality_curve"]] == [updates]
+    with pytest.raises(FileNotFoundError, match="No snapshot of epoch 3"):
+        ebm_recipe.score_snapshot("mnist_ebm", tmp_path, epoch=3, average=2)  # before any sampling
+    with pytest.raises(ValueError, match="positive number of epochs"):
+        ebm_recipe.score_snapshot("mnist_ebm", tmp_path, epoch=4, average=0)
+    fields = {"iterations": 400, "averaged_updates": [200, 400]}
+    assert ebm_recipe.iterations_text(fields) == ("400 (the weights: the uniform average of the 2 snapshots kept "
+                                                  "after 200, 400 updates)")
+    assert ebm_recipe.iterations_text({"iterations": 400}) == "400"
 
 
 @pytest.mark.parametrize("name", FEATURE_ENTRIES)

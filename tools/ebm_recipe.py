@@ -118,20 +118,49 @@ def snapshot_model(entry, run_dir, chain=None):
     return model
 
 
-def load_checkpoint(entry, run_dir, epoch, chain=None):
+def averaged_epochs(run_dir, epoch, span=None):
+    """The epochs whose kept snapshots are averaged into a run's weights after ``epoch``: those of the last
+    ``span`` epochs up to it that thinning kept (``span`` ``None``: ``[epoch]``, the snapshot alone)."""
+    if span is None:
+        return [epoch]
+    if span < 1:
+        raise ValueError(f"--average-epochs must be a positive number of epochs, got {span}.")
+    if not checkpoint_path(run_dir, epoch).is_file():
+        raise FileNotFoundError(f"No snapshot of epoch {epoch} in {Path(run_dir) / 'checkpoints'}.")
+    return [e for e in range(max(1, epoch - span + 1), epoch + 1) if checkpoint_path(run_dir, e).is_file()]
+
+
+def load_checkpoint(entry, run_dir, epoch, chain=None, averaged=None):
     """The model after ``epoch`` (1-based) of a run (sampled with ``chain``, see ``sampling_recipe``), and that
-    epoch's log row (wall time, energies)."""
+    epoch's log row (wall time, energies). ``averaged``: epochs (``averaged_epochs``) whose snapshots' uniform
+    average the weights are then (stochastic weight averaging, no retraining)."""
     model = snapshot_model(entry, run_dir, chain)
-    model.load_weights(checkpoint_path(run_dir, epoch))
+    epochs, total = averaged or [epoch], None
+    for e in epochs:
+        model.load_weights(checkpoint_path(run_dir, e))
+        weights = [np.asarray(w, np.float64) for w in model.get_weights()]
+        total = weights if total is None else [a + b for a, b in zip(total, weights)]
+    if len(epochs) > 1:
+        model.set_weights([(w / len(epochs)).astype(np.float32) for w in total])
     return model, log_row(run_dir, epoch)
 
 
+def pin_snapshots(run_dir, epoch, average):
+    """``(averaged_epochs or None, the --average-epochs flag or "")`` of ``average`` epochs up to ``epoch``; its
+    snapshots pinned (``training.pin_checkpoint``): scored or exported weights stay reproducible."""
+    averaged = None if average is None else averaged_epochs(run_dir, epoch, average)
+    for e in averaged or [epoch]:
+        pin_checkpoint(run_dir, e)
+    return averaged, "" if average is None else f" --average-epochs {average}"
+
+
 def export_entry(entry, run_dir, entry_dir, data_path=None, recon_images=1000, recon_iterations=200,
-                 epoch=None, convergence_images=16, quality_samples=5000, chain=None):
+                 epoch=None, convergence_images=16, quality_samples=5000, chain=None, average=None):
     """Writes ``zoo/<entry>``: weights, config, metadata (budget, metrics) and a card with figures.
 
     ``epoch`` picks a kept snapshot (default: the last), ``chain`` another chain to sample it with than the one
-    it was trained with (``sampling_recipe``; its Inception score must be of that chain). The reconstruction
+    it was trained with (``sampling_recipe``; its Inception score must be of that chain), ``average`` a span of
+    epochs whose kept snapshots are averaged into the weights (``load_checkpoint``). The reconstruction
     MSE is measured on the first ``recon_images`` test images with
     ``recon_iterations`` Adam iterations; on the first ``convergence_images``
     it is also measured at 200 iterations, to show what fewer iterations cost.
@@ -139,8 +168,8 @@ def export_entry(entry, run_dir, entry_dir, data_path=None, recon_images=1000, r
     r = sampling_recipe(entry, run_dir, chain)
     run_dir = Path(run_dir)
     epoch = last_epoch(run_dir) if epoch is None else epoch
-    model, row = load_checkpoint(entry, run_dir, epoch, chain)
-    pin_checkpoint(run_dir, epoch)
+    averaged, flag = pin_snapshots(run_dir, epoch, average)
+    model, row = load_checkpoint(entry, run_dir, epoch, chain, averaged)
     staging = TemporaryDirectory(prefix="keras_shortrun_export_")  # never the run folder: train would not resume it
     measured = measure_entry(model, r, Path(staging.name), data_path, recon_images, recon_iterations,
                              convergence_images, quality_samples)
@@ -170,12 +199,16 @@ def export_entry(entry, run_dir, entry_dir, data_path=None, recon_images=1000, r
     }
     metadata["evaluation"]["command"] = (
         f"python tools/train_ebm.py {entry} export --epoch {epoch} --recon-images {recon_images} --recon-iterations "
-        f"{recon_iterations} --convergence-images {convergence_images}{set_flags(chain)}")
+        f"{recon_iterations} --convergence-images {convergence_images}{set_flags(chain)}{flag}")
+    if averaged:
+        metadata["training"]["averaged_epochs"] = averaged
+        metadata["training"]["averaged_updates"] = [e * r["iterations_per_epoch"] + origin["updates"]
+                                                    for e in averaged]
     sampled_with = recipes.sampling_overrides(trained_recipe, chain)
     if sampled_with:  # the snapshot is sampled with another chain than it was trained with
         trained = chain_metadata(trained_recipe)
         metadata["chain"].update(overrides=sampled_with, trained_with=trained.get("stage_steps", trained["steps"]))
-    metadata.update(scored_runs(run_dir, iterations, chain))
+    metadata.update(scored_runs(run_dir, iterations, chain, averaged))
     return write_entry(model, entry_dir, metadata, staging)
 
 
@@ -322,14 +355,17 @@ def update_cost(entry, overrides, updates=10, data_path=None):
 
 
 def score_snapshot(entry, run_dir, epoch=None, fid_samples=SCORE_PROTOCOL["fid_samples"],
-                   reference=SCORE_PROTOCOL["fid_reference"], data_path=None, seed=SCORE_PROTOCOL["seed"], chain=None):
+                   reference=SCORE_PROTOCOL["fid_reference"], data_path=None, seed=SCORE_PROTOCOL["seed"], chain=None,
+                   average=None):
     """Scores a kept snapshot of an entry's run (default: the last) with ``score_model`` and records it with
     the updates and CPU time it took, all told (``snapshot_totals``; ``record_score``). A score of another
-    ``seed`` than the protocol's is a selection score: recorded with its seed, kept off the quality curve."""
+    ``seed`` than the protocol's is a selection score: recorded with its seed, kept off the quality curve.
+    ``average``: the snapshots of that many epochs up to ``epoch`` averaged (``load_checkpoint``); the record
+    lists them, and only an export of the same average reads it."""
     run_dir = Path(run_dir)
     epoch = last_epoch(run_dir) if epoch is None else epoch
-    model, row = load_checkpoint(entry, run_dir, epoch, chain)
-    pin_checkpoint(run_dir, epoch)
+    averaged, flag = pin_snapshots(run_dir, epoch, average)
+    model, row = load_checkpoint(entry, run_dir, epoch, chain, averaged)
     dataset = recipes.run_recipe(entry, run_dir)["dataset"]
     score, samples = score_model(model, dataset, fid_samples, reference, data_path, seed)
     save_grid(run_dir / "score_samples.png", samples[:64], scale=2)
@@ -338,30 +374,13 @@ def score_snapshot(entry, run_dir, epoch=None, fid_samples=SCORE_PROTOCOL["fid_s
               f"--reference {reference}"
     if chain:  # sampled with another chain than the run trained with: only an export with that chain reads it
         score["chain"], command = chain, command + set_flags(chain)
+    if averaged:
+        score["averaged_epochs"], command = averaged, command + flag
     if seed != SCORE_PROTOCOL["seed"]:
         score["seed"], command = seed, f"{command} --seed {seed}"
     score.update(updates=updates, cpu_minutes=cpu_seconds / 60, wall_minutes=wall_seconds / 60, command=command)
     record_score(run_dir, score)
     return score
-
-
-def score_average(entry, run_dir, epoch=None, count=20, fid_samples=SCORE_PROTOCOL["fid_samples"],
-                  reference=SCORE_PROTOCOL["fid_reference"], data_path=None):
-    """``score_model`` of the uniform average of the weights of a run's kept snapshots of epochs
-    ``epoch - count + 1 .. epoch`` (default: the last): does averaging the weights (as an EMA would) help the
-    short-run sampler? Records nothing (not a snapshot of the run's quality curve)."""
-    run_dir = Path(run_dir)
-    epoch = last_epoch(run_dir) if epoch is None else epoch
-    epochs = [e for e in range(epoch - count + 1, epoch + 1) if checkpoint_path(run_dir, e).is_file()]
-    model, total = snapshot_model(entry, run_dir), None
-    for e in epochs:
-        model.load_weights(checkpoint_path(run_dir, e))
-        weights = [np.asarray(w, np.float64) for w in model.get_weights()]
-        total = weights if total is None else [a + b for a, b in zip(total, weights)]
-    model.set_weights([(w / len(epochs)).astype(np.float32) for w in total])
-    score, _ = score_model(model, recipes.run_recipe(entry, run_dir)["dataset"], fid_samples, reference, data_path)
-    return {**score, "averaged_epochs": epochs,
-            "command": f"python tools/train_ebm.py {entry} score --epoch {epoch} --average-epochs {count}"}
 
 
 def run_scores(run_dir):
@@ -370,9 +389,10 @@ def run_scores(run_dir):
     return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
 
 
-def scored_runs(run_dir, iterations, chain=None):
+def scored_runs(run_dir, iterations, chain=None, averaged=None):
     """``inception``: the run's latest score of this snapshot, sampled with ``chain`` (overrides; ``None``: the
-    run's own), at the largest N (``score_snapshot``);
+    run's own) and averaged over the snapshots of the epochs ``averaged`` (``None``: alone), at the largest N
+    (``score_snapshot``);
     ``quality_curve``: the scores under the ``SCORE_PROTOCOL`` protocol (its seed, its N) of the entry the run
     started from (``run_origin``), then of the run up to this snapshot; ``recipe_study``: the study's scored
     candidates beside it (else the entry's). Selection scores (another seed) count for neither."""
@@ -381,11 +401,13 @@ def scored_runs(run_dir, iterations, chain=None):
     found = {}
     inherited = run_origin(run_dir)["metadata"]
     scores = [s for s in run_scores(run_dir) if s.get("seed", SCORE_PROTOCOL["seed"]) == SCORE_PROTOCOL["seed"]]
-    this_snapshot = [s for s in scores if s["updates"] == iterations and s.get("chain") == (chain or None)]
+    this_snapshot = [s for s in scores if s["updates"] == iterations and s.get("chain") == (chain or None)
+                     and s.get("averaged_epochs") == averaged]
     if this_snapshot:
         found["inception"] = max(this_snapshot, key=lambda s: s["fid"]["n"])
     curve = inherited.get("quality_curve", []) + [s for s in scores if s["fid"]["n"] == SCORE_PROTOCOL["fid_samples"]
-                                                  and s["updates"] <= iterations and "chain" not in s]
+                                                  and s["updates"] <= iterations and "chain" not in s
+                                                  and "averaged_epochs" not in s]
     if curve:
         found["quality_curve"] = curve
     study = sorted((runs_home() / f"study_{Path(run_dir).name}").glob("*/score.json"))
@@ -470,7 +492,8 @@ def rewrite_card(entry_dir, run_dir=None):
     entry_dir = Path(entry_dir)
     metadata = read_metadata(entry_dir)
     if run_dir is not None:
-        metadata.update(scored_runs(run_dir, metadata["training"]["iterations"], metadata["chain"].get("overrides")))
+        metadata.update(scored_runs(run_dir, metadata["training"]["iterations"], metadata["chain"].get("overrides"),
+                                    metadata["training"].get("averaged_epochs")))
         stored = json.loads((entry_dir / "metadata.json").read_text())
         stored.update({k: metadata[k] for k in ("inception", "quality_curve", "recipe_study") if k in metadata})
         (entry_dir / "metadata.tmp.json").write_text(json.dumps(stored, indent=1, sort_keys=True))
@@ -498,6 +521,15 @@ def energy_filters(model):
     return filters[0] if len(set(filters)) == 1 else filters
 
 
+def iterations_text(training):
+    """The card's updates row: the count, and which snapshots' average the weights are, where they are one."""
+    updates = training.get("averaged_updates")
+    if not updates:
+        return f"{training['iterations']}"
+    return (f"{training['iterations']} (the weights: the uniform average of the {len(updates)} snapshots kept "
+            f"after {', '.join(f'{u:,}' for u in updates)} updates)")
+
+
 def flat_card_fields(metadata, model):
     filters = energy_filters(model)
     t, e, m = metadata["training"], metadata["evaluation"], metadata["metrics"]
@@ -505,7 +537,7 @@ def flat_card_fields(metadata, model):
         name=metadata["name"], dataset=metadata["dataset"]["name"], resolution=metadata["resolution"],
         params=model.count_params(), filters=filters, steps=metadata["chain"]["steps"],
         model_text=model_text(metadata, filters, model.count_params()), inception=inception_rows(metadata),
-        iterations=t["iterations"], batch_size=t["batch_size"], lr=t["learning_rate"], hardware=t["hardware"],
+        iterations=iterations_text(t), batch_size=t["batch_size"], lr=t["learning_rate"], hardware=t["hardware"],
         e_data=t["final_energy_data"], e_sample=t["final_energy_sample"],
         wall_time_min=t["wall_time_s"] / 60, train_command=t["command"], licence=metadata["dataset"]["licence"],
         recon_mse=m["recon_mse_test"], recon_std=m["recon_mse_test_std"], recon_images=e["recon_images"],

@@ -10,8 +10,9 @@
                                                                  # appended to the run's scores.jsonl ([eval])
     python tools/train_ebm.py celeba_ebm score --seed 7          # a selection score: recorded with its seed,
                                                                  # kept off the card's quality curve
-    python tools/train_ebm.py celeba_ebm score --average-epochs 20  # the same of the average of the weights
-                                                                 # of the last 20 snapshots (recorded nowhere)
+    python tools/train_ebm.py celeba_ebm score --epoch E --average-epochs 30  # the same of the average of
+                                                                 # the weights kept in the 30 epochs up to E
+                                                                 # (recorded with them; so is export)
     python tools/train_ebm.py celeba_ebm score-entry [--set K=V] # the same of zoo/<entry>'s weights under the
                                                                  # recipe's chain, or another (no training)
     python tools/train_ebm.py celeba_ebm score --epoch E --set 'coarse_to_fine.steps=[50,20,15,20]'
@@ -37,7 +38,6 @@ from ebm_recipe import export_entry
 from ebm_recipe import export_entry_chain
 from ebm_recipe import refresh_quality
 from ebm_recipe import rewrite_card
-from ebm_recipe import score_average
 from ebm_recipe import score_entry_chain
 from ebm_recipe import score_snapshot
 from ebm_recipe import train
@@ -71,7 +71,8 @@ if __name__ == "__main__":
                         help="score, score-entry: another sampling seed than the protocol's, to choose a snapshot or "
                              "chain by (such scores stay off the card's quality curve)")
     parser.add_argument("--average-epochs", type=int, default=None,
-                        help="score: the average of the weights of this many epochs' snapshots up to --epoch")
+                        help="score, export: the uniform average of the weights of the snapshots kept in this "
+                             "many epochs up to --epoch")
     parser.add_argument("--recon-images", type=int, default=1000)
     parser.add_argument("--recon-iterations", type=int, default=200)
     parser.add_argument("--convergence-images", type=int, default=16,
@@ -87,12 +88,9 @@ if __name__ == "__main__":
         max_cpu = None if args.cpu_minutes is None else 60.0 * args.cpu_minutes
         train(args.entry, run_dir, args.iterations, args.data_path, max_cpu, parse_overrides(args.set),
               fork_from=args.fork_from)
-    elif args.action == "score" and args.average_epochs:
-        print(json.dumps(score_average(args.entry, run_dir, args.epoch, args.average_epochs, args.fid_samples,
-                                       args.reference, args.data_path)))
     elif args.action == "score":
         print(score_snapshot(args.entry, run_dir, args.epoch, args.fid_samples, args.reference, args.data_path,
-                             args.seed, parse_overrides(args.set)))
+                             args.seed, parse_overrides(args.set), args.average_epochs))
     elif args.action == "score-entry":
         print(json.dumps(score_entry_chain(args.entry, args.entry_dir or str(ROOT / "zoo" / args.entry),
                                            parse_overrides(args.set), args.fid_samples, args.reference,
@@ -112,4 +110,4 @@ if __name__ == "__main__":
         export_entry(args.entry, run_dir, args.entry_dir or str(ROOT / "zoo" / args.entry), args.data_path,
                      recon_images=args.recon_images, recon_iterations=args.recon_iterations, epoch=args.epoch,
                      convergence_images=args.convergence_images, quality_samples=args.samples,
-                     chain=parse_overrides(args.set))
+                     chain=parse_overrides(args.set), average=args.average_epochs)
