@@ -29,7 +29,7 @@ SHORT_RUN_EBM_PRESETS = {
                        "CPU campaign.",
         "sha256": {
             "config.json": "41319af9bea99f033c179f1da8dfdecd80494f79cd6d60b8091afd41057bb020",
-            "model.weights.h5": "0f1575e082f3dda17622f5cfe7311affed632b617b28079ba3c497d232778b0e",
+            "model.weights.h5": "a6f9034155e67b4681e76e5adc3893ff7416884dbb79c2cfdcc654e948da1899",
         },
     },
 }
