@@ -181,7 +181,7 @@ def test_scored_runs_take_this_snapshots_largest_score_and_the_protocol_curve(tm
     assert [r["updates"] for r in found["quality_curve"]] == [100, 200]
     assert "recipe_study" not in found
     table = ebm_recipe.curve_table({"name": "celeba_ebm", **found})
-    assert "| 200 | 0.33 | - | 250.0 |" in table and "floor 14.0" in table
+    assert "| 200 | 0.33 | - | 250.0 | snapshot |" in table and "floor 14.0" in table
     assert ebm_recipe.scored_runs(tmp_path / "elsewhere", 200) == {}
 
     chain = {"coarse_to_fine.steps": [50, 20, 15, 20]}  # the same snapshot sampled with another chain
@@ -189,7 +189,10 @@ def test_scored_runs_take_this_snapshots_largest_score_and_the_protocol_curve(tm
     assert ebm_recipe.scored_runs(tmp_path, 200)["inception"] == score(200, n, 250.0)  # the run's own chain
     other = ebm_recipe.scored_runs(tmp_path, 200, chain)
     assert other["inception"] == {**score(200, n, 240.0), "chain": chain}  # an export with that chain reads it
-    assert [r["updates"] for r in other["quality_curve"]] == [100, 200]  # the curve is the trained chain's
+    assert other["quality_curve"][:2] == found["quality_curve"]  # the snapshots as trained, then what ships:
+    assert other["quality_curve"][2] == other["inception"]  # this snapshot with that chain
+    assert "| 200 | 0.33 | - | 240.0 | steps [50, 20, 15, 20] |" in ebm_recipe.curve_table(
+        {"name": "celeba_ebm", **other})
 
 
 def test_update_cost_times_the_recipes_training_updates(monkeypatch):
@@ -350,6 +353,8 @@ def test_the_average_of_kept_snapshots_is_scored_recorded_and_read_by_its_export
     assert ebm_recipe.scored_runs(tmp_path, updates)["inception"] == single  # an export of the snapshot alone
     assert ebm_recipe.scored_runs(tmp_path, updates, averaged=[2, 4])["inception"] == result  # of the average
     assert [s["updates"] for s in ebm_recipe.scored_runs(tmp_path, updates)["quality_curve"]] == [updates]
+    curve = ebm_recipe.scored_runs(tmp_path, updates, averaged=[2, 4])["quality_curve"]
+    assert curve == [single, result] and ebm_recipe.sampled_as(result) == "average of 2 snapshots"
     with pytest.raises(FileNotFoundError, match="No snapshot of epoch 3"):
         ebm_recipe.score_snapshot("mnist_ebm", tmp_path, epoch=3, average=2)  # before any sampling
     with pytest.raises(ValueError, match="positive number of epochs"):

@@ -394,8 +394,10 @@ def scored_runs(run_dir, iterations, chain=None, averaged=None):
     run's own) and averaged over the snapshots of the epochs ``averaged`` (``None``: alone), at the largest N
     (``score_snapshot``);
     ``quality_curve``: the scores under the ``SCORE_PROTOCOL`` protocol (its seed, its N) of the entry the run
-    started from (``run_origin``), then of the run up to this snapshot; ``recipe_study``: the study's scored
-    candidates beside it (else the entry's). Selection scores (another seed) count for neither."""
+    started from (``run_origin``), then of the run's snapshots up to this one as trained (their own chain, alone),
+    and last ``inception`` where that is under the protocol too: the curve ends with what ships;
+    ``recipe_study``: the study's scored candidates beside it (else the entry's). Selection scores (another seed)
+    count for neither."""
     from keras_shortrun.training import runs_home
 
     found = {}
@@ -408,6 +410,9 @@ def scored_runs(run_dir, iterations, chain=None, averaged=None):
     curve = inherited.get("quality_curve", []) + [s for s in scores if s["fid"]["n"] == SCORE_PROTOCOL["fid_samples"]
                                                   and s["updates"] <= iterations and "chain" not in s
                                                   and "averaged_epochs" not in s]
+    shipped = found.get("inception")
+    if shipped and shipped["fid"]["n"] == SCORE_PROTOCOL["fid_samples"] and shipped not in curve:
+        curve.append(shipped)
     if curve:
         found["quality_curve"] = curve
     study = sorted((runs_home() / f"study_{Path(run_dir).name}").glob("*/score.json"))
@@ -488,12 +493,15 @@ def refresh_quality(entry, entry_dir, n_samples=5000, data_path=None):
 
 def rewrite_card(entry_dir, run_dir=None):
     """Renders an exported entry's card again from its metadata (after a change of the card template), first
-    adding the run's Inception scores and recipe study when ``run_dir`` has them for the exported snapshot."""
+    adding the run's Inception scores and recipe study when ``run_dir`` has them for the exported snapshot (the
+    chain and average of its shipped score, else of its metadata)."""
     entry_dir = Path(entry_dir)
     metadata = read_metadata(entry_dir)
     if run_dir is not None:
-        metadata.update(scored_runs(run_dir, metadata["training"]["iterations"], metadata["chain"].get("overrides"),
-                                    metadata["training"].get("averaged_epochs")))
+        shipped = metadata.get("inception", {})
+        chain = shipped.get("chain", metadata["chain"].get("overrides"))
+        metadata.update(scored_runs(run_dir, metadata["training"]["iterations"], chain,
+                                    shipped.get("averaged_epochs", metadata["training"].get("averaged_epochs"))))
         stored = json.loads((entry_dir / "metadata.json").read_text())
         stored.update({k: metadata[k] for k in ("inception", "quality_curve", "recipe_study") if k in metadata})
         (entry_dir / "metadata.tmp.json").write_text(json.dumps(stored, indent=1, sort_keys=True))
@@ -699,12 +707,23 @@ def curve_table(metadata):
         return ""
     fid = rows[-1]["fid"]
     lines = ["", "", f"The campaign's quality curve (`python tools/train_ebm.py {metadata['name']} score`; "
-             f"Inception FID of {fid['n']:,} samples vs {fid['reference']}, floor {fid['floor']:.1f}):", "",
-             "| updates | CPU-hours | face rate | Inception FID |", "| --- | --- | --- | --- |"]
+             f"Inception FID of {fid['n']:,} samples vs {fid['reference']}, floor {fid['floor']:.1f}; snapshots "
+             "sampled with their run's chain, and last the entry as it ships):", "",
+             "| updates | CPU-hours | face rate | Inception FID | weights; chain fields set over the run's |",
+             "| --- | --- | --- | --- | --- |"]
     for r in rows:
         faces = f"{100 * r['face_rate']['rate']:.1f} %" if "face_rate" in r else "-"
-        lines.append(f"| {r['updates']:,} | {r['cpu_minutes'] / 60:.2f} | {faces} | {r['fid']['fid']:.1f} |")
+        lines.append(f"| {r['updates']:,} | {r['cpu_minutes'] / 60:.2f} | {faces} | {r['fid']['fid']:.1f} "
+                     f"| {sampled_as(r)} |")
     return "\n".join(lines) + "\n"
+
+
+def sampled_as(score):
+    """A curve row's weights and chain: ``snapshot`` (sampled with its run's chain), else the average and the
+    chain fields (``score_snapshot``) it was scored with."""
+    parts = [f"average of {len(score['averaged_epochs'])} snapshots"] if score.get("averaged_epochs") else []
+    parts += [f"{key.split('.')[-1]} {json.dumps(value)}" for key, value in (score.get("chain") or {}).items()]
+    return "; ".join(parts) or "snapshot"
 
 
 CARD = Path(__file__).resolve().parent / "cards" / "ebm.md"  # the card template, str.format fields
