@@ -65,12 +65,18 @@ def run_origin(run_dir):
             "weights_sha256": record["weights_sha256"]}
 
 
+def snapshot_updates(entry, run_dir, epoch):
+    """The updates that the snapshot after ``epoch`` (1-based) has been trained for, counting what the run
+    started from (``run_origin``)."""
+    return run_origin(run_dir)["updates"] + epoch * recipes.run_recipe(entry, run_dir)["iterations_per_epoch"]
+
+
 def snapshot_totals(entry, run_dir, epoch, row):
     """``(updates, cpu_time_s, wall_time_s)`` that the snapshot after ``epoch`` (1-based; ``row`` its
     ``log_row``) has been trained for, counting what the run started from (``run_origin``)."""
     origin = run_origin(run_dir)
-    return (origin["updates"] + epoch * recipes.run_recipe(entry, run_dir)["iterations_per_epoch"],
-            origin["cpu_time_s"] + float(row["cpu_time_s"]), origin["wall_time_s"] + float(row["wall_time_s"]))
+    return (snapshot_updates(entry, run_dir, epoch), origin["cpu_time_s"] + float(row["cpu_time_s"]),
+            origin["wall_time_s"] + float(row["wall_time_s"]))
 
 
 def sampling_recipe(entry, run_dir, chain=None):
@@ -135,13 +141,15 @@ def load_checkpoint(entry, run_dir, epoch, chain=None, averaged=None):
     epoch's log row (wall time, energies). ``averaged``: epochs (``averaged_epochs``) whose snapshots' uniform
     average the weights are then (stochastic weight averaging, no retraining)."""
     model = snapshot_model(entry, run_dir, chain)
-    epochs, total = averaged or [epoch], None
-    for e in epochs:
+    if not averaged:
+        model.load_weights(checkpoint_path(run_dir, epoch))
+        return model, log_row(run_dir, epoch)
+    total = None
+    for e in averaged:
         model.load_weights(checkpoint_path(run_dir, e))
         weights = [np.asarray(w, np.float64) for w in model.get_weights()]
         total = weights if total is None else [a + b for a, b in zip(total, weights)]
-    if len(epochs) > 1:
-        model.set_weights([(w / len(epochs)).astype(np.float32) for w in total])
+    model.set_weights([(w / len(averaged)).astype(np.float32) for w in total])
     return model, log_row(run_dir, epoch)
 
 
@@ -202,8 +210,7 @@ def export_entry(entry, run_dir, entry_dir, data_path=None, recon_images=1000, r
         f"{recon_iterations} --convergence-images {convergence_images}{set_flags(chain)}{flag}")
     if averaged:
         metadata["training"]["averaged_epochs"] = averaged
-        metadata["training"]["averaged_updates"] = [e * r["iterations_per_epoch"] + origin["updates"]
-                                                    for e in averaged]
+        metadata["training"]["averaged_updates"] = [snapshot_updates(entry, run_dir, e) for e in averaged]
     sampled_with = recipes.sampling_overrides(trained_recipe, chain)
     if sampled_with:  # the snapshot is sampled with another chain than it was trained with
         trained = chain_metadata(trained_recipe)
