@@ -340,6 +340,7 @@ def test_the_average_of_kept_snapshots_is_scored_recorded_and_read_by_its_export
     monkeypatch.setattr(ebm_recipe, "score_model", score_model)
     result = ebm_recipe.score_snapshot("mnist_ebm", tmp_path, epoch=4, average=3)
     assert result["averaged_epochs"] == [2, 4] and scored["dataset"] == "mnist"
+    assert result["sampled_with"]["steps"] == 2 and "chain" not in result  # the whole chain, though none was set
     for mine, original in zip(scored["weights"], base):
         np.testing.assert_allclose(mine, original + 3.0, rtol=1e-6, atol=1e-6)  # (2 + 4) / 2, float32 sums
     assert result["command"].endswith("--average-epochs 3") and result["updates"] == 4 * recipe["iterations_per_epoch"]

@@ -365,7 +365,8 @@ def score_snapshot(entry, run_dir, epoch=None, fid_samples=SCORE_PROTOCOL["fid_s
                    reference=SCORE_PROTOCOL["fid_reference"], data_path=None, seed=SCORE_PROTOCOL["seed"], chain=None,
                    average=None):
     """Scores a kept snapshot of an entry's run (default: the last) with ``score_model`` and records it with
-    the updates and CPU time it took, all told (``snapshot_totals``; ``record_score``). A score of another
+    the updates and CPU time it took, all told (``snapshot_totals``), and the whole chain it was sampled with
+    (``chain_metadata``: the run's sampling chain with ``chain`` over it; ``record_score``). A score of another
     ``seed`` than the protocol's is a selection score: recorded with its seed, kept off the quality curve.
     ``average``: the snapshots of that many epochs up to ``epoch`` averaged (``load_checkpoint``); the record
     lists them, and only an export of the same average reads it."""
@@ -381,6 +382,7 @@ def score_snapshot(entry, run_dir, epoch=None, fid_samples=SCORE_PROTOCOL["fid_s
               f"--reference {reference}"
     if chain:  # sampled with another chain than the run trained with: only an export with that chain reads it
         score["chain"], command = chain, command + set_flags(chain)
+    score["sampled_with"] = chain_metadata(sampling_recipe(entry, run_dir, chain))  # the whole chain, as sampled
     if averaged:
         score["averaged_epochs"], command = averaged, command + flag
     if seed != SCORE_PROTOCOL["seed"]:
