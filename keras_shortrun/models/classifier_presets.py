@@ -19,7 +19,7 @@ GENERATIVE_CLASSIFIER_PRESETS = {
         "description": "Generative classifier on Fashion-MNIST, 1,000 labels per class, rest unlabelled; K=20, BPTT.",
         "sha256": {
             "config.json": "2cef2c07c7c5841fbb94a7aecae019cdf79d698c18cf83fb9a853a721c66a1bb",
-            "model.weights.h5": "9edaaf7b0f6463392e4f272bbe04f2b833a05502192b4ba4c668f6114ea3bb12",
+            "model.weights.h5": "c44c19fcf62cae0bd8b8032f8074cac46fabc713d8dcbd6559c4966e67052c51",
         },
     },
     "fashion_mnist_classifier_100labels": {
