@@ -590,6 +590,33 @@ def pin_checkpoint(run_dir, epoch):
     _pin_marker(path).touch()
 
 
+def averaged_epochs(run_dir, epoch, span=None):
+    """The epochs whose kept snapshots are averaged into a run's weights after ``epoch``: those of the last
+    ``span`` epochs up to it that thinning kept (``span`` ``None``: ``[epoch]``, the snapshot alone)."""
+    if not checkpoint_path(run_dir, epoch).is_file():
+        raise FileNotFoundError(f"No snapshot of epoch {epoch} in {Path(run_dir) / 'checkpoints'}.")
+    if span is None:
+        return [epoch]
+    span = check_positive_int(span, "the span of averaged epochs (a positive number of epochs)")
+    return [e for e in range(max(1, epoch - span + 1), epoch + 1) if checkpoint_path(run_dir, e).is_file()]
+
+
+def load_averaged_weights(model, run_dir, epochs):
+    """Sets ``model``'s weights to the uniform average of a run's snapshots after ``epochs`` (``averaged_epochs``;
+    one epoch: that snapshot as it is): stochastic weight averaging, with no retraining. The sum is taken in
+    float64, so the average does not depend on the order of the snapshots beyond float32 rounding."""
+    if len(epochs) == 1:
+        model.load_weights(checkpoint_path(run_dir, epochs[0]))
+        return model
+    total = None
+    for epoch in epochs:
+        model.load_weights(checkpoint_path(run_dir, epoch))
+        weights = [np.asarray(w, np.float64) for w in model.get_weights()]
+        total = weights if total is None else [a + b for a, b in zip(total, weights)]
+    model.set_weights([(w / len(epochs)).astype(np.float32) for w in total])
+    return model
+
+
 class EpochWeights(keras.callbacks.Callback):
     """Keeps ``epoch_NNNN.weights.h5`` in ``directory`` (a run's ``checkpoints/``, see ``checkpoint_path``) after every
     epoch (written atomically): the weights to

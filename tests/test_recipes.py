@@ -13,6 +13,7 @@ from keras_shortrun import data
 from keras_shortrun import recipes
 from keras_shortrun import training
 from keras_shortrun import zoo
+from keras_shortrun.training import checkpoint_path
 from keras_shortrun.training import last_epoch
 
 
@@ -194,7 +195,8 @@ def test_train_images_is_a_seeded_subset_and_bad_fields_fail_first():
     with pytest.raises(ValueError, match="more than the 40 training images"):
         recipes.training_subset(40, 41, seed=0)
     recipe = recipes.load("mnist_classifier")
-    for key, value, message in [("train_images", 0, "train_images"), ("joint.global_clipnorm", -1.0, "clipnorm")]:
+    for key, value, message in [("train_images", 0, "train_images"), ("joint.global_clipnorm", -1.0, "clipnorm"),
+                                 ("joint.average_epochs", 0, "average_epochs")]:
         with pytest.raises(ValueError, match=message):
             recipes.check(recipes.apply_overrides(recipe, {key: value}))
 
@@ -272,6 +274,25 @@ def test_a_classifiers_joint_stage_continues_from_the_committed_entry(tmp_path, 
     assert "then 1 more from the committed entry" in classifier_recipe.model_text(
         dict(zoo.info("mnist_classifier"), training=dict(zoo.info("mnist_classifier")["training"], stages=budget)),
         "classifier", "mnist_classifier", 1000)
+
+    assert cli.main(args[:6] + ["3"] + args[7:]) == 0  # two more updates: the entry averages the stage's snapshots
+    directory = classifier_recipe.run_dir("mnist_classifier", "joint", 1000)
+    assert classifier_recipe.joint_epochs("mnist_classifier", directory) == [1, 2, 3]  # up to joint.average_epochs
+    snapshots = []
+    for epoch in (1, 2, 3):
+        snapshot = classifier_recipe.build("mnist_classifier", "joint")
+        snapshot.load_weights(checkpoint_path(directory, epoch))
+        snapshots.append(snapshot.get_weights())
+    averaged = classifier_recipe.load_trained("mnist_classifier", 1000).get_weights()
+    for i, weights in enumerate(averaged):  # a float64 sum of three float32 snapshots, rounded to float32 once
+        np.testing.assert_allclose(weights, np.mean([s[i] for s in snapshots], axis=0, dtype=np.float64),
+                                   rtol=2**-23, atol=0)
+    budget = classifier_recipe.stage_budget("mnist_classifier", 1000)
+    after = [committed["joint"]["iterations"] + i for i in (1, 2, 3)]
+    assert budget["joint"]["averaged"] == {"snapshots": 3, "after_iterations": after}
+    assert f"uniform average of the joint stage's 3 snapshots after its updates {after[0]} to {after[2]}" in \
+        classifier_recipe.model_text(dict(zoo.info("mnist_classifier"), training=dict(
+            zoo.info("mnist_classifier")["training"], stages=budget)), "classifier", "mnist_classifier", 1000)
     assert cli.main(["train", "mnist_classifier", "--stage", "joint", "--from-entry", "--labels", "200",
                      "--out", str(tmp_path / "other"), *args[5:]]) == 2  # no committed entry of that budget
     assert "could not be loaded" in capsys.readouterr().err

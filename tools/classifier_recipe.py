@@ -29,10 +29,11 @@ from keras_shortrun.models import conv_net_baseline
 from keras_shortrun.models.conv_transpose_generator import THESIS_WIDTHS
 from keras_shortrun.training import STAGE_DIVERGENCE_FACTOR
 from keras_shortrun.training import atomic_write_text
-from keras_shortrun.training import checkpoint_path
+from keras_shortrun.training import averaged_epochs
 from keras_shortrun.training import chosen_epoch
 from keras_shortrun.training import hardware
 from keras_shortrun.training import last_epoch
+from keras_shortrun.training import load_averaged_weights
 from keras_shortrun.training import log_row
 from keras_shortrun.training import runs_home
 from keras_shortrun.zoo import info as read_metadata
@@ -91,8 +92,18 @@ def load_trained(entry, labels, kind="classifier", run=None):
     else:
         model = recipes.build(recipes.run_recipe(entry, run), "joint", name=entry)
         directory = recipes.stage_dir(run, "joint", labels)
-    model.load_weights(checkpoint_path(directory, chosen_epoch(directory)[0]))
-    return model
+    return load_averaged_weights(model, directory, joint_epochs(entry, directory))
+
+
+def joint_epochs(entry, directory):
+    """The epochs of a joint stage (its folder, ``directory``) whose snapshots' uniform average an entry's weights
+    are (``training.averaged_epochs``): the last ``joint.average_epochs`` up to ``training.chosen_epoch``, or the
+    chosen snapshot alone where the stage was rolled back or the field is ``null``. The field says how a run's
+    weights are handed on, not how it trains, so it is read from the recipe as committed now (``recipes.load``)
+    and applies to runs started before it."""
+    epoch, diverged = chosen_epoch(directory)
+    span = None if diverged else recipes.load(entry)["joint"].get("average_epochs")
+    return averaged_epochs(directory, epoch, span)
 
 
 def accuracy_on(model, kind, x_test, y_test, chains):
@@ -265,6 +276,9 @@ def stage_budget(entry, labels):
         own = {"iterations": epoch * per_epoch, "iterations_run": last_epoch(directory) * per_epoch,
                "wall_time_s": round(float(row["wall_time_s"]), 1), "cpu_time_s": round(float(row["cpu_time_s"]), 1),
                "rolled_back": diverged}
+        averaged = joint_epochs(entry, directory) if stage == "joint" else [epoch]
+        if len(averaged) > 1:
+            own["averaged"] = {"snapshots": len(averaged), "after_iterations": [e * per_epoch for e in averaged]}
         started = directory / "started_from.json"
         record = json.loads(started.read_text()) if started.is_file() else {}
         if record.get("start") == "entry":
@@ -275,6 +289,9 @@ def stage_budget(entry, labels):
                        iterations=before["iterations"] + own["iterations"],
                        iterations_run=before["iterations"] + own["iterations_run"],
                        continued_from=before["iterations"])
+            if "averaged" in own:
+                own["averaged"]["after_iterations"] = [before["iterations"] + i
+                                                       for i in own["averaged"]["after_iterations"]]
         budget[stage] = own
     missing = [stage for stage in stages if stage not in budget]
     if missing:
@@ -581,6 +598,13 @@ def model_text(metadata, kind, entry, labels):
         f"{t['cpu_time_s'] / 60:.0f} CPU-minutes ({t['wall_time_s'] / 60:.0f} min of wall time) on {t['hardware']}."
     )
     joint = t["stages"]["joint"]
+    if "averaged" in joint:
+        after = joint["averaged"]["after_iterations"]
+        what += (
+            f" The weights are the uniform average of the joint stage's {joint['averaged']['snapshots']} snapshots "
+            f"after its updates {after[0]} to {after[-1]} (one every {after[1] - after[0]}; stochastic weight "
+            f"averaging, no retraining; the recipe's `joint.average_epochs`)."
+        )
     if joint["rolled_back"]:
         what += (
             f"\n\nThe joint stage ran {joint['iterations_run']} updates, but its training loss rose above "

@@ -16,9 +16,10 @@ from keras_shortrun import recipes
 from keras_shortrun.evaluation import SCORE_PROTOCOL
 from keras_shortrun.images import save_grid
 from keras_shortrun.models import MultiscaleEnergy
-from keras_shortrun.training import checkpoint_path
+from keras_shortrun.training import averaged_epochs
 from keras_shortrun.training import hardware
 from keras_shortrun.training import last_epoch
+from keras_shortrun.training import load_averaged_weights
 from keras_shortrun.training import log_row
 from keras_shortrun.training import pin_checkpoint
 from keras_shortrun.training import training_hardware
@@ -124,32 +125,12 @@ def snapshot_model(entry, run_dir, chain=None):
     return model
 
 
-def averaged_epochs(run_dir, epoch, span=None):
-    """The epochs whose kept snapshots are averaged into a run's weights after ``epoch``: those of the last
-    ``span`` epochs up to it that thinning kept (``span`` ``None``: ``[epoch]``, the snapshot alone)."""
-    if span is None:
-        return [epoch]
-    if span < 1:
-        raise ValueError(f"--average-epochs must be a positive number of epochs, got {span}.")
-    if not checkpoint_path(run_dir, epoch).is_file():
-        raise FileNotFoundError(f"No snapshot of epoch {epoch} in {Path(run_dir) / 'checkpoints'}.")
-    return [e for e in range(max(1, epoch - span + 1), epoch + 1) if checkpoint_path(run_dir, e).is_file()]
-
-
 def load_checkpoint(entry, run_dir, epoch, chain=None, averaged=None):
     """The model after ``epoch`` (1-based) of a run (sampled with ``chain``, see ``sampling_recipe``), and that
     epoch's log row (wall time, energies). ``averaged``: epochs (``averaged_epochs``) whose snapshots' uniform
     average the weights are then (stochastic weight averaging, no retraining)."""
     model = snapshot_model(entry, run_dir, chain)
-    if not averaged:
-        model.load_weights(checkpoint_path(run_dir, epoch))
-        return model, log_row(run_dir, epoch)
-    total = None
-    for e in averaged:
-        model.load_weights(checkpoint_path(run_dir, e))
-        weights = [np.asarray(w, np.float64) for w in model.get_weights()]
-        total = weights if total is None else [a + b for a, b in zip(total, weights)]
-    model.set_weights([(w / len(averaged)).astype(np.float32) for w in total])
+    load_averaged_weights(model, run_dir, averaged or [epoch])
     return model, log_row(run_dir, epoch)
 
 

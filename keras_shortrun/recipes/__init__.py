@@ -258,6 +258,8 @@ def check(recipe):
         validation.check_beta_1(spec["beta_1"], f"{prefix}beta_1")
         if spec.get("global_clipnorm") is not None:
             validation.check_positive_float(spec["global_clipnorm"], f"{prefix}global_clipnorm")
+        if spec.get("average_epochs") is not None:  # the snapshots whose average a classifier hands on
+            validation.check_positive_int(spec["average_epochs"], f"{prefix}average_epochs")
         budgets = spec["iterations"] if isinstance(spec["iterations"], dict) else {"": spec["iterations"]}
         for labels, iterations in budgets.items():
             validation.check_positive_int(iterations, f"{prefix}iterations{'.' + labels if labels else ''}")
