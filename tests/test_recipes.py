@@ -287,6 +287,8 @@ def test_a_classifiers_joint_stage_continues_from_the_committed_entry(tmp_path, 
     for i, weights in enumerate(averaged):  # a float64 sum of three float32 snapshots, rounded to float32 once
         np.testing.assert_allclose(weights, np.mean([s[i] for s in snapshots], axis=0, dtype=np.float64),
                                    rtol=2**-23, atol=0)
+    alone = classifier_recipe.load_trained("mnist_classifier", 1000, average_epochs=1).get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(alone, snapshots[2]))  # a comparison: the last one alone
     budget = classifier_recipe.stage_budget("mnist_classifier", 1000)
     after = [committed["joint"]["iterations"] + i for i in (1, 2, 3)]
     assert budget["joint"]["averaged"] == {"snapshots": 3, "after_iterations": after}

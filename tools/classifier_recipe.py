@@ -80,9 +80,9 @@ def train_convnet(entry, labels, x, y):
     return model, history
 
 
-def load_trained(entry, labels, kind="classifier", run=None):
+def load_trained(entry, labels, kind="classifier", run=None, average_epochs=None):
     """The final generative classifier (``kind="classifier"``) or ConvNet (``"convnet"``) of a label budget, of
-    the entry's run or of another run of its recipe, ``run`` (a folder)."""
+    the entry's run or of another run of its recipe, ``run`` (a folder); ``average_epochs``: see ``joint_epochs``."""
     if kind == "convnet":
         model = conv_net_baseline((28, 28, 1), 10)
         model.load_weights(run_dir(entry, "convnet", labels) / "final.weights.h5")
@@ -92,17 +92,17 @@ def load_trained(entry, labels, kind="classifier", run=None):
     else:
         model = recipes.build(recipes.run_recipe(entry, run), "joint", name=entry)
         directory = recipes.stage_dir(run, "joint", labels)
-    return load_averaged_weights(model, directory, joint_epochs(entry, directory))
+    return load_averaged_weights(model, directory, joint_epochs(entry, directory, average_epochs))
 
 
-def joint_epochs(entry, directory):
+def joint_epochs(entry, directory, average_epochs=None):
     """The epochs of a joint stage (its folder, ``directory``) whose snapshots' uniform average an entry's weights
     are (``training.averaged_epochs``): the last ``joint.average_epochs`` up to ``training.chosen_epoch``, or the
     chosen snapshot alone where the stage was rolled back or the field is ``null``. The field says how a run's
     weights are handed on, not how it trains, so it is read from the recipe as committed now (``recipes.load``)
-    and applies to runs started before it."""
+    and applies to runs started before it; ``average_epochs`` replaces it (a comparison; 1: the last alone)."""
     epoch, diverged = chosen_epoch(directory)
-    span = None if diverged else recipes.load(entry)["joint"].get("average_epochs")
+    span = None if diverged else average_epochs or recipes.load(entry)["joint"].get("average_epochs")
     return averaged_epochs(directory, epoch, span)
 
 
@@ -116,10 +116,11 @@ def accuracy_on(model, kind, x_test, y_test, chains):
     return float(np.mean(np.argmax(p, axis=1) == y_test))
 
 
-def load_model(entry, labels, kind, source="zoo"):
+def load_model(entry, labels, kind, source="zoo", average_epochs=None):
     """A trained model of a label budget, from its zoo entry (``source="zoo"``) or from its run (``run_dir``; the
-    zoo entry where the run has no such model, as ``export`` keeps it, and says so)."""
-    model = _run_model(entry, labels, kind) if source == "runs" else None
+    zoo entry where the run has no such model, as ``export`` keeps it, and says so; ``average_epochs``: see
+    ``joint_epochs``)."""
+    model = _run_model(entry, labels, kind, average_epochs) if source == "runs" else None
     if model is not None:
         return model
     if source == "runs":
@@ -378,11 +379,11 @@ def _run_folder(entry, labels, kind):
     return run_dir(entry, "joint" if kind == "classifier" else "convnet", labels)
 
 
-def _run_model(entry, labels, kind):
+def _run_model(entry, labels, kind, average_epochs=None):
     """The run's final model of a label budget and kind (``load_trained``), ``None`` where the run has none."""
     folder = _run_folder(entry, labels, kind)
     trained = folder / ("log.csv" if kind == "classifier" else "final.weights.h5")
-    return load_trained(entry, labels, kind) if trained.is_file() else None
+    return load_trained(entry, labels, kind, average_epochs=average_epochs) if trained.is_file() else None
 
 
 def _keeps_committed(entry, labels, kind, model, results):
