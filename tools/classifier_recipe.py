@@ -31,11 +31,11 @@ from keras_shortrun.training import STAGE_DIVERGENCE_FACTOR
 from keras_shortrun.training import atomic_write_text
 from keras_shortrun.training import averaged_epochs
 from keras_shortrun.training import chosen_epoch
-from keras_shortrun.training import hardware
 from keras_shortrun.training import last_epoch
 from keras_shortrun.training import load_averaged_weights
 from keras_shortrun.training import log_row
 from keras_shortrun.training import runs_home
+from keras_shortrun.training import training_hardware
 from keras_shortrun.zoo import info as read_metadata
 from keras_shortrun.zoo import save_entry
 from keras_shortrun.zoo.registry import METADATA_FILE
@@ -329,7 +329,7 @@ def export_entries(entry, results, data_path=None):
             "metrics": {"accuracy_test": results["accuracy"][name]} if name in results["accuracy"] else {},
             "robustness": results["robustness"].get(name, {}), "keras_version": keras.__version__,
             "evaluation": evaluation_record(results, name, labels, kind, shipped[name]),
-            "training": {"hardware": hardware(), "labels_per_class": labels,
+            "training": {"hardware": training_hardware(_run_folder(entry, labels, kind)), "labels_per_class": labels,
                          "command": f"python tools/train_{entry}.py train --labels {labels}"},
         }
         extra = []

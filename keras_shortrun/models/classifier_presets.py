@@ -19,14 +19,14 @@ GENERATIVE_CLASSIFIER_PRESETS = {
         "description": "Generative classifier on Fashion-MNIST, 1,000 labels per class, rest unlabelled; K=20, BPTT.",
         "sha256": {
             "config.json": "2cef2c07c7c5841fbb94a7aecae019cdf79d698c18cf83fb9a853a721c66a1bb",
-            "model.weights.h5": "c44c19fcf62cae0bd8b8032f8074cac46fabc713d8dcbd6559c4966e67052c51",
+            "model.weights.h5": "1117d8c89b4227f92bcf883893ab7086d3695b26d66384a07ff3a248004d3e3a",
         },
     },
     "fashion_mnist_classifier_100labels": {
         "description": "Generative classifier on Fashion-MNIST, 100 labels per class, rest unlabelled; K=20, BPTT.",
         "sha256": {
             "config.json": "3464dc67c8d14850c67fec87bb72b900a0e6eaee366f76a3f40560cf4dd00dc3",
-            "model.weights.h5": "86e45ce9065f85b3b1a03cfde0458db4841c46f400493bd585b349093788eeef",
+            "model.weights.h5": "bb8e146ae25d49bafc3a5f4348cd31f620936d43bc9cc541184c180a60f8e146",
         },
     },
 }
