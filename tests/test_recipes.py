@@ -277,6 +277,10 @@ def test_a_classifiers_joint_stage_continues_from_the_committed_entry(tmp_path, 
 
     assert cli.main(args[:6] + ["3"] + args[7:]) == 0  # two more updates: the entry averages the stage's snapshots
     directory = classifier_recipe.run_dir("mnist_classifier", "joint", 1000)
+    # Losses of batches of 4 random images may trip the rollback rule on some CPUs: pin the hand-on epoch.
+    monkeypatch.setattr(classifier_recipe, "chosen_epoch", lambda run: (2, True))
+    assert classifier_recipe.joint_epochs("mnist_classifier", directory) == [2]  # rolled back: that snapshot alone
+    monkeypatch.setattr(classifier_recipe, "chosen_epoch", lambda run: (3, False))
     assert classifier_recipe.joint_epochs("mnist_classifier", directory) == [1, 2, 3]  # up to joint.average_epochs
     snapshots = []
     for epoch in (1, 2, 3):
