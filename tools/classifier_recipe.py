@@ -273,8 +273,9 @@ def stage_budget(entry, labels):
         if not (directory / "log.csv").is_file():
             continue  # a stage before one started from the committed entry
         epoch, diverged = chosen_epoch(directory)
-        row = log_row(directory, last_epoch(directory))
-        own = {"iterations": epoch * per_epoch, "iterations_run": last_epoch(directory) * per_epoch,
+        last = last_epoch(directory)
+        row = log_row(directory, last)
+        own = {"iterations": epoch * per_epoch, "iterations_run": last * per_epoch,
                "wall_time_s": round(float(row["wall_time_s"]), 1), "cpu_time_s": round(float(row["cpu_time_s"]), 1),
                "rolled_back": diverged}
         averaged = joint_epochs(entry, directory) if stage == "joint" else [epoch]
