@@ -310,6 +310,8 @@ def test_an_entry_is_exported_again_with_another_chain_only_when_it_scores_bette
         np.testing.assert_array_equal(mine, theirs)  # the same weights, another chain
     assert metadata["inception"]["fid"]["fid"] == fid["value"] and metadata["training"] == committed["training"]
     assert metadata["inception"]["chain"] == {**committed["chain"]["overrides"], **chain}
+    assert metadata["inception"].get("averaged_epochs") == committed["inception"].get("averaged_epochs")  # same weights
+    assert metadata["quality_curve"] == committed["quality_curve"] + [metadata["inception"]]  # ends with what ships
     assert metadata["chain"]["noise_scale"] == [0.01, 0.01, 0.0, 0.0]
     assert metadata["chain"]["trained_with"] == committed["chain"]["trained_with"]
     assert "export-entry-chain" in metadata["evaluation"]["command"]

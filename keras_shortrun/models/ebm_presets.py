@@ -28,7 +28,7 @@ SHORT_RUN_EBM_PRESETS = {
                        "annealed), one paper-1 ConvNet per resolution (nf=32 at 8 and 16 px, 16 at 32 and 64 px); "
                        "CPU campaign.",
         "sha256": {
-            "config.json": "41319af9bea99f033c179f1da8dfdecd80494f79cd6d60b8091afd41057bb020",
+            "config.json": "9db5e7b7ef247c6b53ef5b56d67f506efd62fc83f0574127f21390712e33666e",
             "model.weights.h5": "a6f9034155e67b4681e76e5adc3893ff7416884dbb79c2cfdcc654e948da1899",
         },
     },
